@@ -1,0 +1,918 @@
+-- Loads a moonring config file (a Lua chunk returning a table), validates it
+-- against a declarative schema and returns a normalised table for the C core.
+--
+-- The C core only ever sees the normalised form: every default filled in,
+-- durations in integer milliseconds, sizes in integer bytes, maps turned into
+-- sorted lists, cross-references resolved to indexes. That keeps all policy
+-- about user-facing syntax here, in one place, and the C side dumb.
+
+local M = {}
+
+local floor, huge = math.floor, math.huge
+local concat, sort = table.concat, table.sort
+local fmt = string.format
+
+---------------------------------------------------------------------------
+-- Error plumbing
+---------------------------------------------------------------------------
+
+-- Validation errors unwind with a table so the top level can attach a source
+-- line once, instead of every check having to know about files.
+--   path: key path shown in the message
+--   at:   key path used to find the source line (defaults to path)
+local function fail(path, msg, at)
+  error({ path = path, msg = msg, at = at }, 0)
+end
+
+local function quote(s)
+  -- %q would keep raw newlines (as "\<newline>"); messages must stay on one line.
+  s = s:gsub('[%c"\\]', function(c)
+    local named = { ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r", ['"'] = '\\"', ["\\"] = "\\\\" }
+    return named[c] or fmt("\\%d", c:byte())
+  end)
+  if #s > 60 then s = s:sub(1, 57) .. "..." end
+  return '"' .. s .. '"'
+end
+
+-- How a bad value is shown after "got".
+local function describe(v)
+  local t = type(v)
+  if t == "string" then return quote(v) end
+  if t == "number" or t == "boolean" or t == "nil" then return tostring(v) end
+  return t
+end
+
+local function is_ident(s)
+  return type(s) == "string" and s:match("^[%a_][%w_]*$") ~= nil
+end
+
+local function fmt_path(path)
+  local buf = {}
+  for i, k in ipairs(path) do
+    if type(k) == "number" then
+      buf[#buf + 1] = "[" .. k .. "]"
+    elseif is_ident(k) then
+      buf[#buf + 1] = (i > 1 and "." or "") .. k
+    else
+      buf[#buf + 1] = "[" .. quote(tostring(k)) .. "]"
+    end
+  end
+  return concat(buf)
+end
+
+-- Paths are shared between sibling checks, so extending one must copy.
+local function join(path, k)
+  local p = { unpack(path) }
+  p[#p + 1] = k
+  return p
+end
+
+local function expected(path, what, v)
+  fail(path, "expected " .. what .. ", got " .. describe(v))
+end
+
+local function levenshtein(a, b)
+  if a == b then return 0 end
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    local ca = a:byte(i)
+    for j = 1, #b do
+      local cost = (ca == b:byte(j)) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+-- Closest candidate to a misspelt name, or nil when nothing is plausibly meant.
+local function suggest(name, candidates)
+  local lname = name:lower()
+  local limit = math.max(1, floor(#name / 3))
+  local best, bestd
+  for _, c in ipairs(candidates) do
+    local d = levenshtein(lname, c:lower())
+    if d <= limit and (not bestd or d < bestd or (d == bestd and c < best)) then
+      best, bestd = c, d
+    end
+  end
+  return best
+end
+
+local function did_you_mean(name, candidates)
+  local s = suggest(name, candidates)
+  return s and (" (did you mean '" .. s .. "'?)") or ""
+end
+
+---------------------------------------------------------------------------
+-- Value parsers
+---------------------------------------------------------------------------
+
+local function finite(v)
+  return type(v) == "number" and v == v and v ~= huge and v ~= -huge
+end
+
+local function is_int(v)
+  return finite(v) and v == floor(v)
+end
+
+local DURATION_UNITS = { ms = 1, s = 1000, m = 60 * 1000, h = 3600 * 1000 }
+local DURATION_WHAT = 'duration (seconds, or a string like "500ms", "10s", "2m", "1h")'
+
+-- Returns integer milliseconds or nil.
+local function parse_duration(v)
+  local n, scale
+  if type(v) == "number" then
+    n, scale = v, 1000
+  elseif type(v) == "string" then
+    local num, unit = v:match("^(%d*%.?%d+)(%a+)$")
+    n, scale = tonumber(num), DURATION_UNITS[unit or ""]
+    if not scale then return nil end
+  end
+  if not finite(n) or n < 0 then return nil end
+  -- The epsilon keeps 1.005 s from flooring to 1004 ms through binary rounding.
+  return floor(n * scale + 1e-6)
+end
+
+local SIZE_UNITS = { [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 }
+local SIZE_WHAT = 'size (bytes, or a string like "512", "16k", "1m", "1g")'
+
+-- Returns integer bytes or nil.
+local function parse_size(v)
+  if type(v) == "number" then
+    return (is_int(v) and v >= 0) and v or nil
+  elseif type(v) == "string" then
+    local num, unit = v:match("^(%d+)([kKmMgG]?)$")
+    if num then return tonumber(num) * SIZE_UNITS[unit:lower()] end
+  end
+  return nil
+end
+
+local function valid_hostname(h)
+  if #h == 0 or #h > 253 then return false end
+  for label in (h .. "."):gmatch("([^.]*)%.") do
+    if not label:match("^[%w_][%w_%-]*$") then return false end
+  end
+  return true
+end
+
+-- "host:port" -> { addr, host, port } with a canonical addr, or nil, reason.
+-- wildcard: allow "*" (listeners only; it is meaningless as a connect target).
+local function parse_addr(s, wildcard)
+  if type(s) ~= "string" then return nil end
+  local host, port = s:match("^%[([%x:%.]+)%]:(%d+)$")
+  local v6 = host ~= nil
+  if v6 then
+    if not host:find(":", 1, true) then return nil end
+  else
+    host, port = s:match("^([^:%[%]]+):(%d+)$")
+    if not host then return nil end
+    if host == "*" then
+      if not wildcard then return nil end
+      host = "0.0.0.0"
+    elseif host:match("^[%d.]+$") then
+      local quad = { host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+      if #quad ~= 4 then return nil end
+      for _, o in ipairs(quad) do
+        if tonumber(o) > 255 then return nil end
+      end
+    elseif not valid_hostname(host) then
+      return nil
+    end
+  end
+  port = tonumber(port)
+  if port < 1 or port > 65535 then return nil, "port" end
+  local addr = (v6 and ("[" .. host .. "]") or host) .. ":" .. port
+  return { addr = addr, host = host, port = port }
+end
+
+---------------------------------------------------------------------------
+-- Schema combinators
+--
+-- A spec is a function(value, path, ctx) -> normalised value that calls fail()
+-- on bad input. `ctx` carries state needed for cross-references (e.g. the
+-- upstream names routes may point at).
+---------------------------------------------------------------------------
+
+local S = {}
+
+function S.int(min, max)
+  local what = max and fmt("integer %d..%d", min, max) or fmt("integer >= %d", min)
+  return function(v, path)
+    if not is_int(v) or v < min or (max and v > max) then expected(path, what, v) end
+    return v
+  end
+end
+
+function S.bool(v, path)
+  if type(v) ~= "boolean" then expected(path, "boolean", v) end
+  return v
+end
+
+function S.func(v, path)
+  if type(v) ~= "function" then expected(path, "function", v) end
+  return v
+end
+
+-- Passed through unvalidated (reserved keys such as tls).
+function S.table(v, path)
+  if type(v) ~= "table" then expected(path, "table", v) end
+  return v
+end
+
+function S.string(v, path)
+  if type(v) ~= "string" or v == "" then expected(path, "non-empty string", v) end
+  return v
+end
+
+function S.string_or_false(v, path)
+  if v == false then return false end
+  if type(v) ~= "string" or v == "" then expected(path, "non-empty string or false", v) end
+  return v
+end
+
+function S.enum(...)
+  local allowed, shown = {}, {}
+  for i, a in ipairs({ ... }) do
+    allowed[a] = true
+    shown[i] = quote(a)
+  end
+  local what = "one of " .. concat(shown, ", ")
+  return function(v, path)
+    if not allowed[v] then expected(path, what, v) end
+    return v
+  end
+end
+
+-- min_ms lets I/O timeouts refuse 0, which would make every operation time out.
+function S.duration(min_ms)
+  min_ms = min_ms or 0
+  return function(v, path)
+    local ms = parse_duration(v)
+    if not ms then expected(path, DURATION_WHAT, v) end
+    if ms < min_ms then expected(path, fmt("duration of at least %dms", min_ms), v) end
+    return ms
+  end
+end
+
+function S.size(min)
+  min = min or 0
+  return function(v, path)
+    local n = parse_size(v)
+    if not n then expected(path, SIZE_WHAT, v) end
+    if n < min then expected(path, fmt("size of at least %d bytes", min), v) end
+    return n
+  end
+end
+
+function S.addr(wildcard)
+  return function(v, path)
+    local a, why = parse_addr(v, wildcard)
+    if why == "port" then fail(path, "port must be 1-65535, got " .. describe(v)) end
+    if not a then expected(path, '"host:port"', v) end
+    return a
+  end
+end
+
+function S.either(a, b)
+  return function(v, path, ctx)
+    if type(v) == "table" then return b(v, path, ctx) end
+    return a(v, path, ctx)
+  end
+end
+
+-- Lists must be proper sequences: a hole or a stray named key is almost
+-- always a typo (e.g. `listen = { addr = ... }` instead of a list of them).
+local function check_sequence(v, path, what)
+  if type(v) ~= "table" then expected(path, what, v) end
+  local n = 0
+  for k in pairs(v) do
+    if type(k) ~= "number" then
+      fail(path, "unexpected key '" .. tostring(k) .. "' in " .. what, join(path, tostring(k)))
+    end
+    n = n + 1
+  end
+  for i = 1, n do
+    if v[i] == nil then fail(path, what .. " has a hole at [" .. i .. "]") end
+  end
+  return n
+end
+
+-- opts: min (minimum length), what (description), one (also accept a single
+-- item, as a shorthand), finish(out, path, ctx).
+function S.list(item, opts)
+  opts = opts or {}
+  local what = opts.what or "list"
+  return function(v, path, ctx)
+    -- A lone item is reported under the key itself, as the user wrote it.
+    if opts.one and type(v) ~= "table" then return { item(v, path, ctx) } end
+    local n = check_sequence(v, path, what)
+    if n < (opts.min or 0) then fail(path, "must not be empty") end
+    local out = {}
+    for i = 1, n do out[i] = item(v[i], join(path, i), ctx) end
+    if opts.finish then out = opts.finish(out, path, ctx) or out end
+    return out
+  end
+end
+
+-- Maps with string keys matching keypat; finish turns the result into
+-- whatever shape the C side wants.
+function S.map(keypat, keywhat, val, finish)
+  return function(v, path, ctx)
+    if type(v) ~= "table" then expected(path, "table", v) end
+    local keys = {}
+    for k in pairs(v) do
+      if type(k) ~= "string" or not k:match(keypat) then
+        fail(path, "invalid name " .. describe(k) .. " (" .. keywhat .. ")",
+          type(k) == "string" and join(path, k) or path)
+      end
+      keys[#keys + 1] = k
+    end
+    sort(keys)
+    local out = {}
+    for _, k in ipairs(keys) do out[k] = val(v[k], join(path, k), ctx) end
+    if finish then out = finish(out, keys, path, ctx) or out end
+    return out
+  end
+end
+
+-- fields: list of { name, spec, default = user-form value, out = output key,
+-- required = bool }. Defaults go through the spec like user input, so they are
+-- written the way users write them and are validated by the same code.
+function S.record(fields, finish)
+  local names = {}
+  for i, f in ipairs(fields) do names[i] = f[1] end
+  return function(v, path, ctx)
+    if type(v) ~= "table" then expected(path, "table", v) end
+    local unknown = {}
+    for k in pairs(v) do
+      if type(k) ~= "string" then
+        fail(path, "unexpected list item [" .. tostring(k) .. "] (expected named keys)")
+      end
+      local known = false
+      for _, n in ipairs(names) do
+        if n == k then known = true break end
+      end
+      if not known then unknown[#unknown + 1] = k end
+    end
+    if #unknown > 0 then
+      sort(unknown)  -- deterministic: always report the same one first
+      local k = unknown[1]
+      fail(path, "unknown key '" .. k .. "'" .. did_you_mean(k, names), join(path, k))
+    end
+    local out = {}
+    for _, f in ipairs(fields) do
+      local name, x = f[1], v[f[1]]
+      local p = join(path, name)
+      if x == nil then
+        if f.required then fail(p, "required but not set") end
+        x = f.default
+      end
+      if x ~= nil then out[f.out or name] = f[2](x, p, ctx) end
+    end
+    if finish then out = finish(out, v, path, ctx) or out end
+    return out
+  end
+end
+
+---------------------------------------------------------------------------
+-- The schema
+---------------------------------------------------------------------------
+
+local NAME_PAT, NAME_WHAT = "^[%w_.-]+$", "letters, digits, '_', '.', '-'"
+
+local function workers(v, path)
+  if v == "auto" then return 0 end
+  if not is_int(v) or v < 1 then expected(path, 'integer >= 1 or "auto"', v) end
+  return v
+end
+
+local listener = S.either(
+  function(v, path)
+    local a = S.addr(true)(v, path)
+    return { addr = a.addr, host = a.host, port = a.port, backlog = 511, name = a.addr }
+  end,
+  S.record({
+    { "addr", S.addr(true), required = true },
+    { "backlog", S.int(1, 65535), default = 511 },
+    { "name", S.string },
+    { "tls", S.table },
+  }, function(out)
+    local a = out.addr
+    return { addr = a.addr, host = a.host, port = a.port, backlog = out.backlog,
+             name = out.name or a.addr, tls = out.tls }
+  end))
+
+local listen = S.list(listener, {
+  min = 1,
+  what = "list of addresses",
+  finish = function(out, path, ctx)
+    local seen = {}
+    for i, l in ipairs(out) do
+      if seen[l.addr] then
+        fail(join(path, i), fmt("duplicate address %s (also listen[%d])", quote(l.addr), seen[l.addr]))
+      end
+      seen[l.addr] = i
+    end
+    ctx.listen_addrs = seen
+  end,
+})
+
+local server = S.either(
+  function(v, path)
+    local a = S.addr(false)(v, path)
+    a.weight = 1
+    return a
+  end,
+  S.record({
+    { "addr", S.addr(false), required = true },
+    { "weight", S.int(1, 1000), default = 1 },
+  }, function(out)
+    local a = out.addr
+    return { addr = a.addr, host = a.host, port = a.port, weight = out.weight }
+  end))
+
+local upstream = S.record({
+  { "servers", S.list(server, { min = 1, what = "list of servers" }), required = true },
+  { "balance", S.enum("round_robin", "least_conn"), default = "round_robin" },
+  { "keepalive", S.int(0), default = 32 },
+  { "keepalive_timeout", S.duration(), default = "60s", out = "keepalive_timeout_ms" },
+  { "keepalive_requests", S.int(1), default = 1000 },
+  { "connect_timeout", S.duration(1), default = "5s", out = "connect_timeout_ms" },
+  { "read_timeout", S.duration(1), default = "60s", out = "read_timeout_ms" },
+  { "send_timeout", S.duration(1), default = "60s", out = "send_timeout_ms" },
+  { "tries", S.int(1), default = 3 },
+  { "tls", S.table },
+})
+
+-- Sorted by name so upstream ids are stable across reloads of the same file.
+local upstreams = S.map(NAME_PAT, NAME_WHAT, upstream, function(out, keys, path, ctx)
+  local list, index = {}, {}
+  for i, name in ipairs(keys) do
+    out[name].name = name
+    list[i], index[name] = out[name], i
+  end
+  ctx.upstream_index, ctx.upstream_names = index, keys
+  return list
+end)
+
+local function abs_path(v, path)
+  if type(v) ~= "string" or v:sub(1, 1) ~= "/" then expected(path, 'string starting with "/"', v) end
+  return v
+end
+
+-- Hosts are compared case-insensitively, so lowercase once here.
+local function host_pattern(v, path)
+  if type(v) == "string" then
+    local h = v:lower()
+    local bare = h:match("^%*%.(.+)$") or h
+    if valid_hostname(bare) then return h end
+  end
+  expected(path, 'host name or "*.domain"', v)
+end
+
+local function method(v, path)
+  if type(v) == "string" and v:match("^[%w_-]+$") then return v:upper() end
+  expected(path, "HTTP method name", v)
+end
+
+local function header_map(v, path)
+  if type(v) ~= "table" then expected(path, "table of header name = value", v) end
+  local out, orig = {}, {}
+  local keys = {}
+  for k in pairs(v) do
+    if type(k) ~= "string" then fail(path, "invalid header name " .. describe(k)) end
+    keys[#keys + 1] = k
+  end
+  sort(keys)
+  for _, k in ipairs(keys) do
+    local val = v[k]
+    local p = join(path, k)
+    if not k:match("^[%w!#$%%&'*+.^_`|~-]+$") then fail(path, "invalid header name " .. quote(k), p) end
+    if type(val) ~= "string" then expected(p, "string", val) end
+    local lk = k:lower()
+    if orig[lk] then fail(path, fmt("header %s given twice (as %s and %s)", quote(lk), quote(orig[lk]), quote(k)), p) end
+    orig[lk], out[lk] = k, val
+  end
+  return out
+end
+
+local function lua_pattern(v, path)
+  if type(v) ~= "string" then expected(path, "Lua pattern string", v) end
+  local ok, err = pcall(string.find, "", v)
+  if not ok then fail(path, "bad pattern " .. quote(v) .. ": " .. tostring(err):gsub("^.-:%d+: ", "")) end
+  return v
+end
+
+local filter = function(v, path)
+  if type(v) == "table" then return v end
+  if type(v) == "string" and v ~= "" then return v end
+  expected(path, "filter name or table", v)
+end
+
+local function finish_route(out, raw, path, ctx)
+  local i = path[#path]
+  out.index = i
+  out.name = out.name or fmt("routes[%d]", i)
+  if out.upstream ~= nil and out.handler ~= nil then
+    fail(path, "has both 'upstream' and 'handler' (set exactly one)")
+  elseif out.upstream == nil and out.handler == nil then
+    fail(path, "needs 'upstream' or 'handler'")
+  end
+  if out.path and out.exact then
+    fail(path, "'path' and 'exact' are mutually exclusive")
+  end
+  if out.strip_prefix and not out.path then
+    fail(join(path, "strip_prefix"), "requires 'path'")
+  end
+  if out.upstream then
+    local up = out.upstream
+    local p = join(path, "upstream")
+    -- Upstream names cannot contain ':', so a colon unambiguously means an address.
+    if up:find(":", 1, true) then
+      local a, why = parse_addr(up, false)
+      if why == "port" then fail(p, "port must be 1-65535, got " .. describe(up)) end
+      if not a then expected(p, 'upstream name or "host:port"', up) end
+      out.upstream_addr = a
+    else
+      local id = ctx.upstream_index[up]
+      if not id then
+        fail(p, "unknown upstream '" .. up .. "'" .. did_you_mean(up, ctx.upstream_names))
+      end
+      out.upstream_id = id
+    end
+    out.kind = "upstream"
+  else
+    out.kind = "handler"
+  end
+  out.simple = out.headers == nil and out.pattern == nil and out.match == nil
+  return out
+end
+
+local route = S.record({
+  { "name", S.string },
+  { "path", abs_path },
+  { "exact", abs_path },
+  { "host", S.list(host_pattern, { one = true, min = 1, what = "list of hosts" }) },
+  { "method", S.list(method, { one = true, min = 1, what = "list of methods" }) },
+  { "headers", header_map },
+  { "pattern", lua_pattern },
+  { "match", S.func },
+  { "upstream", S.string },
+  { "handler", S.func },
+  { "filters", S.list(filter, { what = "list of filters" }) },
+  { "set_host", S.string },
+  { "strip_prefix", S.bool, default = false },
+  { "client_max_body_size", S.size() },
+}, finish_route)
+
+local limits = S.record({
+  { "max_request_line", S.size(1), default = "8k" },
+  { "max_header_size", S.size(1), default = "32k" },
+  { "max_headers", S.int(1), default = 100 },
+  { "client_max_body_size", S.size(), default = "1m" },
+  { "header_timeout", S.duration(1), default = "60s", out = "header_timeout_ms" },
+  { "body_timeout", S.duration(1), default = "60s", out = "body_timeout_ms" },
+  { "keepalive_timeout", S.duration(), default = "75s", out = "keepalive_timeout_ms" },
+  { "send_timeout", S.duration(1), default = "60s", out = "send_timeout_ms" },
+  { "max_connections", S.int(1), default = 10000 },
+  { "keepalive_requests", S.int(1), default = 1000 },
+})
+
+local proxy = S.record({
+  { "x_forwarded_for", S.bool, default = true },
+  { "x_forwarded_proto", S.bool, default = true },
+  { "via", S.bool, default = true },
+  { "buffer_size", S.size(1024), default = "64k" },
+})
+
+local shared = S.map(NAME_PAT, NAME_WHAT, S.size(1), function(out, keys)
+  local list = {}
+  for i, k in ipairs(keys) do list[i] = { name = k, size = out[k] } end
+  return list
+end)
+
+local admin = S.record({
+  { "listen", S.addr(true), required = true },
+}, function(out, raw, path, ctx)
+  local a = out.listen
+  local other = ctx.listen_addrs and ctx.listen_addrs[a.addr]
+  if other then
+    fail(join(path, "listen"), fmt("address %s already used by listen[%d]", quote(a.addr), other))
+  end
+  return { addr = a.addr, host = a.host, port = a.port }
+end)
+
+local top = S.record({
+  { "workers", workers, default = "auto" },
+  { "pid", S.string_or_false, default = false },
+  { "error_log", S.string, default = "stderr" },
+  { "log_level", S.enum("debug", "info", "notice", "warn", "error"), default = "info" },
+  { "access_log", S.string_or_false, default = false },
+  { "access_log_format", S.enum("combined", "json"), default = "combined" },
+  { "loop", S.enum("auto", "io_uring", "epoll"), default = "auto" },
+  { "lua_path", S.string },
+  { "shutdown_timeout", S.duration(), default = "10s", out = "shutdown_timeout_ms" },
+  { "listen", listen, required = true },
+  { "admin", admin },
+  { "upstreams", upstreams, default = {} },
+  { "routes", S.list(route, { what = "list of routes" }) },
+  { "router", S.func },
+  { "limits", limits, default = {} },
+  { "proxy", proxy, default = {} },
+  { "shared", shared, default = {} },
+}, function(out, raw, path, ctx)
+  if not out.router then
+    if out.routes == nil then fail({ "routes" }, "required unless 'router' is set") end
+    if #out.routes == 0 then fail({ "routes" }, "must not be empty unless 'router' is set") end
+  end
+  out.routes = out.routes or {}
+  out.upstream_index = ctx.upstream_index
+  local d = ctx.dir == "/" and "" or ctx.dir
+  out.lua_path = d .. "/?.lua;" .. d .. "/?/init.lua;" .. (out.lua_path or "")
+  return out
+end)
+
+---------------------------------------------------------------------------
+-- Source line lookup
+--
+-- Tables do not remember where their keys were written, so after a failure we
+-- re-read the source and look for the key path in the token stream. This is a
+-- heuristic: it follows literal table constructors and simple variable
+-- references, and gives up (no line) rather than guess wildly.
+---------------------------------------------------------------------------
+
+-- Block keywords count as nesting too, so `local path = ...` inside a handler
+-- body is never mistaken for a route's `path = ...` key.
+local OPENERS = { ["{"] = true, ["("] = true, ["["] = true,
+                  ["function"] = true, ["if"] = true, ["do"] = true, ["repeat"] = true }
+local CLOSERS = { ["}"] = true, [")"] = true, ["]"] = true, ["end"] = true, ["until"] = true }
+local OPS3 = { ["..."] = true }
+local OPS2 = { ["=="] = true, ["~="] = true, ["<="] = true, [">="] = true, [".."] = true, ["::"] = true }
+
+local function count_nl(s)
+  return select(2, s:gsub("\n", ""))
+end
+
+local function lex(src)
+  local toks, n, i, line = {}, #src, 1, 1
+  local depth, stack = 0, {}
+  local function push(k, v, ln)
+    local t = { k = k, v = v, line = ln }
+    local idx = #toks + 1
+    local structural = k == "op" or k == "name"
+    if structural and OPENERS[v] then
+      t.depth = depth
+      depth = depth + 1
+      stack[#stack + 1] = idx
+    elseif structural and CLOSERS[v] then
+      depth = math.max(depth - 1, 0)
+      t.depth = depth
+      local o = table.remove(stack)
+      if o then toks[o].match = idx end
+    else
+      t.depth = depth
+    end
+    toks[idx] = t
+  end
+  if src:sub(1, 1) == "#" then i = src:find("\n", 1, true) or n + 1 end
+  while i <= n do
+    local c = src:sub(i, i)
+    if c == "\n" then
+      line, i = line + 1, i + 1
+    elseif c:match("%s") then
+      i = i + 1
+    elseif src:sub(i, i + 1) == "--" then
+      local eq = src:match("^%[(=*)%[", i + 2)
+      local e
+      if eq then
+        _, e = src:find("]" .. eq .. "]", i, true)
+      else
+        e = (src:find("\n", i, true) or n + 1) - 1
+      end
+      e = e or n
+      line = line + count_nl(src:sub(i, e))
+      i = e + 1
+    elseif c == '"' or c == "'" then
+      local j, start = i + 1, line
+      while j <= n do
+        local ch = src:sub(j, j)
+        if ch == "\\" then
+          if src:sub(j + 1, j + 1) == "\n" then line = line + 1 end
+          j = j + 2
+        elseif ch == c or ch == "\n" then
+          break
+        else
+          j = j + 1
+        end
+      end
+      push("str", src:sub(i + 1, j - 1), start)
+      i = j + 1
+    elseif c == "[" and src:match("^%[=*%[", i) then
+      local eq = src:match("^%[(=*)%[", i)
+      local _, e = src:find("]" .. eq .. "]", i, true)
+      e = e or n
+      local body = src:sub(i + #eq + 2, e - #eq - 2)
+      push("str", (body:gsub("^\r?\n", "")), line)
+      line = line + count_nl(src:sub(i, e))
+      i = e + 1
+    elseif c:match("[%a_]") then
+      local w = src:match("^[%w_]+", i)
+      push("name", w, line)
+      i = i + #w
+    elseif c:match("%d") or (c == "." and src:sub(i + 1, i + 1):match("%d")) then
+      local j = i
+      while true do
+        local m = src:match("^[%w_.]*", j)
+        j = j + #m
+        if m:match("[eEpP]$") and src:sub(j, j):match("[+-]") then j = j + 1 else break end
+      end
+      push("num", src:sub(i, j - 1), line)
+      i = j
+    else
+      local op = OPS3[src:sub(i, i + 2)] and src:sub(i, i + 2)
+        or OPS2[src:sub(i, i + 1)] and src:sub(i, i + 1) or c
+      push("op", op, line)
+      i = i + #op
+    end
+  end
+  return toks
+end
+
+local function is_op(toks, i, v)
+  local t = toks[i]
+  return t ~= nil and t.k == "op" and t.v == v
+end
+
+-- Tokens of the expression starting at i: up to the next separator at the same
+-- nesting, or the end of the enclosing construct.
+local function value_range(toks, i)
+  local t = toks[i]
+  if not t then return nil end
+  if t.k == "op" and t.v == "{" and t.match then return i, t.match end
+  local d, j = t.depth, i
+  while toks[j + 1] do
+    local u = toks[j + 1]
+    if u.depth < d then break end
+    if u.depth == d and u.k == "op" and (u.v == "," or u.v == ";") then break end
+    j = j + 1
+  end
+  return i, j
+end
+
+-- `name =` or `["name"] =` within [a, b], preferring the shallowest match so a
+-- table's own keys win over same-named keys nested deeper inside it.
+-- Returns the key token index and the value's first token index.
+local function find_key(toks, a, b, name)
+  local best, bestv, bestd
+  for i = a, b do
+    local t, vi = toks[i], nil
+    if t.k == "name" and t.v == name and is_op(toks, i + 1, "=") then
+      vi = i + 2
+    elseif t.k == "op" and t.v == "[" and toks[i + 1] and toks[i + 1].k == "str"
+        and toks[i + 1].v == name and is_op(toks, i + 2, "]") and is_op(toks, i + 3, "=") then
+      vi = i + 4
+    end
+    if vi and toks[vi] and (not bestd or t.depth < bestd) then
+      best, bestv, bestd = i, vi, t.depth
+    end
+  end
+  return best, bestv
+end
+
+-- The n-th positional item of the first table constructor in [a, b].
+local function find_item(toks, a, b, n)
+  local open
+  for i = a, b do
+    if is_op(toks, i, "{") then open = i break end
+  end
+  if not open or not toks[open].match then return nil end
+  local close, count, i = toks[open].match, 0, open + 1
+  while i < close do
+    local t = toks[i]
+    if t.k == "op" and (t.v == "," or t.v == ";") then
+      i = i + 1
+    else
+      local keyed = (t.k == "name" and is_op(toks, i + 1, "="))
+        or (t.k == "op" and t.v == "[" and t.match and is_op(toks, t.match + 1, "="))
+      local s, e = value_range(toks, i)
+      if not keyed then
+        count = count + 1
+        if count == n then return i, s, e end
+      end
+      i = e + 1
+    end
+  end
+  return nil
+end
+
+-- A value that is a bare variable: continue from where that variable was
+-- assigned, so `upstreams = { origin = origin }` still finds lines.
+local function follow_var(toks, a, b)
+  for _ = 1, 3 do
+    if a ~= b or toks[a].k ~= "name" then break end
+    local ki, vi = find_key(toks, 1, #toks, toks[a].v)
+    if not ki or vi == a then break end
+    a, b = value_range(toks, vi)
+  end
+  return a, b
+end
+
+local function locate(toks, path)
+  local a, b, line = 1, #toks, nil
+  for _, comp in ipairs(path) do
+    if not a or a > b then break end
+    local ki, s, e
+    if type(comp) == "string" then
+      local vi
+      ki, vi = find_key(toks, a, b, comp)
+      if ki then s, e = value_range(toks, vi) end
+    else
+      ki, s, e = find_item(toks, a, b, comp)
+    end
+    if not ki then break end
+    line = toks[ki].line
+    a, b = follow_var(toks, s, e)
+  end
+  return line
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function source_line(file, at)
+  local src = read_file(file)
+  if not src then return nil end
+  local ok, line = pcall(function() return locate(lex(src), at) end)
+  return ok and line or nil
+end
+
+---------------------------------------------------------------------------
+-- Public API
+---------------------------------------------------------------------------
+
+local function dirname(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  if d == "" then return "/" end
+  return d
+end
+
+function M.normalise(tbl, file)
+  file = file or "config"
+  if type(tbl) ~= "table" then
+    return nil, file .. ": config must return a table, got " .. type(tbl)
+  end
+  local ctx = { dir = dirname(file) }
+  local ok, res = pcall(top, tbl, {}, ctx)
+  if not ok then
+    if type(res) ~= "table" then return nil, file .. ": " .. tostring(res) end
+    local line = source_line(file, res.at or res.path)
+    local where = line and (file .. ":" .. line) or file
+    if #res.path > 0 then where = where .. ": " .. fmt_path(res.path) end
+    return nil, where .. ": " .. res.msg
+  end
+  res.file, res.dir = file, ctx.dir
+  return res
+end
+
+function M.load(path, opts)
+  if type(path) ~= "string" then return nil, "config path must be a string, got " .. type(path) end
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, err end
+  local env = {}
+  if opts and opts.env then
+    for k, v in pairs(opts.env) do env[k] = v end
+  end
+  setfenv(chunk, setmetatable(env, { __index = _G }))
+  -- Let the config require modules that sit next to it, as it will be able to
+  -- at runtime through lua_path; restore package.path so loading has no lasting
+  -- side effects on the caller.
+  local d = dirname(path)
+  d = d == "/" and "" or d
+  local saved = package.path
+  package.path = d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
+  local ok, res = pcall(chunk)
+  package.path = saved
+  if not ok then
+    if type(res) ~= "string" then res = "error: " .. describe(res) end
+    -- error(msg, 0) and non-string errors carry no position; keep the file at least.
+    if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
+    return nil, (res:gsub("\n.*", ""))
+  end
+  return M.normalise(res, path)
+end
+
+-- Exposed for the C side and tests that need the same parsing rules.
+M.parse_duration = parse_duration
+M.parse_size = parse_size
+M.parse_addr = parse_addr
+
+return M

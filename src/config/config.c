@@ -1,0 +1,345 @@
+#include "config/config.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "llhttp.h"
+#include "log/log.h"
+
+const char *mr_config_lua_dir(void)
+{
+    const char *d = getenv("MOONRING_LUA_DIR");
+    return d && *d ? d : MR_LUA_DIR;
+}
+
+static char *dupstr(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    char *s = lua_type(L, -1) == LUA_TSTRING ? strdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return s;
+}
+
+static long long getint(lua_State *L, int idx, const char *key, long long dflt)
+{
+    lua_getfield(L, idx, key);
+    long long v = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : dflt;
+    lua_pop(L, 1);
+    return v;
+}
+
+static bool getbool(lua_State *L, int idx, const char *key, bool dflt)
+{
+    lua_getfield(L, idx, key);
+    bool v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : dflt;
+    lua_pop(L, 1);
+    return v;
+}
+
+static int resolve(const char *what, const char *host, int port, mr_addr_t *out, char *err, size_t errlen)
+{
+    int rc = mr_net_resolve(host, port, out);
+    if (rc < 0) snprintf(err, errlen, "%s: cannot resolve '%s'", what, host);
+    return rc;
+}
+
+static int method_bit(const char *name)
+{
+    for (int i = 0; i < 64; i++) {
+        const char *m = llhttp_method_name((llhttp_method_t)i);
+        if (m && strcmp(m, name) == 0) return i;
+    }
+    return -1;
+}
+
+static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char *file, char *err, size_t errlen)
+{
+    lua_getfield(L, idx, "servers");
+    int n = (int)lua_objlen(L, -1);
+    u->servers = calloc((size_t)n, sizeof *u->servers);
+    u->nservers = n;
+    for (int j = 0; j < n; j++) {
+        lua_rawgeti(L, -1, j + 1);
+        int t = lua_gettop(L);
+        mr_server_conf_t *s = &u->servers[j];
+        s->addr = dupstr(L, t, "addr");
+        s->weight = (int)getint(L, t, "weight", 1);
+        char *host = dupstr(L, t, "host");
+        char what[256];
+        snprintf(what, sizeof what, "%s: upstreams.%s.servers[%d]", file, u->name, j + 1);
+        int rc = resolve(what, host, (int)getint(L, t, "port", 0), &s->sa, err, errlen);
+        free(host);
+        lua_pop(L, 1);
+        if (rc < 0) { lua_pop(L, 1); return -1; }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static void read_upstream_common(lua_State *L, int t, mr_upstream_conf_t *u)
+{
+    char *bal = dupstr(L, t, "balance");
+    u->balance = bal && strcmp(bal, "least_conn") == 0 ? MR_BALANCE_LEAST_CONN : MR_BALANCE_RR;
+    free(bal);
+    u->keepalive = (int)getint(L, t, "keepalive", 32);
+    u->keepalive_requests = (int)getint(L, t, "keepalive_requests", 1000);
+    u->tries = (int)getint(L, t, "tries", 3);
+    u->keepalive_timeout_ms = (uint32_t)getint(L, t, "keepalive_timeout_ms", 60000);
+    u->connect_timeout_ms = (uint32_t)getint(L, t, "connect_timeout_ms", 5000);
+    u->read_timeout_ms = (uint32_t)getint(L, t, "read_timeout_ms", 60000);
+    u->send_timeout_ms = (uint32_t)getint(L, t, "send_timeout_ms", 60000);
+}
+
+static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r, char *err, size_t errlen)
+{
+    r->index = (int)getint(L, t, "index", 0);
+    r->name = dupstr(L, t, "name");
+    char *kind = dupstr(L, t, "kind");
+    r->kind = kind && strcmp(kind, "handler") == 0 ? MR_ROUTE_HANDLER : MR_ROUTE_UPSTREAM;
+    free(kind);
+    r->path = dupstr(L, t, "path");
+    r->exact = dupstr(L, t, "exact");
+    r->set_host = dupstr(L, t, "set_host");
+    r->strip_prefix = getbool(L, t, "strip_prefix", false);
+    r->client_max_body_size = getint(L, t, "client_max_body_size", -1);
+    r->upstream_id = (int)getint(L, t, "upstream_id", 0) - 1;
+    lua_getfield(L, t, "filters");
+    r->has_filters = lua_istable(L, -1) && lua_objlen(L, -1) > 0;
+    lua_pop(L, 1);
+    if (!getbool(L, t, "simple", true) || r->has_filters) {
+        snprintf(err, errlen, "%s: %s: header/pattern/match predicates and filters are not supported by this build yet",
+                 cfg->file, r->name);
+        return -1;
+    }
+    lua_getfield(L, t, "host");
+    if (lua_istable(L, -1)) {
+        r->nhosts = (int)lua_objlen(L, -1);
+        r->hosts = calloc((size_t)r->nhosts, sizeof *r->hosts);
+        for (int i = 0; i < r->nhosts; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            r->hosts[i] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "method");
+    if (lua_istable(L, -1)) {
+        int n = (int)lua_objlen(L, -1);
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            int b = method_bit(lua_tostring(L, -1));
+            if (b < 0) {
+                snprintf(err, errlen, "%s: %s.method: unknown method '%s'", cfg->file, r->name, lua_tostring(L, -1));
+                lua_pop(L, 2);
+                return -1;
+            }
+            r->methods |= 1ull << b;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "upstream_addr");
+    if (lua_istable(L, -1)) {
+        int a = lua_gettop(L);
+        mr_upstream_conf_t *u = calloc(1, sizeof *u);
+        r->adhoc = u;
+        u->name = dupstr(L, a, "addr");
+        read_upstream_common(L, t, u); /* defaults */
+        u->nservers = 1;
+        u->servers = calloc(1, sizeof *u->servers);
+        u->servers[0].addr = strdup(u->name);
+        u->servers[0].weight = 1;
+        char *host = dupstr(L, a, "host");
+        char what[256];
+        snprintf(what, sizeof what, "%s: %s.upstream", cfg->file, r->name);
+        int rc = resolve(what, host, (int)getint(L, a, "port", 0), &u->servers[0].sa, err, errlen);
+        free(host);
+        if (rc < 0) { lua_pop(L, 1); return -1; }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
+{
+    int top = lua_gettop(L);
+    char *s;
+    cfg->workers = (int)getint(L, top, "workers", 0);
+    if (cfg->workers <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = n > 0 ? (int)n : 1;
+    }
+    cfg->pid = dupstr(L, top, "pid");
+    cfg->error_log = dupstr(L, top, "error_log");
+    s = dupstr(L, top, "log_level");
+    cfg->log_level = s ? mr_log_level_parse(s) : MR_LOG_INFO;
+    if (cfg->log_level < 0) cfg->log_level = MR_LOG_INFO;
+    free(s);
+    cfg->access_log = dupstr(L, top, "access_log");
+    s = dupstr(L, top, "access_log_format");
+    cfg->access_log_json = s && strcmp(s, "json") == 0;
+    free(s);
+    cfg->loop = dupstr(L, top, "loop");
+    s = dupstr(L, top, "lua_path");
+    const char *lua_dir = mr_config_lua_dir();
+    size_t need = (s ? strlen(s) : 0) + 2 * strlen(lua_dir) + 64;
+    cfg->lua_path = malloc(need);
+    snprintf(cfg->lua_path, need, "%s%s%s/?.lua;%s/?/init.lua;;", s ? s : "",
+             s && s[0] && s[strlen(s) - 1] != ';' ? ";" : "", lua_dir, lua_dir);
+    free(s);
+    cfg->shutdown_timeout_ms = (uint32_t)getint(L, top, "shutdown_timeout_ms", 10000);
+    lua_getfield(L, top, "router");
+    cfg->has_router = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    if (cfg->has_router) {
+        snprintf(err, errlen, "%s: router: a router function is not supported by this build yet", cfg->file);
+        return -1;
+    }
+
+    lua_getfield(L, top, "limits");
+    int t = lua_gettop(L);
+    mr_limits_t *l = &cfg->limits;
+    l->max_request_line = (uint32_t)getint(L, t, "max_request_line", 8192);
+    l->max_header_size = (uint32_t)getint(L, t, "max_header_size", 32768);
+    l->max_headers = (uint32_t)getint(L, t, "max_headers", 100);
+    l->client_max_body_size = getint(L, t, "client_max_body_size", 1 << 20);
+    l->header_timeout_ms = (uint32_t)getint(L, t, "header_timeout_ms", 60000);
+    l->body_timeout_ms = (uint32_t)getint(L, t, "body_timeout_ms", 60000);
+    l->keepalive_timeout_ms = (uint32_t)getint(L, t, "keepalive_timeout_ms", 75000);
+    l->send_timeout_ms = (uint32_t)getint(L, t, "send_timeout_ms", 60000);
+    l->max_connections = (uint32_t)getint(L, t, "max_connections", 10000);
+    l->keepalive_requests = (uint32_t)getint(L, t, "keepalive_requests", 1000);
+    lua_pop(L, 1);
+
+    lua_getfield(L, top, "proxy");
+    t = lua_gettop(L);
+    cfg->xff = getbool(L, t, "x_forwarded_for", true);
+    cfg->xfp = getbool(L, t, "x_forwarded_proto", true);
+    cfg->via = getbool(L, t, "via", true);
+    cfg->buffer_size = (uint32_t)getint(L, t, "buffer_size", 65536);
+    lua_pop(L, 1);
+
+    lua_getfield(L, top, "listen");
+    t = lua_gettop(L);
+    cfg->nlisten = (int)lua_objlen(L, t);
+    cfg->listen = calloc((size_t)cfg->nlisten, sizeof *cfg->listen);
+    for (int i = 0; i < cfg->nlisten; i++) {
+        lua_rawgeti(L, t, i + 1);
+        int e = lua_gettop(L);
+        mr_listen_conf_t *ls = &cfg->listen[i];
+        ls->addr = dupstr(L, e, "addr");
+        ls->backlog = (int)getint(L, e, "backlog", 511);
+        char *host = dupstr(L, e, "host");
+        char what[256];
+        snprintf(what, sizeof what, "%s: listen[%d]", cfg->file, i + 1);
+        int rc = resolve(what, host, (int)getint(L, e, "port", 0), &ls->sa, err, errlen);
+        free(host);
+        lua_pop(L, 1);
+        if (rc < 0) return -1;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, top, "upstreams");
+    t = lua_gettop(L);
+    cfg->nupstreams = lua_istable(L, t) ? (int)lua_objlen(L, t) : 0;
+    cfg->upstreams = calloc((size_t)cfg->nupstreams + 1, sizeof *cfg->upstreams);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        lua_rawgeti(L, t, i + 1);
+        int e = lua_gettop(L);
+        mr_upstream_conf_t *u = &cfg->upstreams[i];
+        u->name = dupstr(L, e, "name");
+        read_upstream_common(L, e, u);
+        int rc = read_servers(L, e, u, cfg->file, err, errlen);
+        lua_pop(L, 1);
+        if (rc < 0) return -1;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, top, "routes");
+    t = lua_gettop(L);
+    cfg->nroutes = lua_istable(L, t) ? (int)lua_objlen(L, t) : 0;
+    cfg->routes = calloc((size_t)cfg->nroutes + 1, sizeof *cfg->routes);
+    for (int i = 0; i < cfg->nroutes; i++) {
+        lua_rawgeti(L, t, i + 1);
+        int rc = read_route(L, lua_gettop(L), cfg, &cfg->routes[i], err, errlen);
+        lua_pop(L, 1);
+        if (rc < 0) return -1;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen)
+{
+    int rc = -1;
+    mr_config_t *cfg = calloc(1, sizeof *cfg);
+    lua_State *L = luaL_newstate();
+    if (!cfg || !L) { snprintf(err, errlen, "out of memory"); goto done; }
+    cfg->file = strdup(file);
+    luaL_openlibs(L);
+    const char *dir = mr_config_lua_dir();
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.config");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "cannot load the config validator: %s", lua_tostring(L, -1));
+        goto done;
+    }
+    lua_getfield(L, -1, "load");
+    lua_pushstring(L, file);
+    if (lua_pcall(L, 1, 2, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto done;
+    }
+    if (lua_isnil(L, -2)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto done;
+    }
+    lua_pop(L, 1);
+    if (read_config(L, cfg, err, errlen) < 0) goto done;
+    *out = cfg;
+    cfg = NULL;
+    rc = 0;
+done:
+    if (L) lua_close(L);
+    if (cfg) mr_config_free(cfg);
+    return rc;
+}
+
+void mr_config_free(mr_config_t *cfg)
+{
+    if (!cfg) return;
+    for (int i = 0; i < cfg->nlisten; i++) free(cfg->listen[i].addr);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        for (int j = 0; j < cfg->upstreams[i].nservers; j++) free(cfg->upstreams[i].servers[j].addr);
+        free(cfg->upstreams[i].servers);
+        free(cfg->upstreams[i].name);
+    }
+    for (int i = 0; i < cfg->nroutes; i++) {
+        mr_route_conf_t *r = &cfg->routes[i];
+        free(r->name); free(r->path); free(r->exact); free(r->set_host);
+        for (int j = 0; j < r->nhosts; j++) free(r->hosts[j]);
+        free(r->hosts);
+        if (r->adhoc) {
+            free(r->adhoc->servers[0].addr);
+            free(r->adhoc->servers);
+            free(r->adhoc->name);
+            free(r->adhoc);
+        }
+    }
+    free(cfg->listen); free(cfg->upstreams); free(cfg->routes);
+    free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
+    free(cfg->access_log); free(cfg->loop);
+    free(cfg);
+}

@@ -1,0 +1,94 @@
+/* The validated, resolved configuration. Built on the main thread by mr_config_load (which runs the
+ * Lua validator lua/moonring/config.lua in a scratch VM and resolves host names there, off the
+ * workers); then read-only and shared by all workers. Lua functions in routes (handlers) live only
+ * in each worker's own VM and are referenced by route index. */
+#ifndef MR_CONFIG_H
+#define MR_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "net/net.h"
+
+typedef struct {
+    char *addr;
+    mr_addr_t sa;
+    int backlog;
+} mr_listen_conf_t;
+
+typedef struct {
+    char *addr;
+    mr_addr_t sa;
+    int weight;
+} mr_server_conf_t;
+
+enum { MR_BALANCE_RR = 0, MR_BALANCE_LEAST_CONN = 1 };
+
+typedef struct {
+    char *name;
+    mr_server_conf_t *servers;
+    int nservers;
+    int balance;
+    int keepalive;              /* max idle per server per worker */
+    int keepalive_requests;
+    int tries;
+    uint32_t keepalive_timeout_ms, connect_timeout_ms, read_timeout_ms, send_timeout_ms;
+} mr_upstream_conf_t;
+
+enum { MR_ROUTE_UPSTREAM = 0, MR_ROUTE_HANDLER = 1 };
+
+typedef struct {
+    char *name;
+    int index;                  /* 1-based, as in the config (and the worker VM's route table) */
+    int kind;
+    char *path;                 /* prefix, or NULL */
+    char *exact;                /* or NULL */
+    char **hosts;               /* exact names or "*.suffix" */
+    int nhosts;
+    uint64_t methods;           /* bit per llhttp method; 0 = any */
+    int upstream_id;            /* index into upstreams, or -1 */
+    mr_upstream_conf_t *adhoc;  /* upstream = "host:port" */
+    char *set_host;
+    bool strip_prefix;
+    bool has_filters;
+    int64_t client_max_body_size; /* -1 = inherit limits */
+} mr_route_conf_t;
+
+typedef struct {
+    uint32_t max_request_line, max_header_size, max_headers;
+    int64_t client_max_body_size;       /* 0 = unlimited */
+    uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, send_timeout_ms;
+    uint32_t max_connections, keepalive_requests;
+} mr_limits_t;
+
+typedef struct {
+    char *file;                 /* path as given */
+    char *lua_path;             /* full package.path for worker VMs */
+    int workers;                /* resolved: >= 1 */
+    char *pid;                  /* or NULL */
+    char *error_log;
+    int log_level;
+    char *access_log;           /* or NULL */
+    bool access_log_json;
+    char *loop;
+    mr_listen_conf_t *listen;
+    int nlisten;
+    mr_upstream_conf_t *upstreams;
+    int nupstreams;
+    mr_route_conf_t *routes;
+    int nroutes;
+    bool has_router;
+    mr_limits_t limits;
+    bool xff, xfp, via;
+    uint32_t buffer_size;
+    uint32_t shutdown_timeout_ms;
+} mr_config_t;
+
+/* Loads, validates and resolves FILE. On error returns -1 and writes one line naming the file,
+ * line and key into err. Main thread only (resolution blocks). */
+int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen);
+void mr_config_free(mr_config_t *cfg);
+/* The project's Lua library directory (MOONRING_LUA_DIR env, else the build-time path). */
+const char *mr_config_lua_dir(void);
+
+#endif

@@ -1,0 +1,15 @@
+/* The main thread: loads the config, starts one pinned worker per CPU, writes the pid file, and
+ * turns signals into worker commands. It never serves requests. */
+#ifndef MR_SERVER_H
+#define MR_SERVER_H
+
+/* Runs until a stop signal; returns the process exit code. */
+int mr_server_run(const char *config_path);
+/* -t: validates the config; prints the error. Returns the exit code. */
+int mr_server_check(const char *config_path);
+/* -s stop|quit|reload: signals the instance whose pid file the config names. */
+int mr_server_signal(const char *config_path, const char *what);
+/* -v: version and io_uring features. */
+int mr_server_version(void);
+
+#endif

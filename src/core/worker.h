@@ -1,0 +1,64 @@
+/* A worker: one thread pinned to one CPU, owning one loop, its listening sockets, its upstream
+ * pools, its Lua VM and its clients. Created and joined by the main thread (core/server.c);
+ * everything else runs on the worker's own thread. Commands from the main thread arrive through
+ * an eventfd the loop reads. */
+#ifndef MR_WORKER_H
+#define MR_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "http1/http1.h"
+#include "loop/loop.h"
+#include "proxy/proxy.h"
+
+typedef struct mr_lua_vm mr_lua_vm_t;
+typedef struct mr_access_log mr_access_log_t;
+
+enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2 };
+
+struct mr_worker {
+    int id, cpu;
+    char tag[16];
+    pthread_t thread;
+    const mr_config_t *cfg;
+    mr_loop_t *loop;
+    mr_http1_limits_t h1limits;
+
+    int *listen_fds;
+    struct mr_acceptor { mr_op_t op; mr_worker_t *w; } *acceptors;
+    int nlisten;
+    bool accepting, accept_paused;
+
+    mr_upstream_t *ups;           /* one per cfg->upstreams */
+    mr_upstream_t *adhoc;         /* one per route, for upstream = "host:port" */
+    mr_lua_vm_t *lua;
+    mr_access_log_t *alog;
+
+    mr_client_t *clients;
+    uint32_t nclients;
+    uint32_t nupconns;            /* upstream connections alive (incl. closing) */
+    uint64_t nrequests;
+
+    int evfd;
+    mr_op_t ev_op;
+    uint64_t ev_val;
+    atomic_int cmd;
+    bool draining;
+    mr_timer_t drain_timer;
+    int startup_rc;               /* 0 once serving, -errno on failure */
+    atomic_int ready;             /* 1 serving, -1 failed */
+};
+
+/* Creates the worker's listening sockets (main thread, so bind errors surface at start). */
+int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu);
+int mr_worker_start(mr_worker_t *w);
+void mr_worker_command(mr_worker_t *w, int cmd);
+void mr_worker_join(mr_worker_t *w);
+/* Called by the proxy when a client goes away (accept resumption, drain completion). */
+void mr_worker_client_gone(mr_worker_t *w);
+
+#endif

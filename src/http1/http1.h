@@ -1,0 +1,105 @@
+/* HTTP/1.1 message parsing on llhttp, with the strictness and limits llhttp 8.1 lacks.
+ *
+ * One mr_http1_msg_t parses a stream of messages of one type (requests from a client, or
+ * responses from an upstream). Header bytes are copied into the message's own buffer as they
+ * arrive, so callers may release receive buffers as soon as mr_http1_feed returns. Body bytes are
+ * NOT copied: on_body gets pointers into the caller's input, valid only during the callback
+ * (take a buffer reference there to keep them).
+ *
+ * Callbacks fire synchronously from inside mr_http1_feed. A request parser pauses after the head
+ * (so the caller can route and connect before body bytes flow) and after each complete message
+ * (so pipelined requests are answered in order); mr_http1_feed then returns MR_HTTP1_PAUSED with
+ * *consumed < len, and the caller resumes by calling mr_http1_resume and feeding the rest.
+ * Owner: one connection; not thread-safe. */
+#ifndef MR_HTTP1_H
+#define MR_HTTP1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llhttp.h"
+#include "util/vec.h"
+
+enum { MR_HTTP1_REQUEST = 0, MR_HTTP1_RESPONSE = 1 };
+enum { MR_HTTP1_OK = 0, MR_HTTP1_PAUSED = 1, MR_HTTP1_UPGRADE = 2 };
+
+/* Header flags set during normalisation. */
+enum {
+    MR_HDR_HOP = 1,        /* hop-by-hop: never forwarded as-is */
+    MR_HDR_HOST = 2,
+    MR_HDR_XFF = 4,
+    MR_HDR_VIA = 8,
+    MR_HDR_DELETED = 16,   /* removed by a filter */
+};
+
+typedef struct {
+    uint32_t name_off, val_off;
+    uint16_t name_len;
+    uint16_t flags;
+    uint32_t val_len;
+} mr_hdr_t;
+
+typedef struct {
+    uint32_t max_request_line;
+    uint32_t max_header_size;
+    uint32_t max_headers;
+} mr_http1_limits_t;
+
+typedef struct mr_http1_msg mr_http1_msg_t;
+
+typedef struct {
+    /* Head parsed and normalised. Request: return 0 (the parser then pauses). Response: return 0,
+     * or 1 when the message has no body whatever its headers say (response to HEAD). */
+    int (*on_head)(mr_http1_msg_t *m);
+    int (*on_body)(mr_http1_msg_t *m, const char *p, size_t n);
+    /* Message complete. Requests pause after it; responses keep going. */
+    int (*on_done)(mr_http1_msg_t *m);
+} mr_http1_cbs_t;
+
+struct mr_http1_msg {
+    llhttp_t parser;
+    const mr_http1_cbs_t *cbs;
+    const mr_http1_limits_t *limits;
+    void *owner;
+    int type;
+
+    /* The head, copied. Offsets point into buf. */
+    mr_vec_t buf;
+    mr_hdr_t *hdrs;
+    uint32_t nhdrs, hdrs_cap;
+    uint32_t url_off, url_len;
+    uint32_t reason_off, reason_len;
+    uint32_t head_bytes;       /* bytes of the head seen so far (limits) */
+    int status;                /* response status */
+    uint8_t method, major, minor;
+    int64_t content_length;    /* -1 when absent */
+    bool chunked, keep_alive, upgrade, expect_continue, has_body, in_value, head_done;
+    int host_idx;              /* index of Host or -1 */
+
+    int error_status;          /* HTTP status to answer a parse error with (requests) */
+    const char *error_reason;
+};
+
+void mr_http1_init(mr_http1_msg_t *m, int type, const mr_http1_limits_t *limits,
+                   const mr_http1_cbs_t *cbs, void *owner);
+void mr_http1_free(mr_http1_msg_t *m);
+/* Forget the previous message's head (keeps capacity). Call before the next message. */
+void mr_http1_next(mr_http1_msg_t *m);
+/* Returns MR_HTTP1_OK (all consumed), MR_HTTP1_PAUSED, MR_HTTP1_UPGRADE (rest is tunnel data),
+ * or -1 on error (error_status/error_reason set). */
+int mr_http1_feed(mr_http1_msg_t *m, const char *p, size_t n, size_t *consumed);
+void mr_http1_resume(mr_http1_msg_t *m);
+/* Signals EOF to a response parser (read-until-close bodies). Returns 0 or -1 (truncated). */
+int mr_http1_finish(mr_http1_msg_t *m);
+bool mr_http1_paused(const mr_http1_msg_t *m);
+
+static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return m->buf.p + off; }
+/* Index of the first live header named `name` (case-insensitive), or -1. */
+int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from);
+/* Appends a header (name/value copied). Returns index or -errno. */
+int mr_http1_add_header(mr_http1_msg_t *m, const char *name, size_t nlen, const char *val, size_t vlen);
+const char *mr_http1_method_str(const mr_http1_msg_t *m);
+const char *mr_http1_reason(int status);
+
+#endif

@@ -1,0 +1,101 @@
+/* The per-worker event loop: a completion-style interface over io_uring.
+ *
+ * Thread affinity: a loop belongs to the thread that called mr_loop_init; every function here must
+ * be called from that thread (the ring is created SINGLE_ISSUER where the kernel allows it).
+ *
+ * Completion model: the caller embeds an mr_op_t in its own object, sets op->fn, and submits.
+ * The callback fires later from mr_loop_run, never synchronously from the submitting call.
+ * Multishot ops (accept, recv) call back with MR_F_MORE set while they stay armed; the last
+ * completion of an op arrives without MR_F_MORE, and only then may the op's memory be reused.
+ * A buffer passed to a send belongs to the kernel until that op's final completion.
+ *
+ * Provided buffers: mr_loop_recv uses the loop's buffer ring. A completion with res > 0 carries a
+ * buffer id (mr_op_bid(flags)); the callee owns one reference to it and must release it with
+ * mr_loop_buf_unref once it no longer needs the bytes. Extra references (for zero-copy forwarding
+ * of body bytes to another socket) are taken with mr_loop_buf_ref. A recv that runs out of buffers
+ * is re-armed by the loop itself once buffers return; the callee does not see -ENOBUFS.
+ *
+ * Timers: a per-loop min-heap; all timeouts use it (no kernel timeout op per request). */
+#ifndef MR_LOOP_H
+#define MR_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+typedef struct mr_loop mr_loop_t;
+typedef struct mr_op mr_op_t;
+typedef struct mr_timer mr_timer_t;
+
+#define MR_F_MORE 0x1u   /* more completions will follow for this op */
+#define MR_F_BUF 0x2u    /* a provided buffer id is in the upper 16 bits */
+
+typedef void (*mr_op_fn)(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
+typedef void (*mr_timer_fn)(mr_loop_t *loop, mr_timer_t *t);
+
+struct mr_op {
+    mr_op_fn fn;
+    uint8_t kind;      /* internal: MR_OPK_* */
+    bool active;       /* submitted and its final completion not yet delivered */
+    int fd;            /* for re-arming starved recvs */
+    mr_op_t *next_starved;
+};
+
+static inline uint16_t mr_op_bid(uint32_t flags) { return (uint16_t)(flags >> 16); }
+
+struct mr_timer {
+    uint64_t due;      /* absolute ms; may be later than key (lazy re-arm) */
+    uint64_t key;      /* position in the heap */
+    uint32_t idx;      /* heap index + 1; 0 = not armed */
+    mr_timer_fn fn;
+};
+
+typedef struct {
+    uint32_t entries;      /* SQ size */
+    uint32_t buf_count;    /* provided buffers (power of two) */
+    uint32_t buf_size;     /* bytes each */
+} mr_loop_opts_t;
+
+typedef struct {
+    bool single_issuer, defer_taskrun, coop_taskrun, ext_arg, fast_poll, recv_multishot, buf_ring;
+    const char *kernel_note;  /* why a feature is off, or NULL */
+} mr_loop_features_t;
+
+/* Probes io_uring on this kernel (creates and destroys a small ring). Returns 0 or -errno. */
+int mr_loop_probe(mr_loop_features_t *out);
+
+int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
+void mr_loop_free(mr_loop_t *loop);
+/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal ring error. */
+int mr_loop_run(mr_loop_t *loop);
+void mr_loop_stop(mr_loop_t *loop);
+/* Cached monotonic clock in ms, refreshed once per loop turn. */
+uint64_t mr_loop_now(mr_loop_t *loop);
+/* Ops submitted since the loop started and still in flight (for shutdown accounting). */
+
+int mr_loop_accept(mr_loop_t *loop, mr_op_t *op, int fd);               /* multishot; res = fd */
+int mr_loop_recv(mr_loop_t *loop, mr_op_t *op, int fd);                 /* multishot, provided bufs */
+int mr_loop_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg);
+int mr_loop_connect(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockaddr *sa, socklen_t len);
+int mr_loop_read(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len);
+int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len);
+/* Asks the kernel to cancel `target`; its callback still fires (with -ECANCELED or a result). */
+int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target);
+
+char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid);
+void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid);
+void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid);
+uint32_t mr_loop_buf_size(mr_loop_t *loop);
+
+/* Arms `t` to fire `ms` from now. Cheap when only pushed later (the common keep-alive case). */
+void mr_timer_set(mr_loop_t *loop, mr_timer_t *t, uint64_t ms);
+void mr_timer_stop(mr_loop_t *loop, mr_timer_t *t);
+static inline bool mr_timer_armed(const mr_timer_t *t) { return t->idx != 0; }
+
+/* Runs fn(arg) at the end of the current loop turn (never synchronously). */
+typedef struct mr_defer { void (*fn)(mr_loop_t *, struct mr_defer *); struct mr_defer *next; bool queued; } mr_defer_t;
+void mr_loop_defer(mr_loop_t *loop, mr_defer_t *d);
+
+#endif

@@ -1,0 +1,33 @@
+/* moonring: command line only; everything else is in core/. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/server.h"
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: moonring [-c FILE] [-t] [-s stop|quit|reload] [-v]\n"
+            "  -c FILE   configuration file (default conf/moonring.lua)\n"
+            "  -t        check the configuration and exit\n"
+            "  -s SIG    send stop, quit or reload to the running instance (via its pid file)\n"
+            "  -v        print the version and the io_uring features found\n");
+}
+
+#ifndef MR_NO_MAIN
+int main(int argc, char **argv)
+{
+    const char *conf = "conf/moonring.lua", *sig = NULL;
+    int check = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) conf = argv[++i];
+        else if (strcmp(argv[i], "-t") == 0) check = 1;
+        else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) sig = argv[++i];
+        else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) return mr_server_version();
+        else { usage(); return 2; }
+    }
+    if (check) return mr_server_check(conf);
+    if (sig) return mr_server_signal(conf, sig);
+    return mr_server_run(conf);
+}
+#endif

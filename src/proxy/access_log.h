@@ -1,0 +1,20 @@
+/* Per-worker access log. Lines are formatted into a buffer; the buffer is written with an
+ * io_uring write on the worker's own loop (never a blocking write on the request path), double
+ * buffered so formatting continues while a write is in flight. Thread affinity: one worker. */
+#ifndef MR_ACCESS_LOG_H
+#define MR_ACCESS_LOG_H
+
+#include <stdbool.h>
+
+#include "loop/loop.h"
+#include "proxy/proxy.h"
+
+typedef struct mr_access_log mr_access_log_t;
+
+/* fd is shared by all workers (opened O_APPEND by the main thread); not closed here. */
+mr_access_log_t *mr_access_log_new(mr_loop_t *loop, int fd, bool json);
+void mr_access_log_request(mr_access_log_t *al, mr_client_t *c);
+/* Writes what is buffered synchronously; used at shutdown only. */
+void mr_access_log_free(mr_access_log_t *al);
+
+#endif

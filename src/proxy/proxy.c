@@ -1,0 +1,1005 @@
+/* The request lifecycle. One request at a time per client connection (pipelined requests wait in
+ * the client's input until the previous response is complete), each bound to one upstream
+ * connection from the worker's pool. Both parsers pause instead of buffering: at the request head
+ * (until the upstream is connected), after each request (ordering), and whenever the other side's
+ * send queue is over its limit (backpressure), so memory per connection stays bounded. */
+#include "proxy/proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "core/worker.h"
+#include "log/log.h"
+#include "lua/lua.h"
+#include "net/net.h"
+#include "proxy/access_log.h"
+
+#define HEAD_LIMIT (256u * 1024u)
+#define SQ_RESERVE 4 /* entries a body piece may need: size line, data, CRLF, last-chunk */
+
+enum { P_NONE = 0, P_HEAD, P_DONE, P_BP };
+
+static const mr_sock_ops_t client_ops, up_ops;
+static const mr_http1_cbs_t req_cbs, resp_cbs;
+
+static void client_feed(mr_client_t *c);
+static void client_close(mr_client_t *c);
+static void client_check_finish(mr_client_t *c);
+static void up_close(mr_upconn_t *up);
+static void up_feed(mr_upconn_t *up);
+static void forward_start(mr_client_t *c);
+static void tunnel_pump(mr_client_t *c);
+
+/* Per-client feed state kept outside the struct to keep the header small. */
+#define CSTATE(c) ((c)->pause_reason)
+
+static inline mr_client_t *client_of(mr_sock_t *s) { return (mr_client_t *)s; }
+static inline mr_upconn_t *up_of(mr_sock_t *s) { return (mr_upconn_t *)s; }
+
+static uint64_t bp_limit(const mr_worker_t *w) { return w->cfg->buffer_size; }
+
+static bool sq_full(const mr_sock_t *s, uint64_t limit)
+{
+    return mr_sock_sq_space(s) < SQ_RESERVE || s->sq_bytes > limit;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Local responses                                                                              */
+
+int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
+                     const char *const *hdrs, int nhdrs)
+{
+    if (c->resp_started) {
+        /* Too late for a clean answer: the only honest signal left is closing the connection. */
+        c->close_after = true;
+        c->resp_done = true;
+        client_close(c);
+        return -EALREADY;
+    }
+    mr_vec_t *h = &c->out_head;
+    mr_vec_reset(h);
+    bool nobody = c->head_method || status == 204 || status == 304 || status < 200;
+    if (mr_vec_printf(h, HEAD_LIMIT, "HTTP/1.1 %d %s\r\nServer: moonring\r\n", status, mr_http1_reason(status)) < 0)
+        return -E2BIG;
+    bool has_ctype = false;
+    for (int i = 0; i + 1 < 2 * nhdrs; i += 2) {
+        if (strcasecmp(hdrs[i], "content-length") == 0 || strcasecmp(hdrs[i], "transfer-encoding") == 0 ||
+            strcasecmp(hdrs[i], "connection") == 0)
+            continue;
+        if (strcasecmp(hdrs[i], "content-type") == 0) has_ctype = true;
+        if (mr_vec_printf(h, HEAD_LIMIT, "%s: %s\r\n", hdrs[i], hdrs[i + 1]) < 0) return -E2BIG;
+    }
+    if (!has_ctype && blen && mr_vec_printf(h, HEAD_LIMIT, "Content-Type: text/plain\r\n") < 0) return -E2BIG;
+    if (status != 204 && status >= 200 && mr_vec_printf(h, HEAD_LIMIT, "Content-Length: %zu\r\n", blen) < 0)
+        return -E2BIG;
+    if (c->close_after || c->w->draining) {
+        c->close_after = true;
+        mr_vec_printf(h, HEAD_LIMIT, "Connection: close\r\n");
+    }
+    mr_vec_printf(h, HEAD_LIMIT, "\r\n");
+    mr_vec_reset(&c->local_body);
+    if (!nobody && blen && mr_vec_append(&c->local_body, body, blen, (size_t)1 << 30) < 0) return -ENOMEM;
+    c->status = status;
+    c->resp_started = true;
+    c->resp_done = true;
+    c->resp_bytes = c->local_body.len;
+    c->out_mode = MR_OUT_NONE;
+    mr_sock_send(&c->s, h->p, h->len, MR_NO_BID);
+    if (c->local_body.len) mr_sock_send(&c->s, c->local_body.p, c->local_body.len, MR_NO_BID);
+    return 0;
+}
+
+static void respond_error(mr_client_t *c, int status, bool close)
+{
+    char body[96];
+    int n = snprintf(body, sizeof body, "%d %s\n", status, mr_http1_reason(status));
+    if (close) c->close_after = true;
+    mr_proxy_respond(c, status, body, (size_t)n, NULL, 0);
+    client_check_finish(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Routing                                                                                      */
+
+static bool host_matches(const mr_route_conf_t *r, const char *host, size_t hlen)
+{
+    const char *colon = memchr(host, ':', hlen);
+    if (colon && host[0] != '[') hlen = (size_t)(colon - host);
+    for (int i = 0; i < r->nhosts; i++) {
+        const char *pat = r->hosts[i];
+        size_t plen = strlen(pat);
+        if (pat[0] == '*' && pat[1] == '.') {
+            size_t sl = plen - 1; /* ".example.com" */
+            if (hlen > sl && strncasecmp(host + hlen - sl, pat + 1, sl) == 0) return true;
+        } else if (plen == hlen && strncasecmp(host, pat, hlen) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static const mr_route_conf_t *route_match(mr_client_t *c)
+{
+    const mr_config_t *cfg = c->w->cfg;
+    const mr_http1_msg_t *m = &c->req;
+    const char *url = mr_http1_str(m, m->url_off);
+    size_t plen = m->url_len;
+    const char *q = memchr(url, '?', plen);
+    if (q) plen = (size_t)(q - url);
+    const char *host = "";
+    size_t hlen = 0;
+    if (m->host_idx >= 0) {
+        host = mr_http1_str(m, m->hdrs[m->host_idx].val_off);
+        hlen = m->hdrs[m->host_idx].val_len;
+    }
+    for (int i = 0; i < cfg->nroutes; i++) {
+        const mr_route_conf_t *r = &cfg->routes[i];
+        if (r->methods && !(r->methods & (1ull << m->method))) continue;
+        if (r->exact && (strlen(r->exact) != plen || memcmp(r->exact, url, plen) != 0)) continue;
+        if (r->path) {
+            size_t l = strlen(r->path);
+            if (plen < l || memcmp(r->path, url, l) != 0) continue;
+        }
+        if (r->nhosts && !host_matches(r, host, hlen)) continue;
+        return r;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Upstream selection and pools                                                                 */
+
+void mr_upstreams_init(mr_worker_t *w)
+{
+    const mr_config_t *cfg = w->cfg;
+    w->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *w->ups);
+    w->adhoc = calloc((size_t)cfg->nroutes + 1, sizeof *w->adhoc);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        mr_upstream_t *u = &w->ups[i];
+        u->conf = &cfg->upstreams[i];
+        u->nservers = u->conf->nservers;
+        u->servers = calloc((size_t)u->nservers, sizeof *u->servers);
+        for (int j = 0; j < u->nservers; j++) {
+            u->servers[j].conf = &u->conf->servers[j];
+            u->servers[j].group = u;
+        }
+    }
+    for (int i = 0; i < cfg->nroutes; i++) {
+        const mr_route_conf_t *r = &cfg->routes[i];
+        if (!r->adhoc) continue;
+        mr_upstream_t *u = &w->adhoc[i];
+        u->conf = r->adhoc;
+        u->nservers = 1;
+        u->servers = calloc(1, sizeof *u->servers);
+        u->servers[0].conf = &r->adhoc->servers[0];
+        u->servers[0].group = u;
+    }
+}
+
+void mr_upstreams_free(mr_worker_t *w)
+{
+    for (int i = 0; i < w->cfg->nupstreams; i++) free(w->ups[i].servers);
+    for (int i = 0; i < w->cfg->nroutes; i++) free(w->adhoc[i].servers);
+    free(w->ups);
+    free(w->adhoc);
+}
+
+static mr_server_t *balance(mr_upstream_t *u, uint64_t now)
+{
+    mr_server_t *best = NULL;
+    for (int pass = 0; pass < 2 && !best; pass++) {
+        /* Second pass ignores "down" marks: trying a maybe-dead server beats a certain 503. */
+        if (u->conf->balance == MR_BALANCE_LEAST_CONN) {
+            for (int i = 0; i < u->nservers; i++) {
+                mr_server_t *s = &u->servers[i];
+                if (pass == 0 && s->down_until > now) continue;
+                if (!best || (int64_t)s->active * best->conf->weight < (int64_t)best->active * s->conf->weight)
+                    best = s;
+            }
+        } else {
+            /* Smooth weighted round-robin (nginx): even spread, weights honoured. */
+            int total = 0;
+            for (int i = 0; i < u->nservers; i++) {
+                mr_server_t *s = &u->servers[i];
+                if (pass == 0 && s->down_until > now) continue;
+                s->current_weight += s->conf->weight;
+                total += s->conf->weight;
+                if (!best || s->current_weight > best->current_weight) best = s;
+            }
+            if (best) best->current_weight -= total;
+        }
+    }
+    return best;
+}
+
+static void pool_remove(mr_upconn_t *up)
+{
+    mr_server_t *s = up->server;
+    if (!up->pooled) return;
+    if (up->pool_prev) up->pool_prev->pool_next = up->pool_next;
+    else s->idle = up->pool_next;
+    if (up->pool_next) up->pool_next->pool_prev = up->pool_prev;
+    up->pool_next = up->pool_prev = NULL;
+    up->pooled = false;
+    s->nidle--;
+}
+
+static void up_timeout(mr_loop_t *loop, mr_timer_t *t);
+
+static void pool_put(mr_upconn_t *up)
+{
+    mr_server_t *s = up->server;
+    const mr_upstream_conf_t *uc = s->group->conf;
+    s->active--;
+    up->client = NULL;
+    if (up->s.closing || up->w->draining || s->nidle >= uc->keepalive ||
+        up->requests >= (uint32_t)uc->keepalive_requests || up->s.nin) {
+        up_close(up);
+        return;
+    }
+    mr_http1_next(&up->resp);
+    up->got_bytes = false;
+    up->pooled = true;
+    up->pool_prev = NULL;
+    up->pool_next = s->idle;
+    if (s->idle) s->idle->pool_prev = up;
+    s->idle = up;
+    s->nidle++;
+    mr_timer_set(up->w->loop, &up->timer, uc->keepalive_timeout_ms);
+}
+
+static mr_upconn_t *pool_get(mr_server_t *s)
+{
+    mr_upconn_t *up = s->idle;
+    if (!up) return NULL;
+    pool_remove(up);
+    return up;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Request head serialisation                                                                   */
+
+static int build_up_head(mr_client_t *c)
+{
+    const mr_config_t *cfg = c->w->cfg;
+    mr_http1_msg_t *m = &c->req;
+    mr_vec_t *v = &c->up_head;
+    mr_vec_reset(v);
+    const char *url = mr_http1_str(m, m->url_off);
+    size_t ulen = m->url_len;
+    const char *host = NULL;
+    size_t hostlen = 0;
+    /* absolute-form: forward origin-form and let the target's authority become Host. */
+    if (ulen > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
+        const char *a = url + (url[4] == ':' ? 7 : 8);
+        const char *end = url + ulen;
+        const char *slash = memchr(a, '/', (size_t)(end - a));
+        host = a;
+        hostlen = (size_t)((slash ? slash : end) - a);
+        url = slash ? slash : "/";
+        ulen = slash ? (size_t)(end - slash) : 1;
+    }
+    const mr_route_conf_t *r = c->route;
+    if (r && r->strip_prefix && r->path) {
+        size_t l = strlen(r->path);
+        if (l > 1 && ulen >= l) {
+            url += l;
+            ulen -= l;
+            if (ulen == 0 || url[0] != '/') { url--; ulen++; } /* keep a leading slash */
+        }
+    }
+    int rc = 0;
+    rc |= mr_vec_reserve(v, ulen + 64, HEAD_LIMIT);
+    if (rc) return rc;
+    mr_vec_printf(v, HEAD_LIMIT, "%s ", mr_http1_method_str(m));
+    if (r && r->strip_prefix && url[0] != '/') mr_vec_append(v, "/", 1, HEAD_LIMIT);
+    mr_vec_append(v, url, ulen, HEAD_LIMIT);
+    mr_vec_append(v, " HTTP/1.1\r\n", 11, HEAD_LIMIT);
+    if (r && r->set_host) {
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %s\r\n", r->set_host);
+    } else if (host) {
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)hostlen, host);
+    } else if (m->host_idx >= 0) {
+        mr_hdr_t *h = &m->hdrs[m->host_idx];
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)h->val_len, mr_http1_str(m, h->val_off));
+    }
+    const char *xff = NULL;
+    uint32_t xff_len = 0;
+    const char *via = NULL;
+    uint32_t via_len = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        mr_hdr_t *h = &m->hdrs[i];
+        if (h->flags & (MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED)) continue;
+        if ((h->flags & MR_HDR_XFF) && cfg->xff) { xff = mr_http1_str(m, h->val_off); xff_len = h->val_len; continue; }
+        if ((h->flags & MR_HDR_VIA) && cfg->via) { via = mr_http1_str(m, h->val_off); via_len = h->val_len; continue; }
+        if (cfg->xfp && h->name_len == 17 && strncasecmp(mr_http1_str(m, h->name_off), "x-forwarded-proto", 17) == 0)
+            continue;
+        rc |= mr_vec_reserve(v, (size_t)h->name_len + h->val_len + 4, HEAD_LIMIT);
+        if (rc) return rc;
+        mr_vec_put(v, mr_http1_str(m, h->name_off), h->name_len);
+        mr_vec_put(v, ": ", 2);
+        mr_vec_put(v, mr_http1_str(m, h->val_off), h->val_len);
+        mr_vec_put(v, "\r\n", 2);
+    }
+    if (cfg->xff) {
+        if (xff) rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->ip);
+        else rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-For: %s\r\n", c->ip);
+    }
+    if (cfg->xfp) rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-Proto: http\r\n");
+    if (cfg->via) {
+        if (via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: %.*s, 1.%d moonring\r\n", (int)via_len, via, m->minor);
+        else rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: 1.%d moonring\r\n", m->minor);
+    }
+    if (m->upgrade) {
+        int u = mr_http1_find(m, "upgrade", 7, 0);
+        if (u >= 0)
+            rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)m->hdrs[u].val_len,
+                                mr_http1_str(m, m->hdrs[u].val_off));
+    }
+    if (m->chunked) rc |= mr_vec_printf(v, HEAD_LIMIT, "Transfer-Encoding: chunked\r\n");
+    else if (m->content_length >= 0 && (m->content_length > 0 || m->method == HTTP_POST || m->method == HTTP_PUT || m->method == HTTP_PATCH))
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
+    rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
+    return rc ? -E2BIG : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Upstream connections                                                                         */
+
+static void up_free(mr_upconn_t *up)
+{
+    up->w->nupconns--;
+    mr_worker_client_gone(up->w);
+    mr_http1_free(&up->resp);
+    free(up);
+}
+
+static void up_on_closed(mr_sock_t *s)
+{
+    mr_upconn_t *up = up_of(s);
+    if (up->connect_op.active) return; /* the connect completion frees it */
+    up_free(up);
+}
+
+/* Detaches the upstream from its client and closes it (never pooled). */
+static void up_close(mr_upconn_t *up)
+{
+    mr_timer_stop(up->w->loop, &up->timer);
+    pool_remove(up);
+    if (up->client) {
+        up->client->up = NULL;
+        up->client = NULL;
+        up->server->active--;
+    }
+    if (up->connect_op.active) {
+        up->s.closing = true;
+        mr_loop_cancel(up->w->loop, &up->connect_op);
+        return;
+    }
+    mr_sock_close(&up->s);
+}
+
+static void up_send_head(mr_upconn_t *up)
+{
+    mr_client_t *c = up->client;
+    mr_sock_send(&up->s, c->up_head.p, c->up_head.len, MR_NO_BID);
+    up->requests++;
+    mr_timer_set(c->w->loop, &up->timer, up->server->group->conf->read_timeout_ms);
+    if (c->req.expect_continue && c->req.has_body && !c->sent_continue && !c->req_done) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        c->sent_continue = true;
+        mr_sock_send(&c->s, cont, sizeof cont - 1, MR_NO_BID);
+    }
+    if (c->req.upgrade) return; /* the rest of the client's bytes wait for a 101 */
+    c->forwarding_body = true;
+    if (c->pause_reason == P_HEAD) c->pause_reason = P_NONE;
+    client_feed(c);
+}
+
+/* Another try for the current request, if it is safe and allowed. Returns true if started. */
+static bool retry(mr_client_t *c)
+{
+    const mr_upstream_conf_t *uc = c->upstream->conf;
+    if (c->tries >= uc->tries || c->tries >= c->upstream->nservers + 1) return false;
+    if (c->forwarding_body && c->body_seen > 0) return false; /* body bytes are gone */
+    forward_start(c);
+    return true;
+}
+
+static void up_fail(mr_upconn_t *up, int status, const char *why)
+{
+    mr_client_t *c = up->client;
+    char addr[64];
+    snprintf(addr, sizeof addr, "%s", up->server->conf->addr);
+    bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502;
+    up_close(up);
+    if (!c) return;
+    mr_warn("upstream %s: %s (%s %.*s)", addr, why, mr_http1_method_str(&c->req), (int)c->req.url_len,
+            mr_http1_str(&c->req, c->req.url_off));
+    if (can_retry && retry(c)) return;
+    if (c->resp_started) { client_close(c); return; }
+    respond_error(c, status, true);
+}
+
+static void up_connected(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
+{
+    (void)flags;
+    mr_upconn_t *up = (mr_upconn_t *)((char *)op - offsetof(mr_upconn_t, connect_op));
+    if (up->s.closing) {
+        up->s.closing = false; /* let mr_sock_close run its normal path */
+        mr_sock_close(&up->s);
+        return;
+    }
+    if (res < 0) {
+        up->server->down_until = mr_loop_now(loop) + 1000;
+        char why[96];
+        snprintf(why, sizeof why, "connect failed: %s", strerror(-res));
+        up_fail(up, 502, why);
+        return;
+    }
+    up->connected = true;
+    mr_sock_start_recv(&up->s);
+    if (up->client) up_send_head(up);
+    else pool_put(up);
+}
+
+static int up_connect(mr_worker_t *w, mr_server_t *s, mr_upconn_t **out)
+{
+    int fd = mr_net_socket_for(&s->conf->sa);
+    if (fd < 0) return fd;
+    mr_upconn_t *up = calloc(1, sizeof *up);
+    if (!up) { close(fd); return -ENOMEM; }
+    mr_sock_init(&up->s, w->loop, fd, &up_ops);
+    up->w = w;
+    w->nupconns++;
+    up->server = s;
+    up->timer.fn = up_timeout;
+    up->connect_op.fn = up_connected;
+    mr_http1_init(&up->resp, MR_HTTP1_RESPONSE, &w->h1limits, &resp_cbs, up);
+    int rc = mr_loop_connect(w->loop, &up->connect_op, fd, (const struct sockaddr *)&s->conf->sa.sa, s->conf->sa.len);
+    if (rc < 0) { close(fd); up_free(up); return rc; }
+    mr_timer_set(w->loop, &up->timer, s->group->conf->connect_timeout_ms);
+    *out = up;
+    return 0;
+}
+
+static void forward_start(mr_client_t *c)
+{
+    mr_worker_t *w = c->w;
+    mr_server_t *s = balance(c->upstream, mr_loop_now(w->loop));
+    if (!s) { respond_error(c, 503, false); return; }
+    c->tries++;
+    mr_upconn_t *up = pool_get(s);
+    if (!up) {
+        int rc = up_connect(w, s, &up);
+        if (rc < 0) {
+            mr_warn("upstream %s: socket: %s", s->conf->addr, strerror(-rc));
+            if (!retry(c)) respond_error(c, 502, true);
+            return;
+        }
+    }
+    up->client = c;
+    c->up = up;
+    s->active++;
+    if (up->connected) up_send_head(up);
+}
+
+static void up_timeout(mr_loop_t *loop, mr_timer_t *t)
+{
+    (void)loop;
+    mr_upconn_t *up = (mr_upconn_t *)((char *)t - offsetof(mr_upconn_t, timer));
+    if (up->pooled) { up_close(up); return; }
+    if (!up->connected) {
+        up->server->down_until = mr_loop_now(loop) + 1000;
+        mr_client_t *c = up->client;
+        up_close(up);
+        if (c && !retry(c)) respond_error(c, 504, true);
+        return;
+    }
+    up_fail(up, 504, "read timeout");
+}
+
+static void up_on_recv(mr_sock_t *s, int res)
+{
+    mr_upconn_t *up = up_of(s);
+    if (res > 0) {
+        if (up->pooled) { up_close(up); return; } /* bytes on an idle connection: not ours to keep */
+        if (!up->client) return;
+        up->got_bytes = true;
+        if (up->client->tunnel) { tunnel_pump(up->client); return; }
+        up_feed(up);
+        return;
+    }
+    if (!up->client) { up_close(up); return; }
+    mr_client_t *c = up->client;
+    if (c->tunnel) { client_close(c); return; }
+    if (res == 0 && up->got_bytes && up->resp.head_done && c->resp_started && !c->resp_done) {
+        /* Close-delimited body ends here; anything else is a truncated response. */
+        if (mr_http1_finish(&up->resp) == 0 && c->resp_done) return;
+    }
+    if (c->resp_done) return;
+    up_fail(up, 502, res == 0 ? "closed the connection prematurely" : strerror(-res));
+}
+
+static void up_on_sent(mr_sock_t *s, int res)
+{
+    mr_upconn_t *up = up_of(s);
+    mr_client_t *c = up->client;
+    if (!c) return;
+    if (res < 0) { up_fail(up, 502, strerror(-res)); return; }
+    if (c->tunnel) { tunnel_pump(c); return; }
+    if (c->pause_reason == P_BP) {
+        c->pause_reason = P_NONE;
+        client_feed(c);
+    }
+}
+
+/* Response parser callbacks. */
+static int resp_on_head(mr_http1_msg_t *m)
+{
+    mr_upconn_t *up = m->owner;
+    mr_client_t *c = up->client;
+    if (!c) return -1;
+    int st = m->status;
+    if (st >= 100 && st < 200) {
+        if (st == 101 && c->req.upgrade) {
+            c->tunnel = true;
+        } else if (st == 101) {
+            m->error_status = 502;
+            m->error_reason = "101 without an upgrade request";
+            return -1;
+        } else {
+            return 0; /* interim responses are not forwarded (we answered 100-continue ourselves) */
+        }
+    }
+    const mr_config_t *cfg = c->w->cfg;
+    mr_vec_t *v = &c->out_head;
+    mr_vec_reset(v);
+    int rc = 0;
+    rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %.*s\r\n", st, (int)m->reason_len, mr_http1_str(m, m->reason_off));
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        mr_hdr_t *h = &m->hdrs[i];
+        if (h->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
+        rc |= mr_vec_reserve(v, (size_t)h->name_len + h->val_len + 4, HEAD_LIMIT);
+        if (rc) break;
+        mr_vec_put(v, mr_http1_str(m, h->name_off), h->name_len);
+        mr_vec_put(v, ": ", 2);
+        mr_vec_put(v, mr_http1_str(m, h->val_off), h->val_len);
+        mr_vec_put(v, "\r\n", 2);
+    }
+    bool nobody = c->head_method || st == 204 || st == 304 || st < 200;
+    if (c->tunnel) {
+        c->out_mode = MR_OUT_NONE;
+        int u = mr_http1_find(m, "upgrade", 7, 0);
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: upgrade\r\n");
+        if (u >= 0)
+            rc |= mr_vec_printf(v, HEAD_LIMIT, "Upgrade: %.*s\r\n", (int)m->hdrs[u].val_len, mr_http1_str(m, m->hdrs[u].val_off));
+    } else if (nobody) {
+        c->out_mode = MR_OUT_NONE;
+        if (m->content_length >= 0 && st != 204)
+            rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
+    } else if (m->content_length >= 0 && !m->chunked) {
+        c->out_mode = MR_OUT_LENGTH;
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
+    } else if (c->req.minor >= 1) {
+        c->out_mode = MR_OUT_CHUNKED;
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Transfer-Encoding: chunked\r\n");
+    } else {
+        c->out_mode = MR_OUT_CLOSE;
+        c->close_after = true;
+    }
+    if (cfg->via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: 1.1 moonring\r\n");
+    if (!c->req_done && !c->tunnel) c->close_after = true; /* early response: no desync */
+    if (c->w->draining) c->close_after = true;
+    if (!c->tunnel) {
+        if (c->close_after) rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: close\r\n");
+        else if (c->req.minor == 0) rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: keep-alive\r\n");
+    }
+    rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
+    if (rc) {
+        m->error_status = 502;
+        m->error_reason = "response head too large";
+        return -1;
+    }
+    c->status = st;
+    c->resp_started = true;
+    mr_sock_send(&c->s, v->p, v->len, MR_NO_BID);
+    mr_timer_set(c->w->loop, &up->timer, up->server->group->conf->read_timeout_ms);
+    return c->head_method ? 1 : 0;
+}
+
+static int resp_on_body(mr_http1_msg_t *m, const char *p, size_t n)
+{
+    mr_upconn_t *up = m->owner;
+    mr_client_t *c = up->client;
+    if (!c) return -1;
+    int32_t bid = up->s.in[0].bid;
+    if (c->out_mode == MR_OUT_CHUNKED) {
+        char sz[24];
+        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
+        mr_sock_send(&c->s, sz, (size_t)l, MR_NO_BID);
+        mr_sock_send(&c->s, p, n, bid);
+        mr_sock_send(&c->s, "\r\n", 2, MR_NO_BID);
+    } else {
+        mr_sock_send(&c->s, p, n, bid);
+    }
+    c->resp_bytes += n;
+    if (sq_full(&c->s, bp_limit(c->w))) return HPE_PAUSED;
+    return 0;
+}
+
+static int resp_on_done(mr_http1_msg_t *m)
+{
+    mr_upconn_t *up = m->owner;
+    mr_client_t *c = up->client;
+    if (!c) return -1;
+    if (!c->resp_started) return 0; /* an interim (1xx) response ended */
+    if (c->tunnel) return HPE_PAUSED;
+    if (c->out_mode == MR_OUT_CHUNKED) mr_sock_send(&c->s, "0\r\n\r\n", 5, MR_NO_BID);
+    c->resp_done = true;
+    return HPE_PAUSED; /* stop here: the connection goes back to the pool after this feed */
+}
+
+static const mr_http1_cbs_t resp_cbs = { resp_on_head, resp_on_body, resp_on_done };
+
+static void up_release(mr_upconn_t *up)
+{
+    mr_client_t *c = up->client;
+    mr_timer_stop(up->w->loop, &up->timer);
+    bool reuse = c->req_done && up->resp.keep_alive && c->out_mode != MR_OUT_CLOSE && !up->s.nin &&
+                 !up->s.eof && !up->s.err;
+    c->up = NULL;
+    if (reuse) {
+        mr_http1_resume(&up->resp);
+        pool_put(up);
+    } else {
+        up_close(up);
+    }
+}
+
+static void up_feed(mr_upconn_t *up)
+{
+    while (up->s.nin && up->client && !up->s.closing) {
+        mr_client_t *c = up->client;
+        if (mr_http1_paused(&up->resp)) {
+            if (c->resp_done) break;
+            if (sq_full(&c->s, bp_limit(c->w))) break;
+            mr_http1_resume(&up->resp);
+        }
+        mr_in_t *in = &up->s.in[0];
+        const char *p = mr_loop_buf_ptr(up->w->loop, (uint16_t)in->bid) + in->off;
+        size_t used = 0;
+        int rc = mr_http1_feed(&up->resp, p, in->len, &used);
+        if (rc < 0) {
+            char why[160];
+            snprintf(why, sizeof why, "invalid response: %s", up->resp.error_reason ? up->resp.error_reason : "parse error");
+            mr_sock_consume(&up->s, in->len);
+            up_fail(up, 502, why);
+            return;
+        }
+        mr_sock_consume(&up->s, used);
+        if (c->tunnel && (rc == MR_HTTP1_UPGRADE || rc == MR_HTTP1_PAUSED)) {
+            mr_timer_stop(up->w->loop, &up->timer);
+            c->forwarding_body = true;
+            c->pause_reason = P_NONE;
+            tunnel_pump(c);
+            return;
+        }
+        if (c->resp_done) {
+            up_release(up);
+            client_check_finish(c);
+            return;
+        }
+    }
+    if (up->client && up->s.nin >= MR_IN_MAX - 2) mr_sock_pause(&up->s);
+    else mr_sock_resume(&up->s);
+}
+
+static const mr_sock_ops_t up_ops = { up_on_recv, up_on_sent, up_on_closed };
+
+/* ------------------------------------------------------------------------------------------ */
+/* WebSocket / Upgrade tunnel: raw bytes both ways, zero-copy from receive buffers.            */
+
+static void pump(mr_sock_t *from, mr_sock_t *to, uint64_t limit)
+{
+    while (from->nin && !sq_full(to, limit)) {
+        mr_in_t *in = &from->in[0];
+        mr_sock_send(to, mr_loop_buf_ptr(from->loop, (uint16_t)in->bid) + in->off, in->len, in->bid);
+        mr_sock_consume(from, in->len);
+    }
+    if (from->nin >= MR_IN_MAX - 2 || sq_full(to, limit)) mr_sock_pause(from);
+    else mr_sock_resume(from);
+}
+
+static void tunnel_pump(mr_client_t *c)
+{
+    mr_upconn_t *up = c->up;
+    if (!up) { client_close(c); return; }
+    uint64_t limit = bp_limit(c->w);
+    pump(&c->s, &up->s, limit);
+    pump(&up->s, &c->s, limit);
+    if ((c->s.eof && !c->s.nin) || (up->s.eof && !up->s.nin)) client_close(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Client connections                                                                           */
+
+static void client_timeout(mr_loop_t *loop, mr_timer_t *t)
+{
+    (void)loop;
+    mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, timer));
+    if (c->tunnel) return;
+    if (!c->active) {
+        if (c->s.nin || c->req.head_bytes) respond_error(c, 408, true);
+        else client_close(c);
+        return;
+    }
+    if (!c->req_done && !c->resp_started) { respond_error(c, 408, true); return; }
+    client_close(c);
+}
+
+static void client_on_closed(mr_sock_t *s)
+{
+    mr_client_t *c = client_of(s);
+    mr_worker_t *w = c->w;
+    mr_http1_free(&c->req);
+    mr_vec_free(&c->up_head);
+    mr_vec_free(&c->out_head);
+    mr_vec_free(&c->local_body);
+    free(c);
+    mr_worker_client_gone(w);
+}
+
+static void client_close(mr_client_t *c)
+{
+    if (c->s.closing) return;
+    mr_worker_t *w = c->w;
+    mr_timer_stop(w->loop, &c->timer);
+    if (c->up) up_close(c->up);
+    if (c->prev) c->prev->next = c->next;
+    else w->clients = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    w->nclients--;
+    mr_sock_close(&c->s);
+}
+
+static void request_finish(mr_client_t *c)
+{
+    mr_worker_t *w = c->w;
+    if (w->alog) mr_access_log_request(w->alog, c);
+    w->nrequests++;
+    c->nrequests++;
+    c->active = false;
+    c->route = NULL;
+    c->upstream = NULL;
+    if (c->close_after || w->draining) { client_close(c); return; }
+    mr_http1_next(&c->req);
+    c->pause_reason = P_NONE;
+    mr_http1_resume(&c->req);
+    mr_timer_set(w->loop, &c->timer, c->s.nin ? w->cfg->limits.header_timeout_ms : w->cfg->limits.keepalive_timeout_ms);
+    client_feed(c);
+}
+
+static void client_check_finish(mr_client_t *c)
+{
+    if (!c->active || c->s.closing) return;
+    if (!c->resp_done || c->s.sq_count) return;
+    if (!c->req_done && !c->close_after && !c->discard_body) return;
+    if (!c->req_done && c->discard_body && !c->close_after) return; /* still draining the body */
+    if (!c->req_done) { client_close(c); return; }
+    request_finish(c);
+}
+
+static void client_on_sent(mr_sock_t *s, int res)
+{
+    mr_client_t *c = client_of(s);
+    if (res < 0) { client_close(c); return; }
+    if (c->tunnel) { tunnel_pump(c); return; }
+    if (c->up && c->up->s.nin) up_feed(c->up);
+    else if (c->up) mr_sock_resume(&c->up->s);
+    client_check_finish(c);
+}
+
+static void client_on_recv(mr_sock_t *s, int res)
+{
+    mr_client_t *c = client_of(s);
+    if (res <= 0) {
+        if (c->tunnel) { tunnel_pump(c); return; }
+        if (c->active && c->req_done && !c->resp_done) {
+            c->close_after = true; /* half-close after a full request: still answer it */
+            return;
+        }
+        client_close(c);
+        return;
+    }
+    if (c->tunnel) { tunnel_pump(c); return; }
+    if (!c->active && !mr_timer_armed(&c->timer)) mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.header_timeout_ms);
+    else if (!c->active && c->req.head_bytes == 0)
+        mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.header_timeout_ms);
+    client_feed(c);
+}
+
+static void client_feed(mr_client_t *c)
+{
+    if (c->in_feed) { c->feed_again = true; return; }
+    c->in_feed = true;
+    do {
+        c->feed_again = false;
+        while (!c->s.closing && !c->tunnel) {
+            bool resumed = false;
+            if (mr_http1_paused(&c->req)) {
+                if (c->pause_reason == P_HEAD && !c->forwarding_body && !c->discard_body) break;
+                if (c->pause_reason == P_DONE && c->active) break;
+                if (c->pause_reason == P_BP) {
+                    if (c->up && sq_full(&c->up->s, bp_limit(c->w))) break;
+                    c->pause_reason = P_NONE;
+                }
+                mr_http1_resume(&c->req);
+                resumed = true;
+            }
+            /* After a resume llhttp may have work that needs no input (e.g. completing a
+             * bodiless request), so feed it an empty span once. */
+            if (!c->s.nin && !resumed) break;
+            mr_in_t *in = c->s.nin ? &c->s.in[0] : NULL;
+            const char *p = in ? mr_loop_buf_ptr(c->w->loop, (uint16_t)in->bid) + in->off : "";
+            size_t len = in ? in->len : 0;
+            size_t used = 0;
+            int rc = mr_http1_feed(&c->req, p, len, &used);
+            if (rc < 0) {
+                mr_sock_consume(&c->s, len);
+                int st = c->req.error_status ? c->req.error_status : 400;
+                mr_info("client %s: %d: %s", c->ip, st, c->req.error_reason ? c->req.error_reason : "bad request");
+                if (c->up) up_close(c->up);
+                if (!c->active) { c->active = true; c->req_done = true; }
+                if (c->resp_started) { client_close(c); break; }
+                respond_error(c, st, true);
+                break;
+            }
+            mr_sock_consume(&c->s, used);
+            if (rc == MR_HTTP1_UPGRADE) break; /* tunnel bytes wait for the upstream's 101 */
+            if (!in && rc == MR_HTTP1_OK) break;
+        }
+    } while (c->feed_again && !c->s.closing);
+    c->in_feed = false;
+    if (c->s.closing || c->tunnel) return;
+    /* Read ahead only while it is useful and bounded. */
+    if (c->s.nin >= MR_IN_MAX - 2 || (c->s.nin && c->active && c->pause_reason != P_NONE)) mr_sock_pause(&c->s);
+    else mr_sock_resume(&c->s);
+}
+
+/* Request parser callbacks. */
+static int req_on_head(mr_http1_msg_t *m)
+{
+    mr_client_t *c = m->owner;
+    mr_worker_t *w = c->w;
+    const mr_config_t *cfg = w->cfg;
+    c->active = true;
+    c->pause_reason = P_HEAD;
+    c->req_done = c->resp_started = c->resp_done = c->forwarding_body = false;
+    c->sent_continue = c->tunnel = c->discard_body = false;
+    c->body_seen = 0;
+    c->resp_bytes = 0;
+    c->status = 0;
+    c->tries = 0;
+    c->started_ms = mr_loop_now(w->loop);
+    c->head_method = m->method == HTTP_HEAD;
+    c->close_after = !m->keep_alive || w->draining || c->nrequests + 1 >= cfg->limits.keepalive_requests;
+    if (m->has_body) mr_timer_set(w->loop, &c->timer, cfg->limits.body_timeout_ms);
+    else mr_timer_stop(w->loop, &c->timer);
+
+    const mr_route_conf_t *r = route_match(c);
+    c->route = r;
+    int64_t max_body = r && r->client_max_body_size >= 0 ? r->client_max_body_size : cfg->limits.client_max_body_size;
+    c->max_body = max_body;
+    if (max_body > 0 && m->content_length > max_body) {
+        respond_error(c, 413, true);
+        return 0;
+    }
+    if (!r) {
+        c->discard_body = true;
+        respond_error(c, 404, false);
+        return 0;
+    }
+    if (r->kind == MR_ROUTE_HANDLER) {
+        c->discard_body = true;
+        if (mr_lua_handle(w->lua, c, r) < 0 && !c->resp_started) respond_error(c, 500, false);
+        client_check_finish(c);
+        return 0;
+    }
+    c->upstream = r->upstream_id >= 0 ? &w->ups[r->upstream_id] : &w->adhoc[r->index - 1];
+    if (build_up_head(c) < 0) { respond_error(c, 431, true); return 0; }
+    forward_start(c);
+    return 0;
+}
+
+static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
+{
+    mr_client_t *c = m->owner;
+    c->body_seen += (int64_t)n;
+    if (c->max_body > 0 && c->body_seen > c->max_body) {
+        m->error_status = 413;
+        m->error_reason = "request body too large";
+        return -1;
+    }
+    mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.body_timeout_ms);
+    if (c->discard_body || !c->up) return 0;
+    mr_sock_t *us = &c->up->s;
+    int32_t bid = c->s.in[0].bid;
+    if (m->chunked) {
+        char sz[24];
+        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
+        mr_sock_send(us, sz, (size_t)l, MR_NO_BID);
+        mr_sock_send(us, p, n, bid);
+        mr_sock_send(us, "\r\n", 2, MR_NO_BID);
+    } else {
+        mr_sock_send(us, p, n, bid);
+    }
+    if (sq_full(us, bp_limit(c->w))) {
+        c->pause_reason = P_BP;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int req_on_done(mr_http1_msg_t *m)
+{
+    mr_client_t *c = m->owner;
+    c->req_done = true;
+    c->pause_reason = P_DONE;
+    if (m->chunked && c->up && !c->discard_body) mr_sock_send(&c->up->s, "0\r\n\r\n", 5, MR_NO_BID);
+    if (c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
+    else if (c->up) mr_timer_stop(c->w->loop, &c->timer); /* the upstream's read timeout rules now */
+    client_check_finish(c);
+    return 0;
+}
+
+static const mr_http1_cbs_t req_cbs = { req_on_head, req_on_body, req_on_done };
+static const mr_sock_ops_t client_ops = { client_on_recv, client_on_sent, client_on_closed };
+
+int mr_proxy_accept(mr_worker_t *w, int fd)
+{
+    mr_client_t *c = calloc(1, sizeof *c);
+    if (!c) { close(fd); return -ENOMEM; }
+    mr_net_set_nodelay(fd);
+    mr_sock_init(&c->s, w->loop, fd, &client_ops);
+    c->w = w;
+    c->timer.fn = client_timeout;
+    mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
+    mr_net_peer_ip(fd, c->ip, sizeof c->ip);
+    c->next = w->clients;
+    if (w->clients) w->clients->prev = c;
+    w->clients = c;
+    w->nclients++;
+    mr_timer_set(w->loop, &c->timer, w->cfg->limits.header_timeout_ms);
+    int rc = mr_sock_start_recv(&c->s);
+    if (rc < 0) client_close(c);
+    return rc;
+}
+
+void mr_proxy_shutdown(mr_worker_t *w)
+{
+    mr_client_t *c = w->clients;
+    while (c) {
+        mr_client_t *next = c->next;
+        if (!c->active && !c->s.nin) client_close(c);
+        else c->close_after = true;
+        c = next;
+    }
+    for (int i = 0; i < w->cfg->nupstreams; i++)
+        for (int j = 0; j < w->ups[i].nservers; j++)
+            while (w->ups[i].servers[j].idle) up_close(w->ups[i].servers[j].idle);
+    for (int i = 0; i < w->cfg->nroutes; i++)
+        if (w->adhoc[i].servers)
+            while (w->adhoc[i].servers[0].idle) up_close(w->adhoc[i].servers[0].idle);
+}
+
+void mr_proxy_close_all(mr_worker_t *w)
+{
+    while (w->clients) client_close(w->clients);
+    mr_proxy_shutdown(w);
+}

@@ -1,0 +1,100 @@
+/* The HTTP/1.1 request lifecycle: client connections, forwarding to upstream connections, local
+ * (Lua handler / error) responses, WebSocket tunnels. All state here belongs to one worker and is
+ * touched only from its loop thread. */
+#ifndef MR_PROXY_H
+#define MR_PROXY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "http1/http1.h"
+#include "loop/loop.h"
+#include "proxy/sock.h"
+#include "util/vec.h"
+
+typedef struct mr_worker mr_worker_t;
+typedef struct mr_client mr_client_t;
+typedef struct mr_upconn mr_upconn_t;
+typedef struct mr_server mr_server_t;
+typedef struct mr_upstream mr_upstream_t;
+
+struct mr_server {
+    const mr_server_conf_t *conf;
+    mr_upstream_t *group;
+    mr_upconn_t *idle;          /* pooled connections, most recent first */
+    int nidle;
+    int active;                 /* connections bound to requests */
+    int current_weight;         /* smooth weighted round-robin */
+    uint64_t down_until;        /* ms; skip after a connect failure */
+};
+
+struct mr_upstream {
+    const mr_upstream_conf_t *conf;
+    mr_server_t *servers;
+    int nservers;
+};
+
+struct mr_upconn {
+    mr_sock_t s;
+    mr_worker_t *w;
+    mr_server_t *server;
+    mr_client_t *client;        /* bound request, or NULL while pooled */
+    mr_http1_msg_t resp;
+    mr_timer_t timer;
+    mr_op_t connect_op;
+    mr_upconn_t *pool_next, *pool_prev;
+    uint32_t requests;
+    bool connected, pooled, got_bytes;
+};
+
+/* Response framing towards the client. */
+enum { MR_OUT_LENGTH = 0, MR_OUT_CHUNKED, MR_OUT_CLOSE, MR_OUT_NONE };
+
+struct mr_client {
+    mr_sock_t s;
+    mr_worker_t *w;
+    mr_client_t *next, *prev;   /* worker's list of clients */
+    mr_http1_msg_t req;
+    mr_timer_t timer;
+    char ip[48];
+
+    /* The current request. */
+    const mr_route_conf_t *route;
+    mr_upstream_t *upstream;
+    mr_upconn_t *up;
+    mr_vec_t up_head;           /* serialized request head for the upstream */
+    mr_vec_t out_head;          /* serialized response head for the client */
+    mr_vec_t local_body;        /* body of a local response */
+    int64_t body_seen;          /* request body bytes received */
+    int64_t max_body;           /* 0 = unlimited */
+    int32_t feed_bid;
+    uint8_t pause_reason;       /* why the request parser is paused (P_* in proxy.c) */
+    bool in_feed, feed_again;   /* re-entrancy guard for client_feed */
+    uint64_t resp_bytes;
+    uint64_t started_ms;
+    int status;                 /* final status sent */
+    int tries;
+    uint32_t nrequests;
+    uint8_t out_mode;
+    bool active;                /* a request is in progress */
+    bool req_done;              /* request fully read */
+    bool resp_started, resp_done;
+    bool forwarding_body;       /* client parser resumed into the body */
+    bool close_after;           /* Connection: close after this response */
+    bool sent_continue;
+    bool tunnel;
+    bool head_method;
+    bool discard_body;          /* local response sent; request body is being dropped */
+};
+
+int mr_proxy_accept(mr_worker_t *w, int fd);
+/* Answers the current request locally (used by Lua handlers and errors). Copies body and headers. */
+int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
+                     const char *const *hdrs, int nhdrs);
+void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
+void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
+void mr_upstreams_init(mr_worker_t *w);
+void mr_upstreams_free(mr_worker_t *w);
+
+#endif

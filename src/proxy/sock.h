@@ -1,0 +1,81 @@
+/* A socket endpoint on the loop: one multishot recv feeding held input buffers, and an ordered
+ * send queue of iovecs (zero-copy references into provided buffers, inline framing bytes, or
+ * caller-owned memory that must outlive the send).
+ *
+ * Lifetime rule: mr_sock_close cancels every in-flight op; the fd is closed and the owner's
+ * on_closed fires only after the last completion arrived, so no buffer named in an SQE is ever
+ * released early. Thread affinity: the owning worker's loop. Callbacks never fire synchronously
+ * from a submitting call. */
+#ifndef MR_SOCK_H
+#define MR_SOCK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "loop/loop.h"
+
+#define MR_SQ_ENT 32
+#define MR_SQ_IOV 16
+#define MR_IN_MAX 8
+#define MR_NO_BID (-1)
+
+typedef struct mr_sock mr_sock_t;
+
+typedef struct {
+    /* Data arrived (already appended to the input list) or EOF/error (res <= 0). */
+    void (*on_recv)(mr_sock_t *s, int res);
+    /* The send queue became empty, or a send failed (res < 0). */
+    void (*on_sent)(mr_sock_t *s, int res);
+    void (*on_closed)(mr_sock_t *s);
+} mr_sock_ops_t;
+
+typedef struct {
+    const char *p;
+    uint32_t len;
+    int32_t bid;
+    char inl[24];
+} mr_sq_ent_t;
+
+typedef struct {
+    int32_t bid;
+    uint32_t off, len;
+} mr_in_t;
+
+struct mr_sock {
+    mr_loop_t *loop;
+    const mr_sock_ops_t *ops;
+    int fd;
+    mr_op_t recv_op, send_op;
+    mr_defer_t flush;
+    struct msghdr msg;
+    struct iovec iov[MR_SQ_IOV];
+    mr_sq_ent_t ent[MR_SQ_ENT];
+    uint32_t sq_head, sq_count;
+    uint64_t sq_bytes;
+    mr_in_t in[MR_IN_MAX];
+    uint32_t nin;
+    bool recv_paused;   /* owner asked to stop reading (backpressure) */
+    bool closing;
+    bool eof;
+    int err;            /* first socket error seen */
+};
+
+void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops);
+int mr_sock_start_recv(mr_sock_t *s);
+/* Stop/resume reading (backpressure). Held input stays. */
+void mr_sock_pause(mr_sock_t *s);
+void mr_sock_resume(mr_sock_t *s);
+/* Queue bytes. With bid >= 0 a buffer reference is taken and released after the send. With
+ * bid == MR_NO_BID the memory must stay valid until on_sent reports the queue empty. Short data
+ * (<= 24 bytes) is copied inline. Returns 0 or -ENOSPC when the queue is full. */
+int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid);
+int mr_sock_send_copy(mr_sock_t *s, const char *p, size_t len);
+static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT - s->sq_count; }
+/* Drop the first n bytes of held input (releasing buffers). */
+void mr_sock_consume(mr_sock_t *s, size_t n);
+void mr_sock_close(mr_sock_t *s);
+/* True while any op is in flight. */
+static inline bool mr_sock_busy(const mr_sock_t *s) { return s->recv_op.active || s->send_op.active; }
+
+#endif
