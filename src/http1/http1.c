@@ -24,11 +24,12 @@ static int buf_add(mr_http1_msg_t *m, const char *p, size_t n)
     return 0;
 }
 
+/* head_bytes counts the header section (and a response's status line); the request line has
+ * its own limit (max_request_line), so each answers with its own status (414 vs 431). */
 static int count_head(mr_http1_msg_t *m, size_t n, int status, const char *why)
 {
     m->head_bytes += (uint32_t)n;
-    if (m->head_bytes > m->limits->max_request_line + m->limits->max_header_size)
-        return fail(m, status, why);
+    if (m->head_bytes > m->limits->max_header_size) return fail(m, status, why);
     return 0;
 }
 
@@ -52,7 +53,6 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     if (m->url_len == 0) m->url_off = m->buf.len;
     m->url_len += (uint32_t)n;
     if (m->url_len > m->limits->max_request_line) return fail(m, 414, "request line too long");
-    m->head_bytes += (uint32_t)n;
     return buf_add(m, at, n);
 }
 
@@ -307,7 +307,7 @@ static int on_chunk_ext(llhttp_t *p, const char *at, size_t n)
     /* Extensions are dropped (we re-frame), but their size is client-controlled: cap it. */
     mr_http1_msg_t *m = MSG(p);
     m->head_bytes += (uint32_t)n;
-    if (m->head_bytes > m->limits->max_request_line + m->limits->max_header_size + 4096)
+    if (m->head_bytes > m->limits->max_header_size + 4096)
         return fail(m, 400, "chunk extensions too long");
     (void)at;
     return 0;

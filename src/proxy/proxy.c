@@ -28,6 +28,7 @@ static const mr_http1_cbs_t req_cbs, resp_cbs;
 
 static void client_feed(mr_client_t *c);
 static void client_close(mr_client_t *c);
+static void client_fail(mr_client_t *c, int status);
 static void client_check_finish(mr_client_t *c);
 static void up_close(mr_upconn_t *up);
 static void up_feed(mr_upconn_t *up);
@@ -733,12 +734,13 @@ static void client_timeout(mr_loop_t *loop, mr_timer_t *t)
     (void)loop;
     mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, timer));
     if (c->tunnel) return;
+    if (c->lingering) { client_close(c); return; }
     if (!c->active) {
-        if (c->s.nin || c->req.head_bytes) respond_error(c, 408, true);
+        if (c->s.nin || c->req.head_bytes || c->req.url_len) client_fail(c, 408);
         else client_close(c);
         return;
     }
-    if (!c->req_done && !c->resp_started) { respond_error(c, 408, true); return; }
+    if (!c->req_done && !c->resp_started) { client_fail(c, 408); return; }
     client_close(c);
 }
 
@@ -768,6 +770,34 @@ static void client_close(mr_client_t *c)
     mr_sock_close(&c->s);
 }
 
+/* Closing with unread input makes the kernel send RST, which can destroy the response we just
+ * sent before the client reads it. So shut the write side, drain briefly, then close. */
+static void client_linger_close(mr_client_t *c)
+{
+    if (c->s.closing || c->lingering) return;
+    if (c->up) up_close(c->up);
+    if (c->s.eof || c->s.err) { client_close(c); return; }
+    c->lingering = true;
+    shutdown(c->s.fd, SHUT_WR);
+    mr_sock_consume(&c->s, (size_t)-1);
+    mr_sock_resume(&c->s);
+    mr_timer_set(c->w->loop, &c->timer, 2000);
+}
+
+/* Answers an error for the current (or a half-read) request and closes after it. */
+static void client_fail(mr_client_t *c, int status)
+{
+    if (c->up) up_close(c->up);
+    if (!c->active) {
+        c->active = true;
+        c->resp_started = c->resp_done = c->head_method = false;
+        c->started_ms = mr_loop_now(c->w->loop);
+    }
+    c->req_done = true; /* nothing more will be read as a request */
+    if (c->resp_started) { client_close(c); return; }
+    respond_error(c, status, true);
+}
+
 static void request_finish(mr_client_t *c)
 {
     mr_worker_t *w = c->w;
@@ -777,7 +807,7 @@ static void request_finish(mr_client_t *c)
     c->active = false;
     c->route = NULL;
     c->upstream = NULL;
-    if (c->close_after || w->draining) { client_close(c); return; }
+    if (c->close_after || w->draining) { client_linger_close(c); return; }
     mr_http1_next(&c->req);
     c->pause_reason = P_NONE;
     mr_http1_resume(&c->req);
@@ -808,6 +838,11 @@ static void client_on_sent(mr_sock_t *s, int res)
 static void client_on_recv(mr_sock_t *s, int res)
 {
     mr_client_t *c = client_of(s);
+    if (c->lingering) {
+        if (res <= 0) client_close(c);
+        else mr_sock_consume(&c->s, (size_t)-1);
+        return;
+    }
     if (res <= 0) {
         if (c->tunnel) { tunnel_pump(c); return; }
         if (c->active && c->req_done && !c->resp_done) {
@@ -854,10 +889,7 @@ static void client_feed(mr_client_t *c)
                 mr_sock_consume(&c->s, len);
                 int st = c->req.error_status ? c->req.error_status : 400;
                 mr_info("client %s: %d: %s", c->ip, st, c->req.error_reason ? c->req.error_reason : "bad request");
-                if (c->up) up_close(c->up);
-                if (!c->active) { c->active = true; c->req_done = true; }
-                if (c->resp_started) { client_close(c); break; }
-                respond_error(c, st, true);
+                client_fail(c, st);
                 break;
             }
             mr_sock_consume(&c->s, used);
@@ -897,7 +929,7 @@ static int req_on_head(mr_http1_msg_t *m)
     int64_t max_body = r && r->client_max_body_size >= 0 ? r->client_max_body_size : cfg->limits.client_max_body_size;
     c->max_body = max_body;
     if (max_body > 0 && m->content_length > max_body) {
-        respond_error(c, 413, true);
+        client_fail(c, 413);
         return 0;
     }
     if (!r) {

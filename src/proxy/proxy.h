@@ -86,6 +86,7 @@ struct mr_client {
     bool tunnel;
     bool head_method;
     bool discard_body;          /* local response sent; request body is being dropped */
+    bool lingering;             /* response sent, write side shut, draining input before close */
 };
 
 int mr_proxy_accept(mr_worker_t *w, int fd);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -13,6 +14,9 @@ static void maybe_closed(mr_sock_t *s)
     for (uint32_t i = 0; i < s->nin; i++)
         if (s->in[i].bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)s->in[i].bid);
     s->nin = 0;
+    free(s->in);
+    s->in = NULL;
+    s->in_cap = 0;
     while (s->sq_count) {
         mr_sq_ent_t *e = &s->ent[s->sq_head];
         if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
@@ -33,12 +37,19 @@ static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     }
     if (res > 0) {
         uint16_t bid = mr_op_bid(flags);
-        if (s->nin == MR_IN_MAX) {
-            /* Cannot happen while backpressure pauses at MR_IN_MAX-2; refuse rather than overflow. */
-            mr_loop_buf_unref(loop, bid);
-            s->err = -ENOBUFS;
-            s->ops->on_recv(s, -ENOBUFS);
-            return;
+        if (s->nin == s->in_cap) {
+            /* A multishot recv can post a burst before a pause lands; the loop's buffer ring bounds
+             * the total, so growing this list is bounded too. */
+            uint32_t cap = s->in_cap ? s->in_cap * 2 : 8;
+            mr_in_t *in = realloc(s->in, cap * sizeof *in);
+            if (!in) {
+                mr_loop_buf_unref(loop, bid);
+                s->err = -ENOMEM;
+                s->ops->on_recv(s, -ENOMEM);
+                return;
+            }
+            s->in = in;
+            s->in_cap = cap;
         }
         s->in[s->nin++] = (mr_in_t){ .bid = bid, .off = 0, .len = (uint32_t)res };
         if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);

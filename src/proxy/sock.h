@@ -17,7 +17,7 @@
 
 #define MR_SQ_ENT 32
 #define MR_SQ_IOV 16
-#define MR_IN_MAX 8
+#define MR_IN_MAX 8      /* held input buffers before reading pauses */
 #define MR_NO_BID (-1)
 
 typedef struct mr_sock mr_sock_t;
@@ -53,8 +53,8 @@ struct mr_sock {
     mr_sq_ent_t ent[MR_SQ_ENT];
     uint32_t sq_head, sq_count;
     uint64_t sq_bytes;
-    mr_in_t in[MR_IN_MAX];
-    uint32_t nin;
+    mr_in_t *in;        /* held input; grows to absorb a multishot burst before a pause lands */
+    uint32_t nin, in_cap;
     bool recv_paused;   /* owner asked to stop reading (backpressure) */
     bool closing;
     bool eof;
