@@ -177,7 +177,18 @@ function helpers.spawn(cmd, log_path)
   return h
 end
 
--- Stops every process the helpers started (TERM, then KILL after 5 s).
+-- A sanitizer report in a moonring log is a test failure even when every request succeeded.
+local function sanitizer_report(h)
+  if not h.is_moonring then return nil end
+  local log = h.log() or ""
+  local s = log:find("ERROR: AddressSanitizer", 1, true) or log:find("ERROR: LeakSanitizer", 1, true)
+    or log:find("runtime error:", 1, true)
+  if s then return log:sub(math.max(1, s - 200), s + 3000) end
+  return nil
+end
+
+-- Stops every process the helpers started (TERM, then KILL after 5 s); raises if a moonring
+-- instance logged a sanitizer report.
 function helpers.stop_all()
   for _, h in ipairs(procs) do
     if h.alive() then kill(h.pid, "TERM") end
@@ -185,7 +196,13 @@ function helpers.stop_all()
   for _, h in ipairs(procs) do
     if h.alive() then h.stop("TERM", 5) end
   end
+  local reports = {}
+  for _, h in ipairs(procs) do
+    local r = sanitizer_report(h)
+    if r then reports[#reports + 1] = r end
+  end
   procs = {}
+  if #reports > 0 then error("sanitizer report:\n" .. table.concat(reports, "\n----\n"), 2) end
 end
 
 -- Last resort on a normal interpreter exit.
@@ -290,6 +307,7 @@ function helpers.start_moonring(conf, opts)
   local log_path = conf_path:gsub("%.lua$", ".log")
   local cmd = shq(helpers.moonring_bin) .. " -c " .. shq(conf_path) .. (opts.args and (" " .. opts.args) or "")
   local h = helpers.spawn(cmd, log_path)
+  h.is_moonring = true
   local port = opts.wait_port
   if type(port) == "table" then port = port[1] end
   port = tonumber(port) or first_listen_port(conf)
