@@ -1,8 +1,16 @@
--- The per-worker Lua runtime: evaluates the config in this VM (so route handlers are live
--- functions here) and runs handlers with a request object backed by LuaJIT FFI calls into the
--- core (src/lua/api.c). Nothing here touches the Lua C API, so the hot calls JIT-compile.
+-- The per-worker Lua runtime. It evaluates the config in this VM (so route handlers and inline
+-- filters are live functions here), compiles each route's filter chain once, and runs phases in
+-- coroutines so that every phase may yield (moonring.sleep today; sockets next).
+--
+-- Protocol with the C core (src/lua/lua.c): run(index, phase, r, ...) and resume(r) return a code:
+--   0 DONE       the phase finished (for on_body, the chunk to send is the second value)
+--   1 YIELD      parked; the second value says on what ("sleep", seconds)
+--   2 RESPONDED  the phase answered the request itself (req:respond), skip the rest
+-- Errors propagate as Lua errors with a traceback (the C side turns them into a 500).
+-- Request objects talk to the core through LuaJIT FFI (src/lua/api.c), so hot calls JIT-compile.
 local ffi = require "ffi"
 local config = require "moonring.config"
+local moonring = require "moonring"
 
 ffi.cdef [[
 int mr_req_method(void *r, const char **p, size_t *n);
@@ -11,45 +19,79 @@ int mr_req_remote_addr(void *r, const char **p, size_t *n);
 int mr_req_header(void *r, const char *name, size_t nlen, const char **p, size_t *n);
 int mr_req_header_count(void *r);
 int mr_req_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
+int mr_req_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
+int mr_req_set_target(void *r, const char *t, size_t n);
+int mr_req_set_upstream(void *r, const char *s, size_t n);
 int mr_req_respond(void *r, int status, const char *body, size_t blen, const char **hdrs, int nhdrs);
+int mr_resp_status(void *r);
+int mr_resp_set_status(void *r, int status);
+int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_t *n);
+int mr_resp_header_count(void *r);
+int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
+int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
 ]]
 
 local C = ffi.C
 local ffi_string = ffi.string
+local co_create, co_resume, co_status, co_yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
 local pp2 = ffi.new("const char *[1]")
 local pn2 = ffi.new("size_t[1]")
 
-local M = { routes = {} }
+local DONE, YIELD, RESPONDED = 0, 1, 2
+local PH_REQUEST, PH_HANDLER, PH_RESPONSE, PH_BODY, PH_LOG = 1, 2, 3, 4, 5
+local F_REQUEST, F_RESPONSE, F_BODY, F_LOG, F_HANDLER = 1, 2, 4, 8, 16
+local MODE_SET, MODE_ADD, MODE_DEL = 0, 1, 2
 
-local req_methods = {}
+local M = { routes = {} }
+local states = {}       -- r (lightuserdata) -> per-request state { req, res, ctx, co }
+
+local function check_name(fn, name)
+  if type(name) ~= "string" or name == "" then error(fn .. ": header name must be a non-empty string", 3) end
+end
+
+local function check_value(fn, v)
+  local t = type(v)
+  if t == "number" then return tostring(v) end
+  if t ~= "string" then error(fn .. ": header value must be a string", 3) end
+  if v:find("[\r\n%z]") then error(fn .. ": header value contains CR, LF or NUL", 3) end
+  return v
+end
+
+local function live(self)
+  local r = self._r
+  if not r then error("the request is finished; keep what you need in ctx before yielding in on_log", 3) end
+  return r
+end
+
+-- Request ---------------------------------------------------------------------------------------
+
+local req_methods, req_getters = {}, {}
 local req_mt = {}
 
 local function target(self)
   local t = rawget(self, "_target")
   if not t then
-    C.mr_req_target(self._r, pp, pn)
+    C.mr_req_target(live(self), pp, pn)
     t = ffi_string(pp[0], pn[0])
     rawset(self, "_target", t)
   end
   return t
 end
 
-local getters = {
-  method = function(self) C.mr_req_method(self._r, pp, pn); return ffi_string(pp[0], pn[0]) end,
-  path = function(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(1, q - 1) or t end,
-  query = function(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(q + 1) or "" end,
-  host = function(self) local h = self:header("host"); return h and h:gsub(":%d+$", "") or "" end,
-  scheme = function() return "http" end,
-  remote_addr = function(self) C.mr_req_remote_addr(self._r, pp, pn); return ffi_string(pp[0], pn[0]) end,
-  params = function() return {} end,
-}
+function req_getters.method(self) C.mr_req_method(live(self), pp, pn); return ffi_string(pp[0], pn[0]) end
+function req_getters.path(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(1, q - 1) or t end
+function req_getters.query(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(q + 1) or "" end
+function req_getters.host(self) local h = self:header("host"); return h and (h:gsub(":%d+$", "")):lower() or "" end
+function req_getters.scheme() return "http" end
+function req_getters.remote_addr(self) C.mr_req_remote_addr(live(self), pp, pn); return ffi_string(pp[0], pn[0]) end
+function req_getters.params() return {} end
 
 req_mt.__index = function(self, k)
   local m = req_methods[k]
   if m then return m end
-  local g = getters[k]
+  local g = req_getters[k]
   if g then
     local v = g(self)
     rawset(self, k, v)
@@ -59,55 +101,198 @@ req_mt.__index = function(self, k)
 end
 
 function req_methods.header(self, name)
-  if type(name) ~= "string" then error("req:header(name): name must be a string", 2) end
-  if C.mr_req_header(self._r, name, #name, pp, pn) ~= 0 then return nil end
+  check_name("req:header", name)
+  if C.mr_req_header(live(self), name, #name, pp, pn) ~= 0 then return nil end
   return ffi_string(pp[0], pn[0])
 end
 
-function req_methods.headers(self)
+local function collect(count_fn, at_fn, r)
   local t = {}
-  local n = C.mr_req_header_count(self._r)
-  for i = 0, n - 1 do
-    if C.mr_req_header_at(self._r, i, pp, pn, pp2, pn2) == 0 then
+  for i = 0, count_fn(r) - 1 do
+    if at_fn(r, i, pp, pn, pp2, pn2) == 0 then
       local k = ffi_string(pp[0], pn[0]):lower()
       local v = ffi_string(pp2[0], pn2[0])
-      if t[k] then t[k] = t[k] .. ", " .. v else t[k] = v end
+      local old = t[k]
+      t[k] = old and (old .. ", " .. v) or v
     end
   end
   return t
 end
 
+function req_methods.headers(self) return collect(C.mr_req_header_count, C.mr_req_header_at, live(self)) end
+
+local function set_req_header(self, fn, name, value, mode)
+  check_name(fn, name)
+  if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
+  local rc = C.mr_req_set_header(live(self), name, #name, value, #value, mode)
+  if rc ~= 0 then return nil, "cannot change request headers now" end
+  if name:lower() == "host" then rawset(self, "host", nil) end
+  return true
+end
+
+function req_methods.set_header(self, name, value) return set_req_header(self, "req:set_header", name, value, MODE_SET) end
+function req_methods.add_header(self, name, value) return set_req_header(self, "req:add_header", name, value, MODE_ADD) end
+function req_methods.del_header(self, name) return set_req_header(self, "req:del_header", name, nil, MODE_DEL) end
+
 function req_methods.arg(self, name)
-  local q = self.query
-  for k, v in q:gmatch("([^&=]+)=?([^&]*)") do
+  if type(name) ~= "string" then error("req:arg(name): name must be a string", 2) end
+  for k, v in self.query:gmatch("([^&=]+)=?([^&]*)") do
     if k == name then return v end
   end
   return nil
 end
 
+local function set_target(self, path, query)
+  local t = query ~= "" and (path .. "?" .. query) or path
+  if C.mr_req_set_target(live(self), t, #t) ~= 0 then return nil, "cannot change the target now" end
+  rawset(self, "_target", t)
+  rawset(self, "path", path)
+  rawset(self, "query", query)
+  return true
+end
+
+function req_methods.set_path(self, p)
+  if type(p) ~= "string" or p:sub(1, 1) ~= "/" or p:find("[%s%z?#]") then
+    error("req:set_path(path): path must be a string starting with '/' without spaces, '?' or '#'", 2)
+  end
+  return set_target(self, p, self.query)
+end
+
+function req_methods.set_query(self, q)
+  if type(q) ~= "string" or q:find("[%s%z#]") then error("req:set_query(query): query must be a string without spaces or '#'", 2) end
+  if q:sub(1, 1) == "?" then q = q:sub(2) end
+  return set_target(self, self.path, q)
+end
+
+function req_methods.set_upstream(self, name)
+  if type(name) ~= "string" then error("req:set_upstream(name): name must be a string", 2) end
+  local rc = C.mr_req_set_upstream(live(self), name, #name)
+  if rc == 0 then return true end
+  if rc == -1 then return nil, "unknown upstream '" .. name .. "' (declare it in upstreams, or use a numeric host:port)" end
+  return nil, "cannot set the upstream now"
+end
+
+function req_methods.body()
+  return nil, "req:body() is not implemented yet"
+end
+
 local hdr_buf = ffi.new("const char *[128]")
 
 function req_methods.respond(self, status, body, headers)
-  if type(status) ~= "number" then error("req:respond(status, body, headers): status must be a number", 2) end
+  if type(status) ~= "number" or status < 100 or status > 999 then
+    error("req:respond(status, body, headers): status must be a number from 100 to 999", 2)
+  end
   body = body or ""
   if type(body) ~= "string" then body = tostring(body) end
-  local n = 0
-  local keep = {}
-  if headers then
+  local n, keep = 0, {}
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
     for k, v in pairs(headers) do
       if n >= 64 then error("req:respond: too many headers", 2) end
       k, v = tostring(k), tostring(v)
-      if k:find("[\r\n:]") or v:find("[\r\n]") then error("req:respond: invalid header " .. k, 2) end
-      keep[#keep + 1] = k; keep[#keep + 1] = v
+      if k:find("[\r\n:%z ]") or v:find("[\r\n%z]") then error("req:respond: invalid header " .. k, 2) end
+      keep[#keep + 1] = k
+      keep[#keep + 1] = v
       hdr_buf[2 * n] = k
       hdr_buf[2 * n + 1] = v
       n = n + 1
     end
   end
-  local rc = C.mr_req_respond(self._r, status, body, #body, hdr_buf, n)
-  if rc == -3 then return nil, "response already sent" end
+  local rc = C.mr_req_respond(live(self), status, body, #body, hdr_buf, n)
+  if rc == -3 then return nil, "a response was already sent" end
   if rc ~= 0 then error("req:respond failed (" .. rc .. ")", 2) end
-  self._responded = true
+  rawset(self, "_responded", true)
+  return true
+end
+
+-- Response --------------------------------------------------------------------------------------
+
+local res_methods = {}
+local res_mt = {}
+
+res_mt.__index = function(self, k)
+  if k == "status" then return C.mr_resp_status(live(self)) end
+  return res_methods[k]
+end
+
+res_mt.__newindex = function(self, k, v)
+  if k == "status" then
+    if type(v) ~= "number" or v < 200 or v > 999 then error("res.status must be a number from 200 to 999", 2) end
+    if C.mr_resp_set_status(live(self), v) ~= 0 then error("res.status cannot change after the head was sent", 2) end
+    return
+  end
+  rawset(self, k, v)
+end
+
+function res_methods.header(self, name)
+  check_name("res:header", name)
+  if C.mr_resp_header(live(self), name, #name, pp, pn) ~= 0 then return nil end
+  return ffi_string(pp[0], pn[0])
+end
+
+function res_methods.headers(self) return collect(C.mr_resp_header_count, C.mr_resp_header_at, live(self)) end
+
+local function set_res_header(self, fn, name, value, mode)
+  check_name(fn, name)
+  if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
+  if C.mr_resp_set_header(live(self), name, #name, value, #value, mode) ~= 0 then
+    return nil, "cannot change response headers now"
+  end
+  return true
+end
+
+function res_methods.set_header(self, name, value) return set_res_header(self, "res:set_header", name, value, MODE_SET) end
+function res_methods.add_header(self, name, value) return set_res_header(self, "res:add_header", name, value, MODE_ADD) end
+function res_methods.del_header(self, name) return set_res_header(self, "res:del_header", name, nil, MODE_DEL) end
+
+-- Chains ----------------------------------------------------------------------------------------
+
+-- Resolves one entry of a route's `filters` list into a filter table.
+local function resolve_filter(entry, where)
+  local name, opts = entry, nil
+  if type(entry) == "table" and type(entry[1]) == "string" then name, opts = entry[1], entry[2] end
+  local f = name
+  if type(name) == "string" then
+    local ok, mod = pcall(require, name)
+    if not ok then error(where .. ": cannot load filter module '" .. name .. "': " .. tostring(mod), 0) end
+    f = mod
+  end
+  if type(f) == "function" then
+    local ok, made = pcall(f, opts or {})
+    if not ok then error(where .. ": " .. tostring(made), 0) end
+    f = made
+  end
+  if type(f) ~= "table" then error(where .. ": a filter must be a table of phase functions", 0) end
+  for k, v in pairs(f) do
+    if (k == "on_request" or k == "on_response" or k == "on_body" or k == "on_log") and type(v) ~= "function" then
+      error(where .. "." .. k .. ": must be a function", 0)
+    end
+  end
+  return f
+end
+
+local function compile_route(r)
+  local chain = { route = r, req = {}, resp = {}, body = {}, log = {}, flags = 0 }
+  for i, entry in ipairs(r.filters or {}) do
+    local f = resolve_filter(entry, r.name .. ".filters[" .. i .. "]")
+    if f.on_request then chain.req[#chain.req + 1] = f.on_request end
+    if f.on_response then table.insert(chain.resp, 1, f.on_response) end -- reverse: unwinding
+    if f.on_body then table.insert(chain.body, 1, f.on_body) end
+    if f.on_log then chain.log[#chain.log + 1] = f.on_log end
+  end
+  local flags = 0
+  if #chain.req > 0 then flags = flags + F_REQUEST end
+  if #chain.resp > 0 then flags = flags + F_RESPONSE end
+  if #chain.body > 0 then flags = flags + F_BODY end
+  if #chain.log > 0 then flags = flags + F_LOG end
+  if r.handler then flags = flags + F_HANDLER end
+  chain.flags = flags
+  return chain
+end
+
+-- Validates every route's chain (used by `moonring -t` and before a reload).
+function M.check(cfg)
+  for _, r in ipairs(cfg.routes or {}) do compile_route(r) end
   return true
 end
 
@@ -115,25 +300,120 @@ function M.init(file)
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
+  local flags = {}
   for i, r in ipairs(cfg.routes or {}) do
-    M.routes[i] = r
+    local chain = compile_route(r)
+    M.routes[i] = chain
+    flags[i] = chain.flags
   end
+  return flags
 end
 
-function M.handle(index, r)
-  local route = M.routes[index]
-  local req = setmetatable({ _r = r }, req_mt)
-  local ctx = {}
-  local status, body, headers = route.handler(req, ctx)
-  if not req._responded then
+-- Phase bodies (run inside a coroutine) ---------------------------------------------------------
+
+local function run_request(st, chain)
+  local req, ctx = st.req, st.ctx
+  for i = 1, #chain.req do
+    chain.req[i](req, ctx)
+    if rawget(req, "_responded") then return RESPONDED end
+  end
+  return DONE
+end
+
+local function run_handler(st, chain)
+  local req = st.req
+  local status, body, headers = chain.route.handler(req, st.ctx)
+  if not rawget(req, "_responded") then
     if type(status) == "number" then
       req:respond(status, body, headers)
     elseif type(status) == "string" then
       req:respond(200, status, body)
     else
-      error("handler of " .. (route.name or ("routes[" .. index .. "]")) .. " returned without a response", 0)
+      error("the handler of " .. chain.route.name .. " returned without a response", 0)
     end
   end
+  return RESPONDED
+end
+
+local function run_response(st, chain)
+  local res, ctx = st.res, st.ctx
+  for i = 1, #chain.resp do chain.resp[i](res, ctx) end
+  return DONE
+end
+
+local function run_body(st, chain, chunk, eof)
+  local res, ctx = st.res, st.ctx
+  for i = 1, #chain.body do
+    local out = chain.body[i](res, chunk, eof, ctx)
+    if out ~= nil and type(out) ~= "string" then
+      error("on_body must return a string or nil, got " .. type(out), 0)
+    end
+    chunk = out
+    if chunk == nil then break end
+  end
+  return DONE, chunk
+end
+
+local function run_log(st, chain)
+  local req, res, ctx = st.req, st.res, st.ctx
+  for i = 1, #chain.log do chain.log[i](req, res, ctx) end
+  return DONE
+end
+
+local bodies = { run_request, run_handler, run_response, run_body, run_log }
+
+local function step(st, ok, code, a, b)
+  if not ok then
+    local tb = debug.traceback(st.co, tostring(code))
+    st.co = nil
+    error(tb, 0)
+  end
+  if co_status(st.co) == "suspended" then
+    -- code/a are what the phase yielded: (what, arg)
+    return YIELD, code, a
+  end
+  st.co = nil
+  return code, a, b
+end
+
+function M.run(index, phase, r, chunk, eof)
+  local chain = M.routes[index]
+  local st = states[r]
+  if not st then
+    st = { ctx = {}, chain = chain }
+    st.req = setmetatable({ _r = r }, req_mt)
+    st.res = setmetatable({ _r = r }, res_mt)
+    states[r] = st
+  end
+  local co = co_create(bodies[phase])
+  st.co = co
+  return step(st, co_resume(co, st, chain, chunk, eof))
+end
+
+function M.resume(r, ...)
+  local st = states[r]
+  if not st or not st.co then error("resume: no parked phase for this request", 0) end
+  return step(st, co_resume(st.co, ...))
+end
+
+-- The request is over (or its client went away): forget its state. A parked log phase keeps
+-- running detached; its req/res can no longer reach the core.
+function M.finish(r)
+  local st = states[r]
+  if not st then return end
+  states[r] = nil
+  st.req._r = nil
+  st.res._r = nil
+  st.co = nil
+end
+
+-- Functions yielding to the core ----------------------------------------------------------------
+
+moonring._yield = function(what, arg)
+  if coroutine.running() == nil then
+    error("moonring." .. what .. " can only be called from a request phase", 3)
+  end
+  return co_yield(what, arg)
 end
 
 return M

@@ -112,8 +112,8 @@ static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r,
     lua_getfield(L, t, "filters");
     r->has_filters = lua_istable(L, -1) && lua_objlen(L, -1) > 0;
     lua_pop(L, 1);
-    if (!getbool(L, t, "simple", true) || r->has_filters) {
-        snprintf(err, errlen, "%s: %s: header/pattern/match predicates and filters are not supported by this build yet",
+    if (!getbool(L, t, "simple", true)) {
+        snprintf(err, errlen, "%s: %s: header/pattern/match predicates are not supported by this build yet",
                  cfg->file, r->name);
         return -1;
     }
@@ -304,6 +304,21 @@ int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen
     }
     if (lua_isnil(L, -2)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto done;
+    }
+    lua_pop(L, 1);
+    /* Load every filter module and build every chain now, so a missing module or a failing
+     * factory is refused here (-t, start) rather than in a worker. */
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.runtime");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "cannot load the Lua runtime: %s", lua_tostring(L, -1));
+        goto done;
+    }
+    lua_getfield(L, -1, "check");
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 1, 0, 0) != 0) {
+        snprintf(err, errlen, "%s: %s", file, lua_tostring(L, -1));
         goto done;
     }
     lua_pop(L, 1);

@@ -35,6 +35,8 @@ struct mr_worker {
 
     mr_upstream_t *ups;           /* one per cfg->upstreams */
     mr_upstream_t *adhoc;         /* one per route, for upstream = "host:port" */
+    struct mr_dyn_upstream *dyn;  /* created by req:set_upstream("ip:port"), kept for reuse */
+    int ndyn;
     mr_lua_vm_t *lua;
     mr_access_log_t *alog;
 

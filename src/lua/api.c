@@ -2,6 +2,7 @@
  * C ABI, int status codes, no Lua stack, so calls JIT-compile. `r` is the mr_client_t of the
  * request being handled; it is valid only during the phase that received it. Returns: 0 ok,
  * -1 not found (MR_DECLINED), -2 bad argument. */
+#include <stdbool.h>
 #include <string.h>
 #include <strings.h>
 
@@ -21,6 +22,11 @@ MR_EXPORT int mr_req_method(void *r, const char **p, size_t *n)
 MR_EXPORT int mr_req_target(void *r, const char **p, size_t *n)
 {
     mr_client_t *c = r;
+    if (c->has_target_ov) {
+        *p = c->target_ov.p;
+        *n = c->target_ov.len;
+        return 0;
+    }
     *p = mr_http1_str(&c->req, c->req.url_off);
     *n = c->req.url_len;
     return 0;
@@ -70,4 +76,108 @@ MR_EXPORT int mr_req_respond(void *r, int status, const char *body, size_t blen,
     if (status < 100 || status > 999) return -2;
     if (c->resp_started) return -3;
     return mr_proxy_respond(c, status, body, blen, hdrs, nhdrs) < 0 ? -4 : 0;
+}
+
+/* Header edits. mode 0 = set (replace all), 1 = add, 2 = delete. Framing headers are ours. */
+static bool framing_header(const char *name, size_t n)
+{
+    return (n == 14 && strncasecmp(name, "content-length", 14) == 0) ||
+           (n == 17 && strncasecmp(name, "transfer-encoding", 17) == 0);
+}
+
+static int edit_headers(mr_http1_msg_t *m, const char *name, size_t nlen, const char *val, size_t vlen, int mode, bool req)
+{
+    if (framing_header(name, nlen)) return -2;
+    if (mode == 0 || mode == 2) {
+        for (int i = mr_http1_find(m, name, nlen, 0); i >= 0; i = mr_http1_find(m, name, nlen, i + 1))
+            m->hdrs[i].flags |= MR_HDR_DELETED;
+        if (req && nlen == 4 && strncasecmp(name, "host", 4) == 0) m->host_idx = -1;
+    }
+    if (mode == 2) return 0;
+    int i = mr_http1_add_header(m, name, nlen, val, vlen);
+    if (i < 0) return -4;
+    if (req && nlen == 4 && strncasecmp(name, "host", 4) == 0) {
+        m->hdrs[i].flags |= MR_HDR_HOST;
+        m->host_idx = i;
+    }
+    return 0;
+}
+
+MR_EXPORT int mr_req_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
+{
+    mr_client_t *c = r;
+    if (c->up_head.len && c->up) return -3; /* already forwarded */
+    return edit_headers(&c->req, name, nlen, val, vlen, mode, true);
+}
+
+MR_EXPORT int mr_req_set_target(void *r, const char *t, size_t n)
+{
+    mr_client_t *c = r;
+    if (c->up_head.len && c->up) return -3;
+    mr_vec_reset(&c->target_ov);
+    if (mr_vec_append(&c->target_ov, t, n, 64 * 1024) < 0) return -4;
+    c->has_target_ov = true;
+    return 0;
+}
+
+MR_EXPORT int mr_req_set_upstream(void *r, const char *s, size_t n)
+{
+    return mr_proxy_set_upstream(r, s, n);
+}
+
+MR_EXPORT int mr_resp_status(void *r)
+{
+    mr_client_t *c = r;
+    return c->status;
+}
+
+MR_EXPORT int mr_resp_set_status(void *r, int status)
+{
+    mr_client_t *c = r;
+    if (c->head_sent || status < 200 || status > 999) return -3;
+    c->status = status;
+    return 0;
+}
+
+static mr_http1_msg_t *resp_msg(mr_client_t *c)
+{
+    return c->up ? &c->up->resp : NULL;
+}
+
+MR_EXPORT int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_t *n)
+{
+    mr_http1_msg_t *m = resp_msg(r);
+    if (!m) return -1;
+    int i = mr_http1_find(m, name, nlen, 0);
+    if (i < 0) return -1;
+    *p = mr_http1_str(m, m->hdrs[i].val_off);
+    *n = m->hdrs[i].val_len;
+    return 0;
+}
+
+MR_EXPORT int mr_resp_header_count(void *r)
+{
+    mr_http1_msg_t *m = resp_msg(r);
+    return m ? (int)m->nhdrs : 0;
+}
+
+MR_EXPORT int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen)
+{
+    mr_http1_msg_t *m = resp_msg(r);
+    if (!m || i < 0 || (uint32_t)i >= m->nhdrs) return -2;
+    mr_hdr_t *h = &m->hdrs[i];
+    if (h->flags & (MR_HDR_DELETED | MR_HDR_HOP)) return -1;
+    *name = mr_http1_str(m, h->name_off);
+    *nlen = h->name_len;
+    *val = mr_http1_str(m, h->val_off);
+    *vlen = h->val_len;
+    return 0;
+}
+
+MR_EXPORT int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
+{
+    mr_client_t *c = r;
+    mr_http1_msg_t *m = resp_msg(c);
+    if (!m || c->head_sent) return -3;
+    return edit_headers(m, name, nlen, val, vlen, mode, false);
 }

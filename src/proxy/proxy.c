@@ -5,6 +5,7 @@
  * send queue is over its limit (backpressure), so memory per connection stays bounded. */
 #include "proxy/proxy.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,9 +35,28 @@ static void up_close(mr_upconn_t *up);
 static void up_feed(mr_upconn_t *up);
 static void forward_start(mr_client_t *c);
 static void tunnel_pump(mr_client_t *c);
+static void lua_phase_run(mr_client_t *c, int phase);
+static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out);
+static void after_request_phase(mr_client_t *c);
+static void lua_abandon(mr_client_t *c);
+static void lua_release(mr_client_t *c);
+static int resp_emit_head(mr_upconn_t *up);
+static void send_body_chunk(mr_client_t *c, char *owned, size_t n);
+static void resp_complete(mr_client_t *c);
+static void up_release(mr_upconn_t *up);
+static void up_fail(mr_upconn_t *up, int status, const char *why);
 
-/* Per-client feed state kept outside the struct to keep the header small. */
-#define CSTATE(c) ((c)->pause_reason)
+/* Upstreams chosen at run time by req:set_upstream("ip:port"). Names are never resolved here
+ * (that would block the worker); they are kept per worker so their pools are reused. */
+struct mr_dyn_upstream {
+    mr_upstream_t u;
+    mr_upstream_conf_t conf;
+    mr_server_conf_t sconf;
+    mr_server_t server;
+    char key[64];
+    struct mr_dyn_upstream *next;
+};
+#define MR_MAX_DYN_UPSTREAMS 256
 
 static inline mr_client_t *client_of(mr_sock_t *s) { return (mr_client_t *)s; }
 static inline mr_upconn_t *up_of(mr_sock_t *s) { return (mr_upconn_t *)s; }
@@ -187,6 +207,90 @@ void mr_upstreams_free(mr_worker_t *w)
     for (int i = 0; i < w->cfg->nroutes; i++) free(w->adhoc[i].servers);
     free(w->ups);
     free(w->adhoc);
+    while (w->dyn) {
+        struct mr_dyn_upstream *d = w->dyn;
+        w->dyn = d->next;
+        free(d);
+    }
+}
+
+
+static int parse_ip_port(const char *s, size_t n, mr_addr_t *out)
+{
+    char buf[64];
+    if (n == 0 || n >= sizeof buf) return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    char *colon = strrchr(buf, ':');
+    if (!colon || colon == buf) return -1;
+    *colon = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535) return -1;
+    char *host = buf;
+    if (host[0] == '[') {
+        size_t hl = strlen(host);
+        if (host[hl - 1] != ']') return -1;
+        host[hl - 1] = 0;
+        host++;
+    }
+    memset(out, 0, sizeof *out);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->sa;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        out->len = sizeof *s4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        out->len = sizeof *s6;
+        return 0;
+    }
+    return -1;
+}
+
+int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n)
+{
+    mr_worker_t *w = c->w;
+    if (c->up) return -3;
+    for (int i = 0; i < w->cfg->nupstreams; i++) {
+        const char *name = w->cfg->upstreams[i].name;
+        if (strlen(name) == n && memcmp(name, s, n) == 0) { c->dyn_up = &w->ups[i]; return 0; }
+    }
+    mr_addr_t addr;
+    if (parse_ip_port(s, n, &addr) < 0) return -1;
+    for (struct mr_dyn_upstream *d = w->dyn; d; d = d->next)
+        if (strlen(d->key) == n && memcmp(d->key, s, n) == 0) { c->dyn_up = &d->u; return 0; }
+    if (w->ndyn >= MR_MAX_DYN_UPSTREAMS) return -2;
+    struct mr_dyn_upstream *d = calloc(1, sizeof *d);
+    if (!d) return -2;
+    memcpy(d->key, s, n);
+    d->sconf.addr = d->key;
+    d->sconf.sa = addr;
+    d->sconf.weight = 1;
+    d->conf.name = d->key;
+    d->conf.servers = &d->sconf;
+    d->conf.nservers = 1;
+    d->conf.keepalive = 32;
+    d->conf.keepalive_requests = 1000;
+    d->conf.tries = 1;
+    d->conf.keepalive_timeout_ms = 60000;
+    d->conf.connect_timeout_ms = 5000;
+    d->conf.read_timeout_ms = 60000;
+    d->conf.send_timeout_ms = 60000;
+    d->server.conf = &d->sconf;
+    d->server.group = &d->u;
+    d->u.conf = &d->conf;
+    d->u.servers = &d->server;
+    d->u.nservers = 1;
+    d->next = w->dyn;
+    w->dyn = d;
+    w->ndyn++;
+    c->dyn_up = &d->u;
+    return 0;
 }
 
 static mr_server_t *balance(mr_upstream_t *u, uint64_t now)
@@ -270,8 +374,8 @@ static int build_up_head(mr_client_t *c)
     mr_http1_msg_t *m = &c->req;
     mr_vec_t *v = &c->up_head;
     mr_vec_reset(v);
-    const char *url = mr_http1_str(m, m->url_off);
-    size_t ulen = m->url_len;
+    const char *url = c->has_target_ov ? c->target_ov.p : mr_http1_str(m, m->url_off);
+    size_t ulen = c->has_target_ov ? c->target_ov.len : m->url_len;
     const char *host = NULL;
     size_t hostlen = 0;
     /* absolute-form: forward origin-form and let the target's authority become Host. */
@@ -419,6 +523,7 @@ static void up_fail(mr_upconn_t *up, int status, const char *why)
     bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502;
     up_close(up);
     if (!c) return;
+    if (c->lua_phase == MR_PH_RESPONSE || c->lua_phase == MR_PH_BODY) lua_abandon(c);
     mr_warn("upstream %s: %s (%s %.*s)", addr, why, mr_http1_method_str(&c->req), (int)c->req.url_len,
             mr_http1_str(&c->req, c->req.url_off));
     if (can_retry && retry(c)) return;
@@ -557,11 +662,36 @@ static int resp_on_head(mr_http1_msg_t *m)
             return 0; /* interim responses are not forwarded (we answered 100-continue ourselves) */
         }
     }
+    c->status = st;
+    if (!c->tunnel && (c->route_flags & MR_RF_RESPONSE)) {
+        mr_lua_out_t out = { 0 };
+        c->lua_state = true;
+        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
+        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_RESPONSE, &out); return HPE_PAUSED; }
+        if (rc == MR_LUA_ERROR) {
+            m->error_status = 500;
+            m->error_reason = "on_response failed";
+            return -1;
+        }
+    }
+    return resp_emit_head(up);
+}
+
+/* Serialises the response head for the client (status may have been changed by Lua). Returns 1
+ * when the message has no body for llhttp to read (HEAD), else 0, or -1. */
+static int resp_emit_head(mr_upconn_t *up)
+{
+    mr_client_t *c = up->client;
+    mr_http1_msg_t *m = &up->resp;
+    int st = c->status;
     const mr_config_t *cfg = c->w->cfg;
     mr_vec_t *v = &c->out_head;
     mr_vec_reset(v);
     int rc = 0;
-    rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %.*s\r\n", st, (int)m->reason_len, mr_http1_str(m, m->reason_off));
+    if (st == m->status)
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %.*s\r\n", st, (int)m->reason_len, mr_http1_str(m, m->reason_off));
+    else
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %s\r\n", st, mr_http1_reason(st));
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         mr_hdr_t *h = &m->hdrs[i];
         if (h->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
@@ -583,7 +713,7 @@ static int resp_on_head(mr_http1_msg_t *m)
         c->out_mode = MR_OUT_NONE;
         if (m->content_length >= 0 && st != 204)
             rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
-    } else if (m->content_length >= 0 && !m->chunked) {
+    } else if (m->content_length >= 0 && !m->chunked && !(c->route_flags & MR_RF_BODY)) {
         c->out_mode = MR_OUT_LENGTH;
         rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
     } else if (c->req.minor >= 1) {
@@ -606,8 +736,8 @@ static int resp_on_head(mr_http1_msg_t *m)
         m->error_reason = "response head too large";
         return -1;
     }
-    c->status = st;
     c->resp_started = true;
+    c->head_sent = true;
     mr_sock_send(&c->s, v->p, v->len, MR_NO_BID);
     mr_timer_set(c->w->loop, &up->timer, up->server->group->conf->read_timeout_ms);
     return c->head_method ? 1 : 0;
@@ -618,6 +748,18 @@ static int resp_on_body(mr_http1_msg_t *m, const char *p, size_t n)
     mr_upconn_t *up = m->owner;
     mr_client_t *c = up->client;
     if (!c) return -1;
+    if (c->route_flags & MR_RF_BODY) {
+        mr_lua_out_t out = { 0 };
+        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_BODY, p, n, false, &out);
+        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_BODY, &out); return HPE_PAUSED; }
+        if (rc == MR_LUA_ERROR) {
+            m->error_status = 500;
+            m->error_reason = "on_body failed";
+            return -1;
+        }
+        send_body_chunk(c, out.chunk, out.chunk_len);
+        return sq_full(&c->s, bp_limit(c->w)) ? HPE_PAUSED : 0;
+    }
     int32_t bid = up->s.in[0].bid;
     if (c->out_mode == MR_OUT_CHUNKED) {
         char sz[24];
@@ -640,8 +782,22 @@ static int resp_on_done(mr_http1_msg_t *m)
     if (!c) return -1;
     if (!c->resp_started) return 0; /* an interim (1xx) response ended */
     if (c->tunnel) return HPE_PAUSED;
-    if (c->out_mode == MR_OUT_CHUNKED) mr_sock_send(&c->s, "0\r\n\r\n", 5, MR_NO_BID);
-    c->resp_done = true;
+    if ((c->route_flags & MR_RF_BODY) && !c->head_method && c->out_mode != MR_OUT_NONE) {
+        mr_lua_out_t out = { 0 };
+        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_BODY, "", 0, true, &out);
+        if (rc == MR_LUA_YIELD) {
+            c->lua_body_eof = true;
+            lua_park(c, MR_PH_BODY, &out);
+            return HPE_PAUSED;
+        }
+        if (rc == MR_LUA_ERROR) {
+            m->error_status = 500;
+            m->error_reason = "on_body failed";
+            return -1;
+        }
+        send_body_chunk(c, out.chunk, out.chunk_len);
+    }
+    resp_complete(c);
     return HPE_PAUSED; /* stop here: the connection goes back to the pool after this feed */
 }
 
@@ -664,22 +820,32 @@ static void up_release(mr_upconn_t *up)
 
 static void up_feed(mr_upconn_t *up)
 {
-    while (up->s.nin && up->client && !up->s.closing) {
+    while (up->client && !up->s.closing) {
         mr_client_t *c = up->client;
+        bool resumed = false;
         if (mr_http1_paused(&up->resp)) {
-            if (c->resp_done) break;
-            if (sq_full(&c->s, bp_limit(c->w))) break;
+            if (c->resp_done || c->lua_phase) break;
+            if (sq_full(&c->s, bp_limit(c->w))) {
+                /* The client reads slower than the upstream sends: bound the wait. */
+                mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.send_timeout_ms);
+                break;
+            }
             mr_http1_resume(&up->resp);
+            resumed = true;
         }
-        mr_in_t *in = &up->s.in[0];
-        const char *p = mr_loop_buf_ptr(up->w->loop, (uint16_t)in->bid) + in->off;
+        /* After a resume llhttp may finish a message without more input (HEAD, 204). */
+        if (!up->s.nin && !resumed) break;
+        mr_in_t *in = up->s.nin ? &up->s.in[0] : NULL;
+        const char *p = in ? mr_loop_buf_ptr(up->w->loop, (uint16_t)in->bid) + in->off : "";
+        size_t len = in ? in->len : 0;
         size_t used = 0;
-        int rc = mr_http1_feed(&up->resp, p, in->len, &used);
+        int rc = mr_http1_feed(&up->resp, p, len, &used);
         if (rc < 0) {
             char why[160];
+            int st = up->resp.error_status == 500 ? 500 : 502;
             snprintf(why, sizeof why, "invalid response: %s", up->resp.error_reason ? up->resp.error_reason : "parse error");
-            mr_sock_consume(&up->s, in->len);
-            up_fail(up, 502, why);
+            mr_sock_consume(&up->s, len);
+            up_fail(up, st, why);
             return;
         }
         mr_sock_consume(&up->s, used);
@@ -695,7 +861,9 @@ static void up_feed(mr_upconn_t *up)
             client_check_finish(c);
             return;
         }
+        if (!in && rc == MR_HTTP1_OK) break;
     }
+    if (up->s.closing) return;
     if (up->client && up->s.nin >= MR_IN_MAX - 2) mr_sock_pause(&up->s);
     else mr_sock_resume(&up->s);
 }
@@ -752,6 +920,7 @@ static void client_on_closed(mr_sock_t *s)
     mr_vec_free(&c->up_head);
     mr_vec_free(&c->out_head);
     mr_vec_free(&c->local_body);
+    mr_vec_free(&c->target_ov);
     free(c);
     mr_worker_client_gone(w);
 }
@@ -761,6 +930,7 @@ static void client_close(mr_client_t *c)
     if (c->s.closing) return;
     mr_worker_t *w = c->w;
     mr_timer_stop(w->loop, &c->timer);
+    lua_release(c);
     if (c->up) up_close(c->up);
     if (c->prev) c->prev->next = c->next;
     else w->clients = c->next;
@@ -801,6 +971,14 @@ static void client_fail(mr_client_t *c, int status)
 static void request_finish(mr_client_t *c)
 {
     mr_worker_t *w = c->w;
+    if (c->route_flags & MR_RF_LOG) {
+        mr_lua_out_t out = { 0 };
+        c->lua_state = true;
+        if (mr_lua_run(w->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD)
+            mr_warn("route %s: on_log yielded; yielding in on_log is not supported yet, the rest of it was dropped",
+                    c->route->name);
+    }
+    lua_release(c);
     if (w->alog) mr_access_log_request(w->alog, c);
     w->nrequests++;
     c->nrequests++;
@@ -830,6 +1008,7 @@ static void client_on_sent(mr_sock_t *s, int res)
     mr_client_t *c = client_of(s);
     if (res < 0) { client_close(c); return; }
     if (c->tunnel) { tunnel_pump(c); return; }
+    if (c->active && c->req_done && c->resp_started && !c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
     if (c->up && c->up->s.nin) up_feed(c->up);
     else if (c->up) mr_sock_resume(&c->up->s);
     client_check_finish(c);
@@ -904,6 +1083,122 @@ static void client_feed(mr_client_t *c)
     else mr_sock_resume(&c->s);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Lua phases. A phase that yields parks the request: the parser stays paused (request phases
+ * pause at the head already; response phases return HPE_PAUSED), and lua_timer resumes it. */
+
+static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out)
+{
+    c->lua_phase = (uint8_t)phase;
+    mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
+}
+
+/* A parked phase whose request is being abandoned (upstream failed, client gone). */
+static void lua_abandon(mr_client_t *c)
+{
+    if (!c->lua_phase) return;
+    mr_timer_stop(c->w->loop, &c->lua_timer);
+    c->lua_phase = 0;
+}
+
+static void lua_release(mr_client_t *c)
+{
+    lua_abandon(c);
+    if (c->lua_state) {
+        mr_lua_finish(c->w->lua, c);
+        c->lua_state = false;
+    }
+}
+
+static void after_request_phase(mr_client_t *c)
+{
+    mr_worker_t *w = c->w;
+    const mr_route_conf_t *r = c->route;
+    if (r->kind == MR_ROUTE_HANDLER) {
+        c->discard_body = true;
+        lua_phase_run(c, MR_PH_HANDLER);
+        return;
+    }
+    c->upstream = c->dyn_up ? c->dyn_up : r->upstream_id >= 0 ? &w->ups[r->upstream_id] : &w->adhoc[r->index - 1];
+    if (build_up_head(c) < 0) { client_fail(c, 431); return; }
+    forward_start(c);
+}
+
+/* Outcome of a request-side phase (on_request or the handler), run or resumed. */
+static void lua_request_outcome(mr_client_t *c, int phase, int rc, const mr_lua_out_t *out)
+{
+    if (rc == MR_LUA_YIELD) { lua_park(c, phase, out); return; }
+    c->lua_phase = 0;
+    if (rc == MR_LUA_ERROR) {
+        c->discard_body = true;
+        if (!c->resp_started) respond_error(c, 500, false);
+    } else if (rc == MR_LUA_RESPONDED || phase == MR_PH_HANDLER) {
+        c->discard_body = true;
+        client_check_finish(c);
+    } else {
+        after_request_phase(c);
+    }
+    if (!c->s.closing) client_feed(c); /* drain or forward the body now that we know where it goes */
+}
+
+static void lua_phase_run(mr_client_t *c, int phase)
+{
+    mr_lua_out_t out = { 0 };
+    c->lua_state = true;
+    int rc = mr_lua_run(c->w->lua, c, c->route, phase, NULL, 0, false, &out);
+    lua_request_outcome(c, phase, rc, &out);
+}
+
+static void send_body_chunk(mr_client_t *c, char *owned, size_t n)
+{
+    if (!owned || n == 0) { free(owned); return; } /* an empty chunk would end a chunked body */
+    if (c->out_mode == MR_OUT_CHUNKED) {
+        char sz[24];
+        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
+        mr_sock_send(&c->s, sz, (size_t)l, MR_NO_BID);
+        mr_sock_send_owned(&c->s, owned, n);
+        mr_sock_send(&c->s, "\r\n", 2, MR_NO_BID);
+    } else {
+        mr_sock_send_owned(&c->s, owned, n);
+    }
+    c->resp_bytes += n;
+}
+
+static void resp_complete(mr_client_t *c)
+{
+    if (c->out_mode == MR_OUT_CHUNKED) mr_sock_send(&c->s, "0\r\n\r\n", 5, MR_NO_BID);
+    c->resp_done = true;
+}
+
+static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
+{
+    (void)loop;
+    mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, lua_timer));
+    int phase = c->lua_phase;
+    if (!phase) return;
+    mr_lua_out_t out = { 0 };
+    int rc = mr_lua_resume(c->w->lua, c, c->route, &out);
+    if (phase == MR_PH_REQUEST || phase == MR_PH_HANDLER) { lua_request_outcome(c, phase, rc, &out); return; }
+    mr_upconn_t *up = c->up;
+    if (rc == MR_LUA_YIELD) { lua_park(c, phase, &out); return; }
+    c->lua_phase = 0;
+    if (!up) { free(out.chunk); return; }
+    if (rc == MR_LUA_ERROR) { free(out.chunk); up_fail(up, 500, "a Lua response phase failed"); return; }
+    if (phase == MR_PH_RESPONSE) {
+        if (resp_emit_head(up) == 1) up->resp.parser.flags |= F_SKIPBODY;
+    } else if (phase == MR_PH_BODY) {
+        send_body_chunk(c, out.chunk, out.chunk_len);
+        if (c->lua_body_eof) {
+            c->lua_body_eof = false;
+            resp_complete(c);
+            up_release(up);
+            client_check_finish(c);
+            return;
+        }
+    }
+    up_feed(up);
+}
+
 /* Request parser callbacks. */
 static int req_on_head(mr_http1_msg_t *m)
 {
@@ -920,6 +1215,11 @@ static int req_on_head(mr_http1_msg_t *m)
     c->tries = 0;
     c->started_ms = mr_loop_now(w->loop);
     c->head_method = m->method == HTTP_HEAD;
+    c->dyn_up = NULL;
+    c->has_target_ov = false;
+    c->head_sent = false;
+    c->lua_phase = 0;
+    c->route_flags = 0;
     c->close_after = !m->keep_alive || w->draining || c->nrequests + 1 >= cfg->limits.keepalive_requests;
     if (m->has_body) mr_timer_set(w->loop, &c->timer, cfg->limits.body_timeout_ms);
     else mr_timer_stop(w->loop, &c->timer);
@@ -937,15 +1237,9 @@ static int req_on_head(mr_http1_msg_t *m)
         respond_error(c, 404, false);
         return 0;
     }
-    if (r->kind == MR_ROUTE_HANDLER) {
-        c->discard_body = true;
-        if (mr_lua_handle(w->lua, c, r) < 0 && !c->resp_started) respond_error(c, 500, false);
-        client_check_finish(c);
-        return 0;
-    }
-    c->upstream = r->upstream_id >= 0 ? &w->ups[r->upstream_id] : &w->adhoc[r->index - 1];
-    if (build_up_head(c) < 0) { respond_error(c, 431, true); return 0; }
-    forward_start(c);
+    c->route_flags = (uint8_t)mr_lua_route_flags(w->lua, r->index);
+    if (c->route_flags & MR_RF_REQUEST) lua_phase_run(c, MR_PH_REQUEST);
+    else after_request_phase(c);
     return 0;
 }
 
@@ -1001,6 +1295,7 @@ int mr_proxy_accept(mr_worker_t *w, int fd)
     mr_sock_init(&c->s, w->loop, fd, &client_ops);
     c->w = w;
     c->timer.fn = client_timeout;
+    c->lua_timer.fn = lua_timer_fired;
     mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
     mr_net_peer_ip(fd, c->ip, sizeof c->ip);
     c->next = w->clients;
@@ -1028,6 +1323,8 @@ void mr_proxy_shutdown(mr_worker_t *w)
     for (int i = 0; i < w->cfg->nroutes; i++)
         if (w->adhoc[i].servers)
             while (w->adhoc[i].servers[0].idle) up_close(w->adhoc[i].servers[0].idle);
+    for (struct mr_dyn_upstream *d = w->dyn; d; d = d->next)
+        while (d->server.idle) up_close(d->server.idle);
 }
 
 void mr_proxy_close_all(mr_worker_t *w)

@@ -87,9 +87,22 @@ struct mr_client {
     bool head_method;
     bool discard_body;          /* local response sent; request body is being dropped */
     bool lingering;             /* response sent, write side shut, draining input before close */
+
+    /* Lua chain state for the current request. */
+    uint8_t route_flags;        /* MR_RF_* of the matched route */
+    uint8_t lua_phase;          /* parked phase (MR_PH_*), 0 = none */
+    bool lua_state;             /* the VM holds state for this request (finish it) */
+    bool lua_body_eof;          /* the parked body phase was the final one */
+    bool head_sent;             /* response head queued to the client */
+    mr_timer_t lua_timer;
+    mr_upstream_t *dyn_up;      /* chosen by req:set_upstream */
+    mr_vec_t target_ov;         /* set by req:set_path / set_query */
+    bool has_target_ov;
 };
 
 int mr_proxy_accept(mr_worker_t *w, int fd);
+/* req:set_upstream: an upstream name from the config or a numeric "ip:port". 0, -1 unknown, -2 bad. */
+int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n);
 /* Answers the current request locally (used by Lua handlers and errors). Copies body and headers. */
 int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
                      const char *const *hdrs, int nhdrs);

@@ -20,6 +20,7 @@ static void maybe_closed(mr_sock_t *s)
     while (s->sq_count) {
         mr_sq_ent_t *e = &s->ent[s->sq_head];
         if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
+        free(e->owned);
         s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
         s->sq_count--;
     }
@@ -85,6 +86,8 @@ static void send_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         n -= e->len;
         s->sq_bytes -= e->len;
         if (e->bid >= 0) mr_loop_buf_unref(loop, (uint16_t)e->bid);
+        free(e->owned);
+        e->owned = NULL;
         s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
         s->sq_count--;
     }
@@ -152,6 +155,7 @@ int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)
     if (s->sq_count == MR_SQ_ENT) return -ENOSPC;
     mr_sq_ent_t *e = &s->ent[(s->sq_head + s->sq_count) % MR_SQ_ENT];
     e->bid = bid;
+    e->owned = NULL;
     e->len = (uint32_t)len;
     if (bid < 0 && len <= sizeof e->inl) {
         memcpy(e->inl, p, len);
@@ -164,6 +168,17 @@ int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)
     s->sq_bytes += len;
     /* Submit at the end of this loop turn, so a head and its body leave in one sendmsg. */
     if (!s->send_op.active && !s->closing) mr_loop_defer(s->loop, &s->flush);
+    return 0;
+}
+
+int mr_sock_send_owned(mr_sock_t *s, char *p, size_t len)
+{
+    if (len == 0) { free(p); return 0; }
+    int rc = mr_sock_send(s, p, len, MR_NO_BID);
+    if (rc < 0) { free(p); return rc; }
+    mr_sq_ent_t *e = &s->ent[(s->sq_head + s->sq_count - 1) % MR_SQ_ENT];
+    if (e->p == e->inl) free(p); /* short data was copied inline */
+    else e->owned = p;
     return 0;
 }
 

@@ -34,6 +34,7 @@ typedef struct {
     const char *p;
     uint32_t len;
     int32_t bid;
+    void *owned;        /* freed once sent (Lua-filtered body chunks) */
     char inl[24];
 } mr_sq_ent_t;
 
@@ -71,6 +72,8 @@ void mr_sock_resume(mr_sock_t *s);
  * (<= 24 bytes) is copied inline. Returns 0 or -ENOSPC when the queue is full. */
 int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid);
 int mr_sock_send_copy(mr_sock_t *s, const char *p, size_t len);
+/* Queue malloc'd memory; the queue frees it after the send (or on close). */
+int mr_sock_send_owned(mr_sock_t *s, char *p, size_t len);
 static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT - s->sq_count; }
 /* Drop the first n bytes of held input (releasing buffers). */
 void mr_sock_consume(mr_sock_t *s, size_t n);
