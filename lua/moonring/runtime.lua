@@ -33,6 +33,7 @@ int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, 
 
 local C = ffi.C
 local ffi_string = ffi.string
+local ffi_cast = ffi.cast
 local co_create, co_resume, co_status, co_yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
@@ -380,9 +381,12 @@ function M.run(index, phase, r, chunk, eof)
   local chain = M.routes[index]
   local st = states[r]
   if not st then
+    -- A cdata pointer, not the lightuserdata: converting lightuserdata to void* is NYI in the
+    -- JIT (GC64), which would abort every trace through the request API.
+    local p = ffi_cast("void *", r)
     st = { ctx = {}, chain = chain }
-    st.req = setmetatable({ _r = r }, req_mt)
-    st.res = setmetatable({ _r = r }, res_mt)
+    st.req = setmetatable({ _r = p }, req_mt)
+    st.res = setmetatable({ _r = p }, res_mt)
     states[r] = st
   end
   local co = co_create(bodies[phase])

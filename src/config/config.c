@@ -190,7 +190,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     const char *lua_dir = mr_config_lua_dir();
     size_t need = (s ? strlen(s) : 0) + 2 * strlen(lua_dir) + 64;
     cfg->lua_path = malloc(need);
-    snprintf(cfg->lua_path, need, "%s%s%s/?.lua;%s/?/init.lua;;", s ? s : "",
+    snprintf(cfg->lua_path, need, "%s%s%s/?.lua;%s/?/init.lua", s ? s : "",
              s && s[0] && s[strlen(s) - 1] != ';' ? ";" : "", lua_dir, lua_dir);
     free(s);
     cfg->shutdown_timeout_ms = (uint32_t)getint(L, top, "shutdown_timeout_ms", 10000);

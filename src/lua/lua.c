@@ -41,8 +41,12 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     if (!L) { free(vm); snprintf(err, errlen, "cannot create a Lua state"); return -1; }
     vm->L = L;
     luaL_openlibs(L);
+    /* Ours first, then LuaJIT's own default path (jit.*, system modules). */
     lua_getglobal(L, "package");
     lua_pushstring(L, cfg->lua_path);
+    lua_pushstring(L, ";");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
     lua_pushcfunction(L, traceback);

@@ -1,0 +1,79 @@
+-- The hot request API must JIT-compile: it is reached through LuaJIT FFI (no lua_CFunction),
+-- so a loop over header reads/writes and path/method access records traces without aborts.
+local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
+package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
+local helpers = require "helpers"
+
+describe("hot Lua API", function()
+  local mr, base
+
+  setup(function()
+    local port = helpers.free_port()
+    base = "http://127.0.0.1:" .. port
+    mr = helpers.start_moonring(([=[
+local function probe(req, body)
+  local aborts, stops = {}, 0
+  local function on_trace(what, tr, func, pc, otr, oex)
+    -- keep the callback trivial: an error in it would silently detach it
+    if what == "abort" then aborts[#aborts + 1] = { otr, oex, func, pc }
+    elseif what == "stop" then stops = stops + 1 end
+  end
+  jit.flush()
+  jit.attach(on_trace, "trace")
+  local n = 0
+  for i = 1, 3000 do
+    body(req, i)
+    n = n + 1
+  end
+  jit.attach(on_trace)
+  local text = {}
+  for i, a in ipairs(aborts) do
+    local fmt = require("jit.vmdef").traceerr[a[1]] or tostring(a[1])
+    local ok, msg = pcall(string.format, fmt, a[2])
+    local info = require("jit.util").funcinfo(a[3], a[4])
+    text[i] = (ok and msg or fmt) .. " at " .. tostring(info.loc)
+  end
+  return n, stops, text
+end
+
+local function report(req, n, stops, aborts)
+  return req:respond(200, ("%%d %%d %%d %%s"):format(n, stops, #aborts, table.concat(aborts, "; ")))
+end
+
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  routes = {
+    { path = "/read", handler = function(req)
+        return report(req, probe(req, function(r, i)
+          local v = r:header("x-probe")
+          local m = r.method
+          local p = r.path
+          if not v or #m + #p == 0 then error("no header") end
+        end))
+      end },
+    { path = "/write", handler = function(req)
+        return report(req, probe(req, function(r, i)
+          r:set_header("x-set", "v")
+          r:del_header("x-gone")
+        end))
+      end },
+  },
+}
+]=]):format(port), { wait_port = port })
+  end)
+
+  teardown(function() helpers.stop_all() end)
+
+  local function check(path)
+    local res = assert(helpers.http("GET", base .. path, { headers = { ["X-Probe"] = "hello" } }))
+    assert.equal(200, res.status, res.body)
+    local n, stops, naborts, detail = res.body:match("^(%d+) (%d+) (%d+) ?(.*)$")
+    assert.equal("3000", n)
+    assert.is_true(tonumber(stops) >= 1, "no trace was recorded: " .. res.body)
+    assert.equal("0", naborts, "trace aborts: " .. detail)
+  end
+
+  it("compiles header reads, method and path", function() check("/read") end)
+  it("compiles header writes and deletes", function() check("/write") end)
+end)
