@@ -745,6 +745,7 @@ static int resp_emit_head(mr_upconn_t *up)
 
 static int resp_on_body(mr_http1_msg_t *m, const char *p, size_t n)
 {
+    if (n == 0) return 0; /* llhttp flushes empty spans at buffer ends; a 0 chunk would end the body */
     mr_upconn_t *up = m->owner;
     mr_client_t *c = up->client;
     if (!c) return -1;
@@ -1245,6 +1246,7 @@ static int req_on_head(mr_http1_msg_t *m)
 
 static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
 {
+    if (n == 0) return 0; /* llhttp flushes empty spans at buffer ends; a 0 chunk would end the body */
     mr_client_t *c = m->owner;
     c->body_seen += (int64_t)n;
     if (c->max_body > 0 && c->body_seen > c->max_body) {
