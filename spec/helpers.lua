@@ -149,6 +149,7 @@ function helpers.spawn(cmd, log_path)
   function h.alive() return h.exit_code() == nil end
   function h.log() return read_file(log_path) or "" end
   function h.signal(sig)
+    if sig == "TERM" or sig == "QUIT" or sig == "INT" or sig == "KILL" then h.stopped = true end
     if h.alive() then return kill(pid, sig) end
     return false
   end
@@ -165,6 +166,7 @@ function helpers.spawn(cmd, log_path)
   end
   -- Sends sig (default TERM), waits up to timeout (default 10 s), then KILLs.
   function h.stop(sig, timeout)
+    h.stopped = true
     if h.alive() then kill(pid, sig or "TERM") end
     local code = h.wait(timeout or 10)
     if code == nil then
@@ -190,7 +192,13 @@ end
 -- Stops every process the helpers started (TERM, then KILL after 5 s); raises if a moonring
 -- instance logged a sanitizer report.
 function helpers.stop_all()
+  local died = {}
   for _, h in ipairs(procs) do
+    if h.is_moonring and not h.stopped and not h.alive() and h.exit_code() ~= 0 then
+      -- it exited on its own: a crash, unless a test stopped it through a signal of its own
+      died[#died + 1] = ("moonring (pid %d) died with exit code %s; log %s:\n%s")
+        :format(h.pid, tostring(h.exit_code()), h.log_path, (h.log() or ""):sub(-3000))
+    end
     if h.alive() then kill(h.pid, "TERM") end
   end
   for _, h in ipairs(procs) do
@@ -202,6 +210,7 @@ function helpers.stop_all()
     if r then reports[#reports + 1] = r end
   end
   procs = {}
+  if #died > 0 then error(table.concat(died, "\n----\n"), 2) end
   if #reports > 0 then error("sanitizer report:\n" .. table.concat(reports, "\n----\n"), 2) end
 end
 

@@ -279,6 +279,7 @@ int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen
 {
     int rc = -1;
     mr_config_t *cfg = calloc(1, sizeof *cfg);
+    if (cfg) atomic_init(&cfg->refs, 1);
     lua_State *L = luaL_newstate();
     if (!cfg || !L) { snprintf(err, errlen, "out of memory"); goto done; }
     cfg->file = strdup(file);
@@ -357,4 +358,11 @@ void mr_config_free(mr_config_t *cfg)
     free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
     free(cfg->access_log); free(cfg->loop);
     free(cfg);
+}
+
+void mr_config_ref(mr_config_t *cfg) { atomic_fetch_add(&cfg->refs, 1); }
+
+void mr_config_unref(mr_config_t *cfg)
+{
+    if (cfg && atomic_fetch_sub(&cfg->refs, 1) == 1) mr_config_free(cfg);
 }

@@ -5,6 +5,7 @@
 #ifndef MR_CONFIG_H
 #define MR_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -62,6 +63,7 @@ typedef struct {
 } mr_limits_t;
 
 typedef struct {
+    atomic_int refs;            /* main thread + every worker generation using it */
     char *file;                 /* path as given */
     char *lua_path;             /* full package.path for worker VMs */
     int workers;                /* resolved: >= 1 */
@@ -88,6 +90,9 @@ typedef struct {
  * line and key into err. Main thread only (resolution blocks). */
 int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen);
 void mr_config_free(mr_config_t *cfg);
+/* Shared read-only across threads; the last unref (any thread) frees it. */
+void mr_config_ref(mr_config_t *cfg);
+void mr_config_unref(mr_config_t *cfg);
 /* The project's Lua library directory (MOONRING_LUA_DIR env, else the build-time path). */
 const char *mr_config_lua_dir(void);
 

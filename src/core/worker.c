@@ -149,14 +149,15 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         return NULL;
     }
-    if (mr_lua_vm_new(&w->lua, w->cfg, err, sizeof err) < 0) {
+    /* VMs are thread-affine: each worker evaluates the config in its own VM, on its own thread. */
+    if (mr_gen_new((mr_config_t *)w->cfg, 1, &w->servers, &w->gen, err, sizeof err) < 0) {
         mr_error("%s", err);
         w->startup_rc = -EINVAL;
         atomic_store(&w->ready, -1);
+        mr_server_registry_free(&w->servers);
         mr_loop_free(w->loop);
         return NULL;
     }
-    mr_upstreams_init(w);
     if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
     for (int i = 0; i < w->nlisten; i++) {
         w->acceptors[i].op.fn = accept_done;
@@ -169,8 +170,8 @@ static void *worker_main(void *arg)
     atomic_store(&w->ready, 1);
     mr_loop_run(w->loop);
     mr_access_log_free(w->alog);
-    mr_upstreams_free(w);
-    mr_lua_vm_free(w->lua);
+    mr_gen_unref(w->gen);
+    mr_proxy_worker_free(w);
     mr_loop_free(w->loop);
     for (int i = 0; i < w->nlisten; i++) close(w->listen_fds[i]);
     close(w->evfd);

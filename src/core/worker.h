@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "http1/http1.h"
 #include "loop/loop.h"
+#include "core/gen.h"
 #include "proxy/proxy.h"
 
 typedef struct mr_lua_vm mr_lua_vm_t;
@@ -33,11 +34,10 @@ struct mr_worker {
     int nlisten;
     bool accepting, accept_paused;
 
-    mr_upstream_t *ups;           /* one per cfg->upstreams */
-    mr_upstream_t *adhoc;         /* one per route, for upstream = "host:port" */
+    mr_gen_t *gen;                /* current generation: new requests start here */
+    mr_server_registry_t servers; /* upstream servers and their pools, across generations */
     struct mr_dyn_upstream *dyn;  /* created by req:set_upstream("ip:port"), kept for reuse */
     int ndyn;
-    mr_lua_vm_t *lua;
     mr_access_log_t *alog;
 
     mr_client_t *clients;

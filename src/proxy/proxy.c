@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "core/gen.h"
 #include "core/worker.h"
 #include "log/log.h"
 #include "lua/lua.h"
@@ -52,7 +53,8 @@ struct mr_dyn_upstream {
     mr_upstream_t u;
     mr_upstream_conf_t conf;
     mr_server_conf_t sconf;
-    mr_server_t server;
+    mr_server_t *srv[1];
+    int cw[1];
     char key[64];
     struct mr_dyn_upstream *next;
 };
@@ -145,7 +147,7 @@ static bool host_matches(const mr_route_conf_t *r, const char *host, size_t hlen
 
 static const mr_route_conf_t *route_match(mr_client_t *c)
 {
-    const mr_config_t *cfg = c->w->cfg;
+    const mr_config_t *cfg = c->gen->cfg;
     const mr_http1_msg_t *m = &c->req;
     const char *url = mr_http1_str(m, m->url_off);
     size_t plen = m->url_len;
@@ -174,46 +176,15 @@ static const mr_route_conf_t *route_match(mr_client_t *c)
 /* ------------------------------------------------------------------------------------------ */
 /* Upstream selection and pools                                                                 */
 
-void mr_upstreams_init(mr_worker_t *w)
+void mr_proxy_worker_free(mr_worker_t *w)
 {
-    const mr_config_t *cfg = w->cfg;
-    w->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *w->ups);
-    w->adhoc = calloc((size_t)cfg->nroutes + 1, sizeof *w->adhoc);
-    for (int i = 0; i < cfg->nupstreams; i++) {
-        mr_upstream_t *u = &w->ups[i];
-        u->conf = &cfg->upstreams[i];
-        u->nservers = u->conf->nservers;
-        u->servers = calloc((size_t)u->nservers, sizeof *u->servers);
-        for (int j = 0; j < u->nservers; j++) {
-            u->servers[j].conf = &u->conf->servers[j];
-            u->servers[j].group = u;
-        }
-    }
-    for (int i = 0; i < cfg->nroutes; i++) {
-        const mr_route_conf_t *r = &cfg->routes[i];
-        if (!r->adhoc) continue;
-        mr_upstream_t *u = &w->adhoc[i];
-        u->conf = r->adhoc;
-        u->nservers = 1;
-        u->servers = calloc(1, sizeof *u->servers);
-        u->servers[0].conf = &r->adhoc->servers[0];
-        u->servers[0].group = u;
-    }
-}
-
-void mr_upstreams_free(mr_worker_t *w)
-{
-    for (int i = 0; i < w->cfg->nupstreams; i++) free(w->ups[i].servers);
-    for (int i = 0; i < w->cfg->nroutes; i++) free(w->adhoc[i].servers);
-    free(w->ups);
-    free(w->adhoc);
     while (w->dyn) {
         struct mr_dyn_upstream *d = w->dyn;
         w->dyn = d->next;
         free(d);
     }
+    mr_server_registry_free(&w->servers);
 }
-
 
 static int parse_ip_port(const char *s, size_t n, mr_addr_t *out)
 {
@@ -256,9 +227,10 @@ int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n)
 {
     mr_worker_t *w = c->w;
     if (c->up) return -3;
-    for (int i = 0; i < w->cfg->nupstreams; i++) {
-        const char *name = w->cfg->upstreams[i].name;
-        if (strlen(name) == n && memcmp(name, s, n) == 0) { c->dyn_up = &w->ups[i]; return 0; }
+    const mr_config_t *cfg = c->gen->cfg;
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        const char *name = cfg->upstreams[i].name;
+        if (strlen(name) == n && memcmp(name, s, n) == 0) { c->dyn_up = &c->gen->ups[i]; return 0; }
     }
     mr_addr_t addr;
     if (parse_ip_port(s, n, &addr) < 0) return -1;
@@ -281,44 +253,17 @@ int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n)
     d->conf.connect_timeout_ms = 5000;
     d->conf.read_timeout_ms = 60000;
     d->conf.send_timeout_ms = 60000;
-    d->server.conf = &d->sconf;
-    d->server.group = &d->u;
+    d->srv[0] = mr_server_get(&w->servers, d->key, &addr);
+    if (!d->srv[0]) { free(d); return -2; }
     d->u.conf = &d->conf;
-    d->u.servers = &d->server;
+    d->u.servers = d->srv;
+    d->u.current_weight = d->cw;
     d->u.nservers = 1;
     d->next = w->dyn;
     w->dyn = d;
     w->ndyn++;
     c->dyn_up = &d->u;
     return 0;
-}
-
-static mr_server_t *balance(mr_upstream_t *u, uint64_t now)
-{
-    mr_server_t *best = NULL;
-    for (int pass = 0; pass < 2 && !best; pass++) {
-        /* Second pass ignores "down" marks: trying a maybe-dead server beats a certain 503. */
-        if (u->conf->balance == MR_BALANCE_LEAST_CONN) {
-            for (int i = 0; i < u->nservers; i++) {
-                mr_server_t *s = &u->servers[i];
-                if (pass == 0 && s->down_until > now) continue;
-                if (!best || (int64_t)s->active * best->conf->weight < (int64_t)best->active * s->conf->weight)
-                    best = s;
-            }
-        } else {
-            /* Smooth weighted round-robin (nginx): even spread, weights honoured. */
-            int total = 0;
-            for (int i = 0; i < u->nservers; i++) {
-                mr_server_t *s = &u->servers[i];
-                if (pass == 0 && s->down_until > now) continue;
-                s->current_weight += s->conf->weight;
-                total += s->conf->weight;
-                if (!best || s->current_weight > best->current_weight) best = s;
-            }
-            if (best) best->current_weight -= total;
-        }
-    }
-    return best;
 }
 
 static void pool_remove(mr_upconn_t *up)
@@ -335,10 +280,9 @@ static void pool_remove(mr_upconn_t *up)
 
 static void up_timeout(mr_loop_t *loop, mr_timer_t *t);
 
-static void pool_put(mr_upconn_t *up)
+static void pool_put(mr_upconn_t *up, const mr_upstream_conf_t *uc)
 {
     mr_server_t *s = up->server;
-    const mr_upstream_conf_t *uc = s->group->conf;
     s->active--;
     up->client = NULL;
     if (up->s.closing || up->w->draining || s->nidle >= uc->keepalive ||
@@ -493,7 +437,7 @@ static void up_send_head(mr_upconn_t *up)
     mr_client_t *c = up->client;
     mr_sock_send(&up->s, c->up_head.p, c->up_head.len, MR_NO_BID);
     up->requests++;
-    mr_timer_set(c->w->loop, &up->timer, up->server->group->conf->read_timeout_ms);
+    mr_timer_set(c->w->loop, &up->timer, c->upstream->conf->read_timeout_ms);
     if (c->req.expect_continue && c->req.has_body && !c->sent_continue && !c->req_done) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         c->sent_continue = true;
@@ -519,7 +463,7 @@ static void up_fail(mr_upconn_t *up, int status, const char *why)
 {
     mr_client_t *c = up->client;
     char addr[64];
-    snprintf(addr, sizeof addr, "%s", up->server->conf->addr);
+    snprintf(addr, sizeof addr, "%s", up->server->addr);
     bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502;
     up_close(up);
     if (!c) return;
@@ -550,12 +494,12 @@ static void up_connected(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     up->connected = true;
     mr_sock_start_recv(&up->s);
     if (up->client) up_send_head(up);
-    else pool_put(up);
+    else up_close(up); /* its request went away while connecting */
 }
 
-static int up_connect(mr_worker_t *w, mr_server_t *s, mr_upconn_t **out)
+static int up_connect(mr_worker_t *w, mr_server_t *s, const mr_upstream_conf_t *uc, mr_upconn_t **out)
 {
-    int fd = mr_net_socket_for(&s->conf->sa);
+    int fd = mr_net_socket_for(&s->sa);
     if (fd < 0) return fd;
     mr_upconn_t *up = calloc(1, sizeof *up);
     if (!up) { close(fd); return -ENOMEM; }
@@ -566,9 +510,9 @@ static int up_connect(mr_worker_t *w, mr_server_t *s, mr_upconn_t **out)
     up->timer.fn = up_timeout;
     up->connect_op.fn = up_connected;
     mr_http1_init(&up->resp, MR_HTTP1_RESPONSE, &w->h1limits, &resp_cbs, up);
-    int rc = mr_loop_connect(w->loop, &up->connect_op, fd, (const struct sockaddr *)&s->conf->sa.sa, s->conf->sa.len);
+    int rc = mr_loop_connect(w->loop, &up->connect_op, fd, (const struct sockaddr *)&s->sa.sa, s->sa.len);
     if (rc < 0) { close(fd); up_free(up); return rc; }
-    mr_timer_set(w->loop, &up->timer, s->group->conf->connect_timeout_ms);
+    mr_timer_set(w->loop, &up->timer, uc->connect_timeout_ms);
     *out = up;
     return 0;
 }
@@ -576,14 +520,15 @@ static int up_connect(mr_worker_t *w, mr_server_t *s, mr_upconn_t **out)
 static void forward_start(mr_client_t *c)
 {
     mr_worker_t *w = c->w;
-    mr_server_t *s = balance(c->upstream, mr_loop_now(w->loop));
-    if (!s) { respond_error(c, 503, false); return; }
+    int pick = mr_upstream_pick(c->upstream, mr_loop_now(w->loop));
+    if (pick < 0) { respond_error(c, 503, false); return; }
+    mr_server_t *s = c->upstream->servers[pick];
     c->tries++;
     mr_upconn_t *up = pool_get(s);
     if (!up) {
-        int rc = up_connect(w, s, &up);
+        int rc = up_connect(w, s, c->upstream->conf, &up);
         if (rc < 0) {
-            mr_warn("upstream %s: socket: %s", s->conf->addr, strerror(-rc));
+            mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
             if (!retry(c)) respond_error(c, 502, true);
             return;
         }
@@ -666,7 +611,7 @@ static int resp_on_head(mr_http1_msg_t *m)
     if (!c->tunnel && (c->route_flags & MR_RF_RESPONSE)) {
         mr_lua_out_t out = { 0 };
         c->lua_state = true;
-        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
+        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
         if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_RESPONSE, &out); return HPE_PAUSED; }
         if (rc == MR_LUA_ERROR) {
             m->error_status = 500;
@@ -739,7 +684,7 @@ static int resp_emit_head(mr_upconn_t *up)
     c->resp_started = true;
     c->head_sent = true;
     mr_sock_send(&c->s, v->p, v->len, MR_NO_BID);
-    mr_timer_set(c->w->loop, &up->timer, up->server->group->conf->read_timeout_ms);
+    mr_timer_set(c->w->loop, &up->timer, c->upstream->conf->read_timeout_ms);
     return c->head_method ? 1 : 0;
 }
 
@@ -751,7 +696,7 @@ static int resp_on_body(mr_http1_msg_t *m, const char *p, size_t n)
     if (!c) return -1;
     if (c->route_flags & MR_RF_BODY) {
         mr_lua_out_t out = { 0 };
-        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_BODY, p, n, false, &out);
+        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, p, n, false, &out);
         if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_BODY, &out); return HPE_PAUSED; }
         if (rc == MR_LUA_ERROR) {
             m->error_status = 500;
@@ -785,7 +730,7 @@ static int resp_on_done(mr_http1_msg_t *m)
     if (c->tunnel) return HPE_PAUSED;
     if ((c->route_flags & MR_RF_BODY) && !c->head_method && c->out_mode != MR_OUT_NONE) {
         mr_lua_out_t out = { 0 };
-        int rc = mr_lua_run(c->w->lua, c, c->route, MR_PH_BODY, "", 0, true, &out);
+        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, "", 0, true, &out);
         if (rc == MR_LUA_YIELD) {
             c->lua_body_eof = true;
             lua_park(c, MR_PH_BODY, &out);
@@ -813,7 +758,7 @@ static void up_release(mr_upconn_t *up)
     c->up = NULL;
     if (reuse) {
         mr_http1_resume(&up->resp);
-        pool_put(up);
+        pool_put(up, c->upstream->conf);
     } else {
         up_close(up);
     }
@@ -932,6 +877,10 @@ static void client_close(mr_client_t *c)
     mr_worker_t *w = c->w;
     mr_timer_stop(w->loop, &c->timer);
     lua_release(c);
+    if (c->gen) {
+        mr_gen_unref(c->gen);
+        c->gen = NULL;
+    }
     if (c->up) up_close(c->up);
     if (c->prev) c->prev->next = c->next;
     else w->clients = c->next;
@@ -962,6 +911,8 @@ static void client_fail(mr_client_t *c, int status)
     if (!c->active) {
         c->active = true;
         c->resp_started = c->resp_done = c->head_method = false;
+        c->route_flags = 0;
+        c->route = NULL;
         c->started_ms = mr_loop_now(c->w->loop);
     }
     c->req_done = true; /* nothing more will be read as a request */
@@ -972,15 +923,19 @@ static void client_fail(mr_client_t *c, int status)
 static void request_finish(mr_client_t *c)
 {
     mr_worker_t *w = c->w;
-    if (c->route_flags & MR_RF_LOG) {
+    if (c->gen && (c->route_flags & MR_RF_LOG)) {
         mr_lua_out_t out = { 0 };
         c->lua_state = true;
-        if (mr_lua_run(w->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD)
+        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD)
             mr_warn("route %s: on_log yielded; yielding in on_log is not supported yet, the rest of it was dropped",
                     c->route->name);
     }
     lua_release(c);
     if (w->alog) mr_access_log_request(w->alog, c);
+    if (c->gen) {
+        mr_gen_unref(c->gen);
+        c->gen = NULL;
+    }
     w->nrequests++;
     c->nrequests++;
     c->active = false;
@@ -1106,7 +1061,7 @@ static void lua_release(mr_client_t *c)
 {
     lua_abandon(c);
     if (c->lua_state) {
-        mr_lua_finish(c->w->lua, c);
+        mr_lua_finish(c->gen->lua, c);
         c->lua_state = false;
     }
 }
@@ -1120,7 +1075,8 @@ static void after_request_phase(mr_client_t *c)
         lua_phase_run(c, MR_PH_HANDLER);
         return;
     }
-    c->upstream = c->dyn_up ? c->dyn_up : r->upstream_id >= 0 ? &w->ups[r->upstream_id] : &w->adhoc[r->index - 1];
+    c->upstream = c->dyn_up ? c->dyn_up : r->upstream_id >= 0 ? &c->gen->ups[r->upstream_id] : &c->gen->adhoc[r->index - 1];
+    (void)w;
     if (build_up_head(c) < 0) { client_fail(c, 431); return; }
     forward_start(c);
 }
@@ -1146,7 +1102,7 @@ static void lua_phase_run(mr_client_t *c, int phase)
 {
     mr_lua_out_t out = { 0 };
     c->lua_state = true;
-    int rc = mr_lua_run(c->w->lua, c, c->route, phase, NULL, 0, false, &out);
+    int rc = mr_lua_run(c->gen->lua, c, c->route, phase, NULL, 0, false, &out);
     lua_request_outcome(c, phase, rc, &out);
 }
 
@@ -1178,7 +1134,7 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
     int phase = c->lua_phase;
     if (!phase) return;
     mr_lua_out_t out = { 0 };
-    int rc = mr_lua_resume(c->w->lua, c, c->route, &out);
+    int rc = mr_lua_resume(c->gen->lua, c, c->route, &out);
     if (phase == MR_PH_REQUEST || phase == MR_PH_HANDLER) { lua_request_outcome(c, phase, rc, &out); return; }
     mr_upconn_t *up = c->up;
     if (rc == MR_LUA_YIELD) { lua_park(c, phase, &out); return; }
@@ -1225,6 +1181,11 @@ static int req_on_head(mr_http1_msg_t *m)
     if (m->has_body) mr_timer_set(w->loop, &c->timer, cfg->limits.body_timeout_ms);
     else mr_timer_stop(w->loop, &c->timer);
 
+    /* The request runs to its end on the generation current now, whatever reloads happen. */
+    if (!c->gen) {
+        c->gen = w->gen;
+        mr_gen_ref(c->gen);
+    }
     const mr_route_conf_t *r = route_match(c);
     c->route = r;
     int64_t max_body = r && r->client_max_body_size >= 0 ? r->client_max_body_size : cfg->limits.client_max_body_size;
@@ -1238,7 +1199,7 @@ static int req_on_head(mr_http1_msg_t *m)
         respond_error(c, 404, false);
         return 0;
     }
-    c->route_flags = (uint8_t)mr_lua_route_flags(w->lua, r->index);
+    c->route_flags = (uint8_t)mr_lua_route_flags(c->gen->lua, r->index);
     if (c->route_flags & MR_RF_REQUEST) lua_phase_run(c, MR_PH_REQUEST);
     else after_request_phase(c);
     return 0;
@@ -1319,14 +1280,8 @@ void mr_proxy_shutdown(mr_worker_t *w)
         else c->close_after = true;
         c = next;
     }
-    for (int i = 0; i < w->cfg->nupstreams; i++)
-        for (int j = 0; j < w->ups[i].nservers; j++)
-            while (w->ups[i].servers[j].idle) up_close(w->ups[i].servers[j].idle);
-    for (int i = 0; i < w->cfg->nroutes; i++)
-        if (w->adhoc[i].servers)
-            while (w->adhoc[i].servers[0].idle) up_close(w->adhoc[i].servers[0].idle);
-    for (struct mr_dyn_upstream *d = w->dyn; d; d = d->next)
-        while (d->server.idle) up_close(d->server.idle);
+    for (mr_server_t *sv = w->servers.head; sv; sv = sv->next)
+        while (sv->idle) up_close(sv->idle);
 }
 
 void mr_proxy_close_all(mr_worker_t *w)

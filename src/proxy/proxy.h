@@ -11,29 +11,13 @@
 #include "http1/http1.h"
 #include "loop/loop.h"
 #include "proxy/sock.h"
+#include "upstream/upstream.h"
 #include "util/vec.h"
 
 typedef struct mr_worker mr_worker_t;
 typedef struct mr_client mr_client_t;
 typedef struct mr_upconn mr_upconn_t;
-typedef struct mr_server mr_server_t;
-typedef struct mr_upstream mr_upstream_t;
-
-struct mr_server {
-    const mr_server_conf_t *conf;
-    mr_upstream_t *group;
-    mr_upconn_t *idle;          /* pooled connections, most recent first */
-    int nidle;
-    int active;                 /* connections bound to requests */
-    int current_weight;         /* smooth weighted round-robin */
-    uint64_t down_until;        /* ms; skip after a connect failure */
-};
-
-struct mr_upstream {
-    const mr_upstream_conf_t *conf;
-    mr_server_t *servers;
-    int nservers;
-};
+typedef struct mr_gen mr_gen_t;
 
 struct mr_upconn {
     mr_sock_t s;
@@ -60,6 +44,7 @@ struct mr_client {
     char ip[48];
 
     /* The current request. */
+    mr_gen_t *gen;              /* generation the request started on (referenced) */
     const mr_route_conf_t *route;
     mr_upstream_t *upstream;
     mr_upconn_t *up;
@@ -108,7 +93,7 @@ int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
                      const char *const *hdrs, int nhdrs);
 void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
 void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
-void mr_upstreams_init(mr_worker_t *w);
-void mr_upstreams_free(mr_worker_t *w);
+/* Frees the worker's upstream registry and run-time upstreams (after the loop stopped). */
+void mr_proxy_worker_free(mr_worker_t *w);
 
 #endif

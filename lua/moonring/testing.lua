@@ -1,0 +1,590 @@
+-- moonring.testing: run filters in plain LuaJIT (busted), without a server.
+--
+--   local testing = require "moonring.testing"
+--   local req = testing.request{ method = "GET", path = "/x", headers = { ["X-Api-Key"] = "k" } }
+--   local res = testing.response{ status = 200, body = "hello" }
+--   local r = testing.run({ "my.filter", { some = "option" } }, req, res)
+--   assert.same(200, r.status)
+--
+-- Requiring this module makes `require("moonring")` usable outside the server: if the real
+-- module's now() cannot run here it is replaced by the wall clock, log() is captured in
+-- testing.logs, sleep() advances a fake clock, and moonring.shared holds the dicts made by
+-- testing.shared_dict(name).
+local util = require "moonring.filters._util"
+
+local format, find, gsub, lower, sub = string.format, string.find, string.gsub, string.lower, string.sub
+local concat, sort = table.concat, table.sort
+
+local testing = { logs = {} }
+
+-- ------------------------------------------------------------------ the moonring module
+
+local function moonring()
+  local m = package.loaded.moonring
+  if type(m) ~= "table" then
+    local ok, mod = pcall(require, "moonring")
+    if ok and type(mod) == "table" then m = mod else m = {}; package.loaded.moonring = m end
+  end
+  return m
+end
+
+local LEVELS = { debug = true, info = true, notice = true, warn = true, error = true }
+
+local function check_sleep(s)
+  if type(s) ~= "number" or s < 0 or s ~= s then
+    error("moonring.sleep(seconds): seconds must be a non-negative number", 3)
+  end
+end
+
+do
+  local m = moonring()
+  if not (type(m.now) == "function" and pcall(m.now)) then rawset(m, "now", util.realtime) end
+  rawset(m, "log", function(level, ...)
+    if not LEVELS[level] then
+      error("moonring.log(level, ...): level must be one of debug, info, notice, warn, error", 2)
+    end
+    local parts = { ... }
+    for i = 1, select("#", ...) do parts[i] = tostring(parts[i]) end
+    testing.logs[#testing.logs + 1] = { level = level, message = concat(parts, " ") }
+  end)
+  rawset(m, "sleep", function(s) check_sleep(s) end)
+  local ok, shared = pcall(function() return m.shared end)
+  if not ok or type(shared) ~= "table" then rawset(m, "shared", {}) end
+end
+
+-- ------------------------------------------------------------------ clock
+
+local Clock = {}
+Clock.__index = Clock
+
+function Clock:now() return self.t end
+function Clock:set(t) self.t = t; return self end
+function Clock:advance(dt) self.t = self.t + dt; return self end
+function Clock:restore()
+  local m = moonring()
+  rawset(m, "now", self._now)
+  rawset(m, "sleep", self._sleep)
+end
+
+-- Freezes moonring.now() at `t` (default 1700000000). moonring.sleep(s) advances it.
+-- Returns a clock with :now(), :set(t), :advance(dt) and :restore().
+function testing.clock(t)
+  if t ~= nil and type(t) ~= "number" then error("testing.clock(t): t must be a number", 2) end
+  local m = moonring()
+  local c = setmetatable({ t = t or 1700000000, _now = rawget(m, "now"), _sleep = rawget(m, "sleep") }, Clock)
+  rawset(m, "now", function() return c.t end)
+  rawset(m, "sleep", function(s) check_sleep(s); c.t = c.t + s end)
+  return c
+end
+
+-- ------------------------------------------------------------------ shared dict
+
+local Dict = {}
+Dict.__index = Dict
+
+local function check_self(self)
+  if getmetatable(self) ~= Dict then error("shared dict methods must be called with ':'", 3) end
+end
+
+local function check_key(key)
+  if key == nil then return nil, "nil key" end
+  if type(key) ~= "string" then key = tostring(key) end
+  if key == "" then return nil, "empty key" end
+  if #key > 65535 then return nil, "key too long" end
+  return key
+end
+
+local valid_value = { string = true, number = true, boolean = true }
+
+function Dict:_now() return self._clock and self._clock() or util.now() end
+
+function Dict:_live(key)
+  local e = self._data[key]
+  if e and e.exp ~= 0 and e.exp <= self:_now() then return nil, e end
+  return e
+end
+
+function Dict:get(key)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return nil end
+  if e.flags ~= 0 then return e.value, e.flags end
+  return e.value
+end
+
+function Dict:get_stale(key)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e, stale = self:_live(k)
+  if e then return e.value, e.flags ~= 0 and e.flags or nil, false end
+  if stale then return stale.value, stale.flags ~= 0 and stale.flags or nil, true end
+  return nil
+end
+
+local function store(self, mode, key, value, exptime, flags)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return false, err, false end
+  if exptime ~= nil and (type(exptime) ~= "number" or exptime < 0) then
+    error("bad \"exptime\" argument", 3)
+  end
+  if value ~= nil and not valid_value[type(value)] then return false, "bad value type", false end
+  local live = self:_live(k)
+  if mode == "add" and live then return false, "exists", false end
+  if mode == "replace" and not live then return false, "not found", false end
+  if value == nil then
+    self._data[k] = nil
+  else
+    local exp = (exptime and exptime > 0) and self:_now() + exptime or 0
+    self._data[k] = { value = value, exp = exp, flags = flags or 0 }
+  end
+  return true, nil, false
+end
+
+function Dict:set(key, value, exptime, flags) return store(self, "set", key, value, exptime, flags) end
+function Dict:safe_set(key, value, exptime, flags) return store(self, "set", key, value, exptime, flags) end
+function Dict:add(key, value, exptime, flags) return store(self, "add", key, value, exptime, flags) end
+function Dict:safe_add(key, value, exptime, flags) return store(self, "add", key, value, exptime, flags) end
+function Dict:replace(key, value, exptime, flags) return store(self, "replace", key, value, exptime, flags) end
+
+function Dict:delete(key)
+  check_self(self)
+  local k = check_key(key)
+  if k then self._data[k] = nil end
+end
+
+function Dict:incr(key, value, init, init_ttl)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  if type(value) ~= "number" then error("bad \"value\" argument: number expected", 2) end
+  if init ~= nil and type(init) ~= "number" then error("bad \"init\" argument: number expected", 2) end
+  if init_ttl ~= nil then
+    if init == nil then error("bad \"init_ttl\" argument: \"init\" is required", 2) end
+    if type(init_ttl) ~= "number" or init_ttl < 0 then error("bad \"init_ttl\" argument", 2) end
+  end
+  local e = self:_live(k)
+  if not e then
+    if init == nil then return nil, "not found" end
+    local exp = (init_ttl and init_ttl > 0) and self:_now() + init_ttl or 0
+    self._data[k] = { value = init + value, exp = exp, flags = 0 }
+    return init + value
+  end
+  if type(e.value) ~= "number" then return nil, "not a number" end
+  e.value = e.value + value
+  return e.value
+end
+
+function Dict:ttl(key)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return nil, "not found" end
+  if e.exp == 0 then return 0 end
+  return e.exp - self:_now()
+end
+
+function Dict:expire(key, exptime)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  if type(exptime) ~= "number" or exptime < 0 then error("bad \"exptime\" argument", 2) end
+  local e = self:_live(k)
+  if not e then return nil, "not found" end
+  e.exp = exptime > 0 and self:_now() + exptime or 0
+  return true
+end
+
+function Dict:flush_all()
+  check_self(self)
+  for _, e in pairs(self._data) do e.exp = -1 end
+end
+
+function Dict:flush_expired(max)
+  check_self(self)
+  local n, now = 0, self:_now()
+  for k, e in pairs(self._data) do
+    if e.exp ~= 0 and e.exp <= now then
+      self._data[k] = nil
+      n = n + 1
+      if max and max > 0 and n >= max then break end
+    end
+  end
+  return n
+end
+
+function Dict:get_keys(max)
+  check_self(self)
+  max = max or 1024
+  local keys = {}
+  for k in pairs(self._data) do
+    if self:_live(k) then keys[#keys + 1] = k end
+  end
+  sort(keys)
+  if max > 0 then for i = #keys, max + 1, -1 do keys[i] = nil end end
+  return keys
+end
+
+-- An in-memory dict with ngx.shared.DICT semantics (get, get_stale, set, safe_set, add,
+-- safe_add, replace, incr, delete, ttl, expire, flush_all, flush_expired, get_keys).
+-- `opts` is a name or { name = , clock = function() return seconds end }; expiry uses the
+-- clock, by default moonring.now() (so testing.clock controls it). A named dict is also
+-- registered as moonring.shared[name], where filters configured with `dict = name` find it.
+function testing.shared_dict(opts)
+  if type(opts) == "string" then opts = { name = opts } end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("testing.shared_dict(opts): opts must be a name or a table", 2) end
+  if opts.clock ~= nil and type(opts.clock) ~= "function" then
+    error("testing.shared_dict(opts): opts.clock must be a function", 2)
+  end
+  local d = setmetatable({ _data = {}, _clock = opts.clock, name = opts.name }, Dict)
+  if opts.name then rawset(moonring().shared, opts.name, d) end
+  return d
+end
+
+-- ------------------------------------------------------------------ headers (shared by req and res)
+
+local Headers = {}
+
+local function check_name(who, name)
+  if type(name) ~= "string" or not util.valid_header_name(name) then
+    error(format("%s: name must be a header name string, got %s", who, util.describe(name)), 3)
+  end
+  return lower(name)
+end
+
+local function check_values(who, v)
+  local t = type(v)
+  if t == "number" then return { tostring(v) } end
+  if t == "string" then
+    if not util.valid_header_value(v) then error(who .. ": value must not contain CR, LF or NUL", 3) end
+    return { v }
+  end
+  if t == "table" and #v > 0 then
+    local out = {}
+    for i = 1, #v do out[i] = check_values(who, v[i])[1] end
+    return out
+  end
+  error(format("%s: value must be a string, a number or a list of strings, got %s", who, util.describe(v)), 3)
+end
+
+local function init_headers(obj, headers, who)
+  obj._h = {}
+  if headers == nil then return end
+  if type(headers) ~= "table" then error(who .. ": headers must be a table", 3) end
+  local names = {}
+  for k in pairs(headers) do
+    if type(k) ~= "string" then error(who .. ": header names must be strings", 3) end
+    names[#names + 1] = k
+  end
+  sort(names)
+  for _, k in ipairs(names) do
+    local lk = check_name(who, k)
+    local list = obj._h[lk] or {}
+    for _, v in ipairs(check_values(who, headers[k])) do list[#list + 1] = v end
+    obj._h[lk] = list
+  end
+end
+
+function Headers.header(self, name)
+  local l = self._h[check_name("header(name)", name)]
+  return l and l[1]
+end
+
+function Headers.headers(self)
+  local out = {}
+  for k, l in pairs(self._h) do out[k] = concat(l, ", ") end
+  return out
+end
+
+function Headers.set_header(self, name, value)
+  self._h[check_name("set_header(name, value)", name)] = check_values("set_header(name, value)", value)
+end
+
+function Headers.add_header(self, name, value)
+  local k = check_name("add_header(name, value)", name)
+  local l = self._h[k] or {}
+  for _, v in ipairs(check_values("add_header(name, value)", value)) do l[#l + 1] = v end
+  self._h[k] = l
+end
+
+function Headers.del_header(self, name)
+  self._h[check_name("del_header(name)", name)] = nil
+end
+
+-- ------------------------------------------------------------------ request
+
+local Request = {}
+Request.__index = Request
+for k, f in pairs(Headers) do Request[k] = f end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function escape(s)
+  return (gsub(s, "[^%w%-._~]", function(c) return format("%%%02X", string.byte(c)) end))
+end
+
+local function check_string(who, field, v, default)
+  if v == nil then return default end
+  if type(v) ~= "string" then error(format("%s: %s must be a string, got %s", who, field, util.describe(v)), 3) end
+  return v
+end
+
+-- A mock request with the whole request API. `opts`: method ("GET"), path ("/", may carry
+-- "?query"), query (""), host (from the Host header, else "localhost"), scheme ("http"),
+-- remote_addr ("127.0.0.1"), headers (name → value or list of values), body (""), params ({}).
+-- After a run: req.responded, req.response = { status, body, headers }, req.upstream.
+function testing.request(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("testing.request(opts): opts must be a table", 2) end
+  local who = "testing.request"
+  local req = setmetatable({}, Request)
+  req.method = check_string(who, "method", opts.method, "GET"):upper()
+  local path = check_string(who, "path", opts.path, "/")
+  local q = find(path, "?", 1, true)
+  local query = check_string(who, "query", opts.query, nil)
+  if q then
+    if query == nil then query = sub(path, q + 1) end
+    path = sub(path, 1, q - 1)
+  end
+  if sub(path, 1, 1) ~= "/" then error(who .. ": path must start with '/'", 2) end
+  req.path, req.query = path, gsub(query or "", "^%?", "")
+  init_headers(req, opts.headers, who)
+  local host_hdr = req._h.host and req._h.host[1]
+  req.host = check_string(who, "host", opts.host, nil) or (host_hdr and gsub(host_hdr, ":%d+$", "")) or "localhost"
+  if not host_hdr then req._h.host = { req.host } end
+  req.scheme = check_string(who, "scheme", opts.scheme, "http")
+  req.remote_addr = check_string(who, "remote_addr", opts.remote_addr, "127.0.0.1")
+  req.params = opts.params or {}
+  req._body = check_string(who, "body", opts.body, "")
+  req.responded = false
+  return req
+end
+
+function Request:arg(name)
+  if type(name) ~= "string" then error("req:arg(name): name must be a string", 2) end
+  for pair in string.gmatch(self.query, "[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    if unescape(k) == name then return unescape(v) end
+  end
+  return nil
+end
+
+function Request:set_path(p)
+  if type(p) ~= "string" or sub(p, 1, 1) ~= "/" then
+    error("req:set_path(p): p must be a string starting with '/', got " .. util.describe(p), 2)
+  end
+  if find(p, "[%s%z?#]") then error("req:set_path(p): p must not contain whitespace, '?' or '#' (use set_query)", 2) end
+  self.path = p
+end
+
+function Request:set_query(q)
+  if q == nil then self.query = ""; return end
+  if type(q) == "table" then
+    local keys, parts = {}, {}
+    for k in pairs(q) do keys[#keys + 1] = tostring(k) end
+    sort(keys)
+    for _, k in ipairs(keys) do parts[#parts + 1] = escape(k) .. "=" .. escape(tostring(q[k])) end
+    self.query = concat(parts, "&")
+    return
+  end
+  if type(q) ~= "string" then error("req:set_query(q): q must be a string or a table, got " .. util.describe(q), 2) end
+  if find(q, "[%s%z#]") then error("req:set_query(q): q must not contain whitespace or '#'", 2) end
+  self.query = gsub(q, "^%?", "")
+end
+
+function Request:set_upstream(name)
+  if type(name) ~= "string" or name == "" then
+    error("req:set_upstream(name): name must be an upstream name or \"host:port\", got " .. util.describe(name), 2)
+  end
+  self.upstream = name
+end
+
+function Request:body()
+  return self._body
+end
+
+function Request:respond(status, body, headers)
+  if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
+    error("req:respond(status, body, headers): status must be a number (100-999), got " .. util.describe(status), 2)
+  end
+  if body ~= nil and type(body) ~= "string" then body = tostring(body) end
+  if headers ~= nil and type(headers) ~= "table" then
+    error("req:respond(status, body, headers): headers must be a table", 2)
+  end
+  if self.responded then return nil, "response already sent" end
+  local copy = {}
+  for k, v in pairs(headers or {}) do
+    k = tostring(k)
+    if not util.valid_header_name(k) then error("req:respond: invalid header " .. k, 2) end
+    copy[k] = v
+  end
+  self.responded = true
+  self.response = { status = status, body = body or "", headers = copy }
+  return true
+end
+
+-- ------------------------------------------------------------------ response
+
+local Response = {}
+Response.__index = Response
+for k, f in pairs(Headers) do Response[k] = f end
+
+-- A mock upstream response. `opts`: status (200), headers, body (a string, or a list of
+-- chunks fed to on_body one by one).
+function testing.response(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("testing.response(opts): opts must be a table", 2) end
+  local res = setmetatable({}, Response)
+  local st = opts.status or 200
+  if type(st) ~= "number" then error("testing.response: status must be a number", 2) end
+  res.status = st
+  init_headers(res, opts.headers, "testing.response")
+  local body = opts.body or ""
+  if type(body) == "string" then
+    res._chunks = { body }
+  elseif type(body) == "table" then
+    res._chunks = {}
+    for i, c in ipairs(body) do
+      if type(c) ~= "string" then error("testing.response: body chunks must be strings", 2) end
+      res._chunks[i] = c
+    end
+  else
+    error("testing.response: body must be a string or a list of strings", 2)
+  end
+  return res
+end
+
+-- ------------------------------------------------------------------ loading and running
+
+local PHASES = { on_request = true, on_response = true, on_body = true, on_log = true }
+
+local function check_filter(f, label)
+  if type(f) ~= "table" then error(format("filter %s is a %s, not a filter table", label, type(f)), 0) end
+  for k, v in pairs(f) do
+    if type(k) == "string" and sub(k, 1, 3) == "on_" then
+      if not PHASES[k] then error(format("filter %s has unknown phase '%s'", label, k), 0) end
+      if type(v) ~= "function" then error(format("filter %s: %s must be a function", label, k), 0) end
+    end
+  end
+  return f
+end
+
+-- Resolves one `filters` entry the way the core does: a module name, { module, options },
+-- an inline filter table, or (for tests) a factory function. Returns the filter table;
+-- factory errors (bad options) propagate unchanged.
+function testing.load(entry)
+  local t = type(entry)
+  if t == "string" then
+    local m = require(entry)
+    if type(m) == "function" then m = m(nil) end
+    return check_filter(m, entry)
+  elseif t == "function" then
+    return check_filter(entry(nil), "(factory)")
+  elseif t == "table" and (type(entry[1]) == "string" or type(entry[1]) == "function") then
+    local m, label = entry[1], tostring(entry[1])
+    if type(m) == "string" then m = require(m) end
+    if type(m) == "function" then
+      m = m(entry[2])
+    elseif entry[2] ~= nil then
+      error(format("filter %s takes no options (its module returns a table, not a factory)", label), 0)
+    end
+    return check_filter(m, label)
+  elseif t == "table" then
+    return check_filter(entry, "(inline)")
+  end
+  error("testing.load: a filter is a module name, { module, options } or a table, got " .. t, 2)
+end
+
+-- Runs one phase in a coroutine, as the core does; yields are resumed at once.
+local function call(f, phase, i, ...)
+  local co = coroutine.create(f[phase])
+  local ok, r = coroutine.resume(co, ...)
+  local n = 0
+  while ok and coroutine.status(co) ~= "dead" do
+    n = n + 1
+    if n > 100000 then error(format("%s of filter #%d keeps yielding", phase, i), 0) end
+    ok, r = coroutine.resume(co)
+  end
+  if not ok then error(format("%s of filter #%d failed: %s", phase, i, debug.traceback(co, tostring(r))), 0) end
+  return r
+end
+
+local function split(s, size)
+  if not size or #s <= size then return { s } end
+  local out = {}
+  for i = 1, #s, size do out[#out + 1] = sub(s, i, i + size - 1) end
+  return out
+end
+
+-- Runs a chain (a `filters` list, in config syntax) like the core: on_request in order until
+-- one responds; then, if a filter responded or `res` is given, on_response in reverse order,
+-- on_body over the body chunks in order, and on_log in order, for every filter of the chain.
+-- `opts`: ctx (table), chunk_size (split a string body into chunks of this size).
+-- Returns { responded, status, body, headers, upstream, ctx, res, req }.
+function testing.run_chain(entries, req, res, opts)
+  if type(entries) ~= "table" then error("testing.run_chain(entries, req, res): entries must be a list", 2) end
+  if getmetatable(req) ~= Request then error("testing.run: req must come from testing.request{}", 2) end
+  if res ~= nil and getmetatable(res) ~= Response then error("testing.run: res must come from testing.response{}", 2) end
+  opts = opts or {}
+  local filters = {}
+  for i, e in ipairs(entries) do filters[i] = testing.load(e) end
+  local n = #filters
+  local ctx = opts.ctx or {}
+  local result = { ctx = ctx, req = req, responded = false }
+
+  for i = 1, n do
+    if filters[i].on_request then call(filters[i], "on_request", i, req, ctx) end
+    if req.responded then result.responded = true; break end
+  end
+  result.upstream = req.upstream
+
+  if result.responded then
+    local r = req.response
+    res = testing.response{ status = r.status, headers = r.headers, body = r.body }
+  end
+  if res == nil then return result end
+  result.res = res
+
+  for i = n, 1, -1 do
+    if filters[i].on_response then call(filters[i], "on_response", i, res, ctx) end
+  end
+
+  local chunks = res._chunks
+  if opts.chunk_size and #chunks == 1 then chunks = split(chunks[1], opts.chunk_size) end
+  local out = {}
+  for c = 1, #chunks do
+    local chunk, eof = chunks[c], c == #chunks
+    for i = 1, n do
+      if filters[i].on_body and (chunk ~= nil or eof) then
+        chunk = call(filters[i], "on_body", i, res, chunk or "", eof, ctx)
+        if chunk ~= nil and type(chunk) ~= "string" then
+          error(format("on_body of filter #%d returned a %s (want a string or nil)", i, type(chunk)), 0)
+        end
+      end
+    end
+    if chunk then out[#out + 1] = chunk end
+  end
+  result.body = concat(out)
+
+  for i = 1, n do
+    if filters[i].on_log then call(filters[i], "on_log", i, req, res, ctx) end
+  end
+  result.status = res.status
+  result.headers = res:headers()
+  return result
+end
+
+-- Runs a single filter: a module name, { module, options }, a filter table or a factory.
+function testing.run(filter, req, res, opts)
+  return testing.run_chain({ filter }, req, res, opts)
+end
+
+return testing

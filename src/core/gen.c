@@ -1,0 +1,43 @@
+#include "core/gen.h"
+
+#include <stdlib.h>
+
+#include "lua/lua.h"
+
+int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_t **out, char *err, size_t errlen)
+{
+    mr_gen_t *g = calloc(1, sizeof *g);
+    if (!g) return -1;
+    g->id = id;
+    g->cfg = cfg;
+    g->refs = 1;
+    mr_config_ref(cfg);
+    g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
+    g->adhoc = calloc((size_t)cfg->nroutes + 1, sizeof *g->adhoc);
+    if (!g->ups || !g->adhoc) goto fail;
+    for (int i = 0; i < cfg->nupstreams; i++)
+        if (mr_upstream_init(&g->ups[i], &cfg->upstreams[i], reg) < 0) goto fail;
+    for (int i = 0; i < cfg->nroutes; i++)
+        if (cfg->routes[i].adhoc && mr_upstream_init(&g->adhoc[i], cfg->routes[i].adhoc, reg) < 0) goto fail;
+    if (mr_lua_vm_new(&g->lua, cfg, err, errlen) < 0) goto fail;
+    *out = g;
+    return 0;
+fail:
+    g->refs = 1;
+    mr_gen_unref(g);
+    return -1;
+}
+
+void mr_gen_unref(mr_gen_t *g)
+{
+    if (--g->refs) return;
+    if (g->lua) mr_lua_vm_free(g->lua);
+    if (g->ups)
+        for (int i = 0; i < g->cfg->nupstreams; i++) mr_upstream_free(&g->ups[i]);
+    if (g->adhoc)
+        for (int i = 0; i < g->cfg->nroutes; i++) mr_upstream_free(&g->adhoc[i]);
+    free(g->ups);
+    free(g->adhoc);
+    mr_config_unref(g->cfg);
+    free(g);
+}
