@@ -11,6 +11,7 @@
 
 #include "llhttp.h"
 #include "log/log.h"
+#include "lua/shdict.h"
 
 const char *mr_config_lua_dir(void)
 {
@@ -261,6 +262,32 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "shared");
+    t = lua_gettop(L);
+    cfg->nshared = lua_istable(L, t) ? (int)lua_objlen(L, t) : 0;
+    cfg->shared_names = calloc((size_t)cfg->nshared + 1, sizeof *cfg->shared_names);
+    cfg->shared_sizes = calloc((size_t)cfg->nshared + 1, sizeof *cfg->shared_sizes);
+    for (int i = 0; i < cfg->nshared; i++) {
+        lua_rawgeti(L, t, i + 1);
+        cfg->shared_names[i] = dupstr(L, lua_gettop(L), "name");
+        cfg->shared_sizes[i] = (size_t)getint(L, lua_gettop(L), "size", 1 << 20);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, top, "admin");
+    if (lua_istable(L, -1)) {
+        t = lua_gettop(L);
+        cfg->admin_addr = dupstr(L, t, "addr");
+        char *host = dupstr(L, t, "host");
+        char what[256];
+        snprintf(what, sizeof what, "%s: admin.listen", cfg->file);
+        int rc = resolve(what, host, (int)getint(L, t, "port", 0), &cfg->admin_sa, err, errlen);
+        free(host);
+        if (rc < 0) { lua_pop(L, 1); return -1; }
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "routes");
     t = lua_gettop(L);
     cfg->nroutes = lua_istable(L, t) ? (int)lua_objlen(L, t) : 0;
@@ -306,6 +333,24 @@ int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen
     if (lua_isnil(L, -2)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto done;
+    }
+    lua_pop(L, 1);
+    /* Shared dicts live outside every VM and survive reloads; they must exist before filter
+     * factories run (a rate limiter checks its dict when it is built). Defining is idempotent:
+     * an existing dict keeps its contents. */
+    lua_getfield(L, -1, "shared");
+    for (int i = 1, n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_getfield(L, -1, "name");
+        lua_getfield(L, -2, "size");
+        const char *name = lua_tostring(L, -2);
+        size_t size = (size_t)lua_tonumber(L, -1);
+        if (!name || mr_shdict_define(name, size) < 0) {
+            snprintf(err, errlen, "%s: shared.%s: cannot create a shared dict of %zu bytes", file,
+                     name ? name : "?", size);
+            goto done;
+        }
+        lua_pop(L, 3);
     }
     lua_pop(L, 1);
     /* Load every filter module and build every chain now, so a missing module or a failing
@@ -356,7 +401,9 @@ void mr_config_free(mr_config_t *cfg)
     }
     free(cfg->listen); free(cfg->upstreams); free(cfg->routes);
     free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
-    free(cfg->access_log); free(cfg->loop);
+    free(cfg->access_log); free(cfg->loop); free(cfg->admin_addr);
+    for (int i = 0; i < cfg->nshared; i++) free(cfg->shared_names[i]);
+    free(cfg->shared_names); free(cfg->shared_sizes);
     free(cfg);
 }
 

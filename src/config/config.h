@@ -84,6 +84,11 @@ typedef struct {
     bool xff, xfp, via;
     uint32_t buffer_size;
     uint32_t shutdown_timeout_ms;
+    char **shared_names;        /* shared dicts: name and size in bytes */
+    size_t *shared_sizes;
+    int nshared;
+    char *admin_addr;           /* admin listener "host:port", or NULL */
+    mr_addr_t admin_sa;
 } mr_config_t;
 
 /* Loads, validates and resolves FILE. On error returns -1 and writes one line naming the file,
