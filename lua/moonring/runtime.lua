@@ -135,10 +135,16 @@ function req_methods.set_header(self, name, value) return set_req_header(self, "
 function req_methods.add_header(self, name, value) return set_req_header(self, "req:add_header", name, value, MODE_ADD) end
 function req_methods.del_header(self, name) return set_req_header(self, "req:del_header", name, nil, MODE_DEL) end
 
+local function unescape(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The first value of query argument `name`, URL-decoded ("" for a bare `name`), or nil.
 function req_methods.arg(self, name)
   if type(name) ~= "string" then error("req:arg(name): name must be a string", 2) end
   for k, v in self.query:gmatch("([^&=]+)=?([^&]*)") do
-    if k == name then return v end
+    if unescape(k) == name then return unescape(v) end
   end
   return nil
 end
@@ -278,7 +284,7 @@ local function compile_route(r)
     local f = resolve_filter(entry, r.name .. ".filters[" .. i .. "]")
     if f.on_request then chain.req[#chain.req + 1] = f.on_request end
     if f.on_response then table.insert(chain.resp, 1, f.on_response) end -- reverse: unwinding
-    if f.on_body then table.insert(chain.body, 1, f.on_body) end
+    if f.on_body then chain.body[#chain.body + 1] = f.on_body end
     if f.on_log then chain.log[#chain.log + 1] = f.on_log end
   end
   local flags = 0

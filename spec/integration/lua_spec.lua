@@ -76,6 +76,11 @@ return {
         require("moonring").sleep(0.3)
         return 200, "slept\n"
       end },
+    { path = "/localresp", upstream = "origin", filters = {
+        { on_response = function(res, ctx) res:set_header("x-seen", tostring(res.status)); res.status = 418 end },
+        { on_request = function(req) return req:respond(403, "nope\n", { ["X-A"] = "1" }) end,
+          on_body = function(res, chunk, eof) require("moonring").sleep(0.01); return chunk and chunk:upper() end },
+      } },
     { path = "/log", upstream = "origin", filters = { {
         on_log = function(req, res, ctx) require("moonring").log("warn", "on_log saw", req.path, res.status) end } } },
     { path = "/", upstream = "origin" },
@@ -163,6 +168,15 @@ return {
     end, 3))
     res = assert(helpers.http("GET", base .. "/order"))
     assert.equal(200, res.status)
+  end)
+
+  it("runs on_response and on_body on a local response from on_request", function()
+    local res = assert(helpers.http("GET", base .. "/localresp"))
+    assert.equal(418, res.status)
+    assert.equal("403", res.headers["x-seen"])
+    assert.equal("1", res.headers["x-a"])
+    assert.equal("NOPE\n", res.body)
+    assert.equal("5", res.headers["content-length"])
   end)
 
   it("runs on_log after the response", function()

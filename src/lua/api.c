@@ -74,8 +74,8 @@ MR_EXPORT int mr_req_respond(void *r, int status, const char *body, size_t blen,
 {
     mr_client_t *c = r;
     if (status < 100 || status > 999) return -2;
-    if (c->resp_started) return -3;
-    return mr_proxy_respond(c, status, body, blen, hdrs, nhdrs) < 0 ? -4 : 0;
+    if (c->resp_started || c->local_pending) return -3;
+    return mr_proxy_respond_later(c, status, body, blen, hdrs, nhdrs) < 0 ? -4 : 0;
 }
 
 /* Header edits. mode 0 = set (replace all), 1 = add, 2 = delete. Framing headers are ours. */
@@ -141,6 +141,7 @@ MR_EXPORT int mr_resp_set_status(void *r, int status)
 
 static mr_http1_msg_t *resp_msg(mr_client_t *c)
 {
+    if (c->local_pending) return &c->local;
     return c->up ? &c->up->resp : NULL;
 }
 

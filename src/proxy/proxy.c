@@ -38,6 +38,7 @@ static void forward_start(mr_client_t *c);
 static void tunnel_pump(mr_client_t *c);
 static void lua_phase_run(mr_client_t *c, int phase);
 static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out);
+static void respond_error(mr_client_t *c, int status, bool close);
 static void after_request_phase(mr_client_t *c);
 static void lua_abandon(mr_client_t *c);
 static void lua_release(mr_client_t *c);
@@ -73,8 +74,25 @@ static bool sq_full(const mr_sock_t *s, uint64_t limit)
 /* ------------------------------------------------------------------------------------------ */
 /* Local responses                                                                              */
 
-int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
-                     const char *const *hdrs, int nhdrs)
+/* Stores a local response: status, body, and headers in c->local's header store. */
+static int local_set(mr_client_t *c, int status, const char *body, size_t blen, const char *const *hdrs, int nhdrs)
+{
+    mr_http1_msg_t *m = &c->local;
+    mr_http1_next(m);
+    for (int i = 0; i + 1 < 2 * nhdrs; i += 2) {
+        if (strcasecmp(hdrs[i], "content-length") == 0 || strcasecmp(hdrs[i], "transfer-encoding") == 0 ||
+            strcasecmp(hdrs[i], "connection") == 0)
+            continue;
+        if (mr_http1_add_header(m, hdrs[i], strlen(hdrs[i]), hdrs[i + 1], strlen(hdrs[i + 1])) < 0) return -E2BIG;
+    }
+    mr_vec_reset(&c->local_body);
+    if (blen && mr_vec_append(&c->local_body, body, blen, (size_t)1 << 30) < 0) return -ENOMEM;
+    c->status = status;
+    return 0;
+}
+
+/* Serialises and queues the stored local response. */
+static int local_emit(mr_client_t *c)
 {
     if (c->resp_started) {
         /* Too late for a clean answer: the only honest signal left is closing the connection. */
@@ -83,36 +101,58 @@ int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
         client_close(c);
         return -EALREADY;
     }
+    mr_http1_msg_t *m = &c->local;
+    int status = c->status;
     mr_vec_t *h = &c->out_head;
     mr_vec_reset(h);
     bool nobody = c->head_method || status == 204 || status == 304 || status < 200;
-    if (mr_vec_printf(h, HEAD_LIMIT, "HTTP/1.1 %d %s\r\nServer: moonring\r\n", status, mr_http1_reason(status)) < 0)
-        return -E2BIG;
+    int rc = mr_vec_printf(h, HEAD_LIMIT, "HTTP/1.1 %d %s\r\nServer: moonring\r\n", status, mr_http1_reason(status));
     bool has_ctype = false;
-    for (int i = 0; i + 1 < 2 * nhdrs; i += 2) {
-        if (strcasecmp(hdrs[i], "content-length") == 0 || strcasecmp(hdrs[i], "transfer-encoding") == 0 ||
-            strcasecmp(hdrs[i], "connection") == 0)
-            continue;
-        if (strcasecmp(hdrs[i], "content-type") == 0) has_ctype = true;
-        if (mr_vec_printf(h, HEAD_LIMIT, "%s: %s\r\n", hdrs[i], hdrs[i + 1]) < 0) return -E2BIG;
+    for (uint32_t i = 0; i < m->nhdrs && rc == 0; i++) {
+        mr_hdr_t *hd = &m->hdrs[i];
+        if (hd->flags & MR_HDR_DELETED) continue;
+        if (hd->name_len == 12 && strncasecmp(mr_http1_str(m, hd->name_off), "content-type", 12) == 0) has_ctype = true;
+        rc = mr_vec_printf(h, HEAD_LIMIT, "%.*s: %.*s\r\n", (int)hd->name_len, mr_http1_str(m, hd->name_off),
+                           (int)hd->val_len, mr_http1_str(m, hd->val_off));
     }
-    if (!has_ctype && blen && mr_vec_printf(h, HEAD_LIMIT, "Content-Type: text/plain\r\n") < 0) return -E2BIG;
-    if (status != 204 && status >= 200 && mr_vec_printf(h, HEAD_LIMIT, "Content-Length: %zu\r\n", blen) < 0)
-        return -E2BIG;
-    if (c->close_after || c->w->draining) {
+    size_t blen = nobody ? 0 : c->local_body.len;
+    if (rc == 0 && !has_ctype && c->local_body.len) rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Type: text/plain\r\n");
+    if (rc == 0 && status != 204 && status >= 200)
+        rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Length: %u\r\n", c->local_body.len);
+    if (rc == 0 && (c->close_after || c->w->draining)) {
         c->close_after = true;
-        mr_vec_printf(h, HEAD_LIMIT, "Connection: close\r\n");
+        rc = mr_vec_printf(h, HEAD_LIMIT, "Connection: close\r\n");
     }
-    mr_vec_printf(h, HEAD_LIMIT, "\r\n");
-    mr_vec_reset(&c->local_body);
-    if (!nobody && blen && mr_vec_append(&c->local_body, body, blen, (size_t)1 << 30) < 0) return -ENOMEM;
-    c->status = status;
+    if (rc == 0) rc = mr_vec_printf(h, HEAD_LIMIT, "\r\n");
+    if (rc < 0) return rc;
+    c->local_pending = false;
     c->resp_started = true;
+    c->head_sent = true;
     c->resp_done = true;
-    c->resp_bytes = c->local_body.len;
+    c->resp_bytes = blen;
     c->out_mode = MR_OUT_NONE;
     mr_sock_send(&c->s, h->p, h->len, MR_NO_BID);
-    if (c->local_body.len) mr_sock_send(&c->s, c->local_body.p, c->local_body.len, MR_NO_BID);
+    if (blen) mr_sock_send(&c->s, c->local_body.p, (uint32_t)blen, MR_NO_BID);
+    return 0;
+}
+
+int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
+                     const char *const *hdrs, int nhdrs)
+{
+    if (c->resp_started) return local_emit(c);
+    c->local_pending = false;
+    int rc = local_set(c, status, body, blen, hdrs, nhdrs);
+    if (rc < 0) return rc;
+    return local_emit(c);
+}
+
+int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t blen,
+                           const char *const *hdrs, int nhdrs)
+{
+    int rc = local_set(c, status, body, blen, hdrs, nhdrs);
+    if (rc < 0) return rc;
+    c->local_pending = true;
+    c->local_resp_done = c->local_body_done = false;
     return 0;
 }
 
@@ -867,6 +907,7 @@ static void client_on_closed(mr_sock_t *s)
     mr_vec_free(&c->out_head);
     mr_vec_free(&c->local_body);
     mr_vec_free(&c->target_ov);
+    mr_http1_free(&c->local);
     free(c);
     mr_worker_client_gone(w);
 }
@@ -1081,6 +1122,30 @@ static void after_request_phase(mr_client_t *c)
     forward_start(c);
 }
 
+/* Runs the chain's on_response and on_body on a local response from Lua, then sends it. Each
+ * step may park (yield); lua_timer_fired comes back here. */
+static void local_finish(mr_client_t *c)
+{
+    mr_lua_out_t out = { 0 };
+    if ((c->route_flags & MR_RF_RESPONSE) && !c->local_resp_done) {
+        c->local_resp_done = true;
+        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
+        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_RESPONSE, &out); return; }
+        if (rc == MR_LUA_ERROR) { c->local_pending = false; respond_error(c, 500, false); return; }
+    }
+    if ((c->route_flags & MR_RF_BODY) && !c->local_body_done && !c->head_method) {
+        c->local_body_done = true;
+        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, c->local_body.p, c->local_body.len, true, &out);
+        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_BODY, &out); return; }
+        if (rc == MR_LUA_ERROR) { c->local_pending = false; respond_error(c, 500, false); return; }
+        mr_vec_reset(&c->local_body);
+        if (out.chunk) mr_vec_append(&c->local_body, out.chunk, out.chunk_len, (size_t)1 << 30);
+        free(out.chunk);
+    }
+    local_emit(c);
+    client_check_finish(c);
+}
+
 /* Outcome of a request-side phase (on_request or the handler), run or resumed. */
 static void lua_request_outcome(mr_client_t *c, int phase, int rc, const mr_lua_out_t *out)
 {
@@ -1088,10 +1153,12 @@ static void lua_request_outcome(mr_client_t *c, int phase, int rc, const mr_lua_
     c->lua_phase = 0;
     if (rc == MR_LUA_ERROR) {
         c->discard_body = true;
+        c->local_pending = false;
         if (!c->resp_started) respond_error(c, 500, false);
     } else if (rc == MR_LUA_RESPONDED || phase == MR_PH_HANDLER) {
         c->discard_body = true;
-        client_check_finish(c);
+        if (c->local_pending) local_finish(c);
+        else client_check_finish(c);
     } else {
         after_request_phase(c);
     }
@@ -1139,6 +1206,16 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
     mr_upconn_t *up = c->up;
     if (rc == MR_LUA_YIELD) { lua_park(c, phase, &out); return; }
     c->lua_phase = 0;
+    if (c->local_pending) {
+        if (rc == MR_LUA_ERROR) { free(out.chunk); c->local_pending = false; respond_error(c, 500, false); return; }
+        if (phase == MR_PH_BODY) {
+            mr_vec_reset(&c->local_body);
+            if (out.chunk) mr_vec_append(&c->local_body, out.chunk, out.chunk_len, (size_t)1 << 30);
+            free(out.chunk);
+        }
+        local_finish(c);
+        return;
+    }
     if (!up) { free(out.chunk); return; }
     if (rc == MR_LUA_ERROR) { free(out.chunk); up_fail(up, 500, "a Lua response phase failed"); return; }
     if (phase == MR_PH_RESPONSE) {
@@ -1174,6 +1251,7 @@ static int req_on_head(mr_http1_msg_t *m)
     c->head_method = m->method == HTTP_HEAD;
     c->dyn_up = NULL;
     c->has_target_ov = false;
+    c->local_pending = false;
     c->head_sent = false;
     c->lua_phase = 0;
     c->route_flags = 0;
@@ -1260,6 +1338,7 @@ int mr_proxy_accept(mr_worker_t *w, int fd)
     c->timer.fn = client_timeout;
     c->lua_timer.fn = lua_timer_fired;
     mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
+    mr_http1_init(&c->local, MR_HTTP1_RESPONSE, &w->h1limits, &req_cbs, c);
     mr_net_peer_ip(fd, c->ip, sizeof c->ip);
     c->next = w->clients;
     if (w->clients) w->clients->prev = c;

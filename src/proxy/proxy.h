@@ -83,14 +83,21 @@ struct mr_client {
     mr_upstream_t *dyn_up;      /* chosen by req:set_upstream */
     mr_vec_t target_ov;         /* set by req:set_path / set_query */
     bool has_target_ov;
+    /* A local response (req:respond) waits here while on_response/on_body run on it. */
+    mr_http1_msg_t local;       /* only its header store is used */
+    bool local_pending, local_resp_done, local_body_done;
 };
 
 int mr_proxy_accept(mr_worker_t *w, int fd);
 /* req:set_upstream: an upstream name from the config or a numeric "ip:port". 0, -1 unknown, -2 bad. */
 int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n);
-/* Answers the current request locally (used by Lua handlers and errors). Copies body and headers. */
+/* Answers the current request locally (errors from C). Copies body and headers; sends now. */
 int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
                      const char *const *hdrs, int nhdrs);
+/* Records a local response from Lua (req:respond). It is sent after the current phase returns,
+ * once the chain's on_response/on_body ran on it (Lua must not be re-entered from an FFI call). */
+int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t blen,
+                           const char *const *hdrs, int nhdrs);
 void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
 void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
 /* Frees the worker's upstream registry and run-time upstreams (after the loop stopped). */
