@@ -127,6 +127,25 @@ return { workers = 1, listen = { "127.0.0.1:%d" },
     slow.wait(5)
   end)
 
+  it("serves back-to-back large responses on one keep-alive connection without stalling", function()
+    local port = helpers.free_port()
+    helpers.start_moonring(([[
+return { workers = 1, listen = { "127.0.0.1:%d" },
+  upstreams = { o = { servers = { "127.0.0.1:%d" } } }, routes = { { path = "/", upstream = "o" } } }
+]]):format(port, origin.port), { wait_port = port })
+    -- sizes around the backpressure threshold (proxy.buffer_size, 64k): the response parser
+    -- pauses on the last body span and must be resumed with no input left
+    local s = assert(helpers.connect(port))
+    local t0 = socket.gettime()
+    for _, n in ipairs({ 65536, 65537, 131072, 200000, 65536, 1048576, 65536 }) do
+      local res = assert(helpers.http("GET", ("http://127.0.0.1:%d/size/%d"):format(port, n), { sock = s, timeout = 3 }))
+      assert.equal(200, res.status)
+      assert.equal(n, #res.body)
+    end
+    s:close()
+    assert.is_true(socket.gettime() - t0 < 1.5, "took " .. (socket.gettime() - t0))
+  end)
+
   it("passes 1 GiB down and 1 GiB up (chunked) with bounded memory", function()
     local port = helpers.free_port()
     local mr = helpers.start_moonring(([[

@@ -1006,7 +1006,9 @@ static void client_on_sent(mr_sock_t *s, int res)
     if (res < 0) { client_close(c); return; }
     if (c->tunnel) { tunnel_pump(c); return; }
     if (c->active && c->req_done && c->resp_started && !c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
-    if (c->up && c->up->s.nin) up_feed(c->up);
+    /* A parser paused for backpressure may have nothing left to read but its own completion
+     * (the last body span ended the input), so resume it even with no input. */
+    if (c->up && (c->up->s.nin || mr_http1_paused(&c->up->resp))) up_feed(c->up);
     else if (c->up) mr_sock_resume(&c->up->s);
     client_check_finish(c);
 }
