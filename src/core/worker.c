@@ -48,6 +48,16 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         stop_accepts(w);
         return;
     }
+    if (!(flags & MR_F_MORE) && w->draining) {
+        /* A draining worker must not keep its listener: with SO_REUSEPORT the kernel would go on
+         * queueing new connections on it that nobody accepts. Close it once its op is done. */
+        for (int i = 0; i < w->nlisten; i++)
+            if (&w->acceptors[i].op == op && w->listen_fds[i] >= 0) {
+                close(w->listen_fds[i]);
+                w->listen_fds[i] = -1;
+            }
+        return;
+    }
     if (!(flags & MR_F_MORE) && w->accepting && !w->accept_paused && !w->draining)
         mr_loop_accept(w->loop, op, op->fd);
 }
@@ -173,7 +183,8 @@ static void *worker_main(void *arg)
     mr_gen_unref(w->gen);
     mr_proxy_worker_free(w);
     mr_loop_free(w->loop);
-    for (int i = 0; i < w->nlisten; i++) close(w->listen_fds[i]);
+    for (int i = 0; i < w->nlisten; i++)
+        if (w->listen_fds[i] >= 0) close(w->listen_fds[i]);
     close(w->evfd);
     free(w->listen_fds);
     free(w->acceptors);
