@@ -146,6 +146,21 @@ return { workers = 1, listen = { "127.0.0.1:%d" },
     assert.is_true(socket.gettime() - t0 < 1.5, "took " .. (socket.gettime() - t0))
   end)
 
+  it("does not retry a request the upstream reset on a fresh connection, nor a POST", function()
+    local port = helpers.free_port()
+    local mr = helpers.start_moonring(([[
+return { workers = 1, listen = { "127.0.0.1:%d" },
+  upstreams = { o = { servers = { "127.0.0.1:%d" }, tries = 3 } }, routes = { { path = "/", upstream = "o" } } }
+]]):format(port, origin.port), { wait_port = port })
+    assert.equal(502, assert(helpers.http("GET", "http://127.0.0.1:" .. port .. "/reset")).status)
+    assert.equal(502, assert(helpers.http("POST", "http://127.0.0.1:" .. port .. "/reset", { body = "x" })).status)
+    helpers.sleep(0.2)
+    local _, n = mr.log():gsub("reset by peer %(GET /reset%)", "")
+    assert.equal(1, n, mr.log())
+    _, n = mr.log():gsub("reset by peer %(POST /reset%)", "")
+    assert.equal(1, n, mr.log())
+  end)
+
   it("passes 1 GiB down and 1 GiB up (chunked) with bounded memory", function()
     local port = helpers.free_port()
     local mr = helpers.start_moonring(([[

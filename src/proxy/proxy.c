@@ -499,12 +499,22 @@ static bool retry(mr_client_t *c)
     return true;
 }
 
+static bool method_idempotent(uint8_t m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT || m == HTTP_DELETE ||
+           m == HTTP_TRACE;
+}
+
 static void up_fail(mr_upconn_t *up, int status, const char *why)
 {
     mr_client_t *c = up->client;
     char addr[64];
     snprintf(addr, sizeof addr, "%s", up->server->addr);
-    bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502;
+    /* Retry only where the request cannot have been acted on twice: the connect failed, or a
+     * reused keep-alive connection turned out stale before any response byte, for an idempotent
+     * method (the upstream may have closed it just as we sent). */
+    bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502 &&
+                     (!up->connected || (up->requests > 1 && method_idempotent(c->req.method)));
     up_close(up);
     if (!c) return;
     if (c->lua_phase == MR_PH_RESPONSE || c->lua_phase == MR_PH_BODY) lua_abandon(c);
