@@ -499,9 +499,12 @@ local function header_map(v, path)
   return out
 end
 
+-- An LPeg `re` pattern over the request path; named captures become req.params.
 local function lua_pattern(v, path)
-  if type(v) ~= "string" then expected(path, "Lua pattern string", v) end
-  local ok, err = pcall(string.find, "", v)
+  if type(v) ~= "string" then expected(path, "LPeg re pattern string", v) end
+  local ok_re, re = pcall(require, "re")
+  if not ok_re then fail(path, "the 're' module (lua-lpeg) is not installed") end
+  local ok, err = pcall(re.compile, v)
   if not ok then fail(path, "bad pattern " .. quote(v) .. ": " .. tostring(err):gsub("^.-:%d+: ", "")) end
   return v
 end

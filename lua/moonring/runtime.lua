@@ -297,6 +297,92 @@ local function compile_route(r)
   return chain
 end
 
+-- Routing in Lua, used when a route has headers/pattern/match predicates or the config has a
+-- `router`; otherwise the core matches routes in C. Compiled once per VM.
+local lpeg_ok, lpeg = pcall(require, "lpeg")
+local re_ok, re = pcall(require, "re")
+
+local function compile_matcher(r)
+  local m = { route = r }
+  if r.method then m.methods = {} for _, x in ipairs(r.method) do m.methods[x] = true end end
+  m.hosts = r.host
+  m.path, m.exact = r.path, r.exact
+  if r.headers then
+    m.headers = {}
+    for k, v in pairs(r.headers) do
+      -- "~pattern" is a Lua pattern; anything else must match exactly
+      if v:sub(1, 1) == "~" then m.headers[k] = { pat = v:sub(2) } else m.headers[k] = { eq = v } end
+    end
+  end
+  if r.pattern then m.pattern = lpeg.Ct(re.compile(r.pattern)) end
+  m.match = r.match
+  return m
+end
+
+local function host_ok(hosts, host)
+  for _, h in ipairs(hosts) do
+    if h:sub(1, 2) == "*." then
+      local suffix = h:sub(2)
+      if #host > #suffix and host:sub(-#suffix) == suffix then return true end
+    elseif h == host then
+      return true
+    end
+  end
+  return false
+end
+
+local function matches(m, req)
+  if m.methods and not m.methods[req.method] then return false end
+  local path = req.path
+  if m.exact and path ~= m.exact then return false end
+  if m.path and path:sub(1, #m.path) ~= m.path then return false end
+  if m.hosts and not host_ok(m.hosts, req.host) then return false end
+  if m.headers then
+    for k, want in pairs(m.headers) do
+      local v = req:header(k)
+      if not v then return false end
+      if want.eq and v ~= want.eq then return false end
+      if want.pat and not v:find(want.pat) then return false end
+    end
+  end
+  local params
+  if m.pattern then
+    params = lpeg.match(m.pattern, path)
+    if not params then return false end
+  end
+  if m.match and not m.match(req) then return false end
+  if params then rawset(req, "params", params) end
+  return true
+end
+
+local function new_state(r, chain)
+  local p = ffi_cast("void *", r)
+  local st = { ctx = {}, chain = chain }
+  st.req = setmetatable({ _r = p }, req_mt)
+  st.res = setmetatable({ _r = p }, res_mt)
+  states[r] = st
+  return st
+end
+
+-- Returns the 1-based index of the matching route, or 0 (404).
+function M.route(r)
+  local st = states[r] or new_state(r, nil)
+  local req = st.req
+  if M.router then
+    local v = M.router(req)
+    if v == nil or v == false then return 0 end
+    local i = type(v) == "number" and v or M.route_names[v]
+    if not i or not M.routes[i] then
+      error("router returned " .. tostring(v) .. ", which names no entry of routes", 0)
+    end
+    return i
+  end
+  for i = 1, #M.matchers do
+    if matches(M.matchers[i], req) then return i end
+  end
+  return 0
+end
+
 -- Validates every route's chain (used by `moonring -t` and before a reload).
 function M.check(cfg)
   for _, r in ipairs(cfg.routes or {}) do compile_route(r) end
@@ -308,10 +394,14 @@ function M.init(file)
   if not cfg then error(err, 0) end
   M.config = cfg
   local flags = {}
+  M.matchers, M.route_names = {}, {}
+  M.router = cfg.router
   for i, r in ipairs(cfg.routes or {}) do
     local chain = compile_route(r)
     M.routes[i] = chain
     flags[i] = chain.flags
+    M.route_names[r.name] = i
+    if lpeg_ok and re_ok then M.matchers[i] = compile_matcher(r) end
   end
   return flags
 end
@@ -385,16 +475,10 @@ end
 
 function M.run(index, phase, r, chunk, eof)
   local chain = M.routes[index]
-  local st = states[r]
-  if not st then
-    -- A cdata pointer, not the lightuserdata: converting lightuserdata to void* is NYI in the
-    -- JIT (GC64), which would abort every trace through the request API.
-    local p = ffi_cast("void *", r)
-    st = { ctx = {}, chain = chain }
-    st.req = setmetatable({ _r = p }, req_mt)
-    st.res = setmetatable({ _r = p }, res_mt)
-    states[r] = st
-  end
+  -- A cdata pointer, not the lightuserdata, reaches the FFI API: converting lightuserdata to
+  -- void* is NYI in the JIT (GC64), which would abort every trace through the request API.
+  local st = states[r] or new_state(r, chain)
+  st.chain = chain
   local co = co_create(bodies[phase])
   st.co = co
   return step(st, co_resume(co, st, chain, chunk, eof))

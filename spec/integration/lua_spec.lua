@@ -197,3 +197,68 @@ return { listen = { "127.0.0.1:1" }, upstreams = { o = { servers = { "127.0.0.1:
     assert.matches("no.such.module", out, 1, true)
   end)
 end)
+
+describe("routing in Lua", function()
+  local base, base2
+
+  setup(function()
+    local origin = helpers.start_origin()
+    local port, port2 = helpers.free_port(), helpers.free_port()
+    base, base2 = "http://127.0.0.1:" .. port, "http://127.0.0.1:" .. port2
+    helpers.start_moonring(([[
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  upstreams = { origin = { servers = { "127.0.0.1:%d" } } },
+  routes = {
+    { headers = { ["x-tenant"] = "blue" }, handler = function(req) return 200, "blue tenant\n" end },
+    { headers = { ["x-version"] = "~^v%%d+$" }, handler = function(req) return 200, "versioned\n" end },
+    { pattern = "'/users/' {:id: %%d+ :} '/posts/' {:post: %%d+ :} !.", handler = function(req)
+        return 200, "user " .. req.params.id .. " post " .. req.params.post .. "\n"
+      end },
+    { match = function(req) return req:arg("debug") == "1" end, handler = function(req) return 200, "debug\n" end },
+    { path = "/", method = { "GET", "HEAD" }, upstream = "origin" },
+  },
+}
+]]):format(port, origin.port), { wait_port = port })
+    helpers.start_moonring(([[
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  router = function(req)
+    if req.path:find("^/a") then return "alpha" end
+    if req.path:find("^/b") then return 2 end
+    return nil
+  end,
+  routes = {
+    { name = "alpha", handler = function(req) return 200, "alpha\n" end },
+    { name = "beta", handler = function(req) return 200, "beta\n" end },
+  },
+}
+]]):format(port2), { wait_port = port2 })
+  end)
+
+  teardown(function() helpers.stop_all() end)
+
+  it("matches header values exactly or by pattern", function()
+    assert.equal("blue tenant\n", assert(helpers.http("GET", base .. "/x", { headers = { ["X-Tenant"] = "blue" } })).body)
+    assert.equal("versioned\n", assert(helpers.http("GET", base .. "/x", { headers = { ["X-Version"] = "v12" } })).body)
+    assert.matches("^ok ", assert(helpers.http("GET", base .. "/x", { headers = { ["X-Version"] = "v1x" } })).body)
+  end)
+
+  it("fills req.params from named captures of an LPeg pattern", function()
+    assert.equal("user 42 post 7\n", assert(helpers.http("GET", base .. "/users/42/posts/7")).body)
+    assert.matches("^ok ", assert(helpers.http("GET", base .. "/users/42/posts/7x")).body)
+  end)
+
+  it("runs match predicates and falls through to 404 when nothing matches", function()
+    assert.equal("debug\n", assert(helpers.http("GET", base .. "/q?debug=1")).body)
+    assert.equal(404, assert(helpers.http("POST", base .. "/q", { body = "x" })).status)
+  end)
+
+  it("lets a router function pick routes by name or index", function()
+    assert.equal("alpha\n", assert(helpers.http("GET", base2 .. "/a1")).body)
+    assert.equal("beta\n", assert(helpers.http("GET", base2 .. "/b1")).body)
+    assert.equal(404, assert(helpers.http("GET", base2 .. "/c")).status)
+  end)
+end)

@@ -286,7 +286,7 @@ describe("moonring.config", function()
           { exact = "/health", host = { "*.example.com", "example.com" }, method = { "get", "head" },
             handler = function() end },
           { headers = { ["X-Debug"] = "1" }, upstream = "10.1.1.1:8000" },
-          { pattern = "^/u/%d+$", handler = function() end },
+          { pattern = "'/u/' %d+ !.", handler = function() end },
         },
       }]])
       local r1, r2, r3, r4 = unpack(cfg.routes)

@@ -113,11 +113,7 @@ static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r,
     lua_getfield(L, t, "filters");
     r->has_filters = lua_istable(L, -1) && lua_objlen(L, -1) > 0;
     lua_pop(L, 1);
-    if (!getbool(L, t, "simple", true)) {
-        snprintf(err, errlen, "%s: %s: header/pattern/match predicates are not supported by this build yet",
-                 cfg->file, r->name);
-        return -1;
-    }
+    if (!getbool(L, t, "simple", true)) cfg->lua_routing = true;
     lua_getfield(L, t, "host");
     if (lua_istable(L, -1)) {
         r->nhosts = (int)lua_objlen(L, -1);
@@ -198,10 +194,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     lua_getfield(L, top, "router");
     cfg->has_router = lua_isfunction(L, -1);
     lua_pop(L, 1);
-    if (cfg->has_router) {
-        snprintf(err, errlen, "%s: router: a router function is not supported by this build yet", cfg->file);
-        return -1;
-    }
+    cfg->lua_routing = cfg->has_router;
 
     lua_getfield(L, top, "limits");
     int t = lua_gettop(L);

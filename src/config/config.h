@@ -80,6 +80,7 @@ typedef struct {
     mr_route_conf_t *routes;
     int nroutes;
     bool has_router;
+    bool lua_routing;           /* some route needs Lua to match (headers/pattern/match/router) */
     mr_limits_t limits;
     bool xff, xfp, via;
     uint32_t buffer_size;

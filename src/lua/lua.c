@@ -15,7 +15,7 @@
 
 struct mr_lua_vm {
     lua_State *L;
-    int run_ref, resume_ref, finish_ref;
+    int run_ref, resume_ref, finish_ref, route_ref;
     uint8_t *route_flags;
     int nroutes;
 };
@@ -68,6 +68,7 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     vm->run_ref = ref_field(L, rt, "run");
     vm->resume_ref = ref_field(L, rt, "resume");
     vm->finish_ref = ref_field(L, rt, "finish");
+    vm->route_ref = ref_field(L, rt, "route");
     lua_settop(L, 0);
     *out = vm;
     return 0;
@@ -155,6 +156,20 @@ int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_
     lua_pushlightuserdata(L, c);
     int rc = lua_pcall(L, 1, 3, base + 1);
     return collect(vm, base, rc, r, c->lua_phase, out);
+}
+
+int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c)
+{
+    lua_State *L = vm->L;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref);
+    lua_pushlightuserdata(L, c);
+    int rc = MR_LUA_ERROR;
+    if (lua_pcall(L, 1, 1, base + 1) != 0) mr_error("lua: routing failed: %s", lua_tostring(L, -1));
+    else rc = (int)lua_tointeger(L, -1);
+    lua_settop(L, base);
+    return rc;
 }
 
 void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c)

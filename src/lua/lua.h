@@ -34,6 +34,9 @@ int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int ph
                const char *chunk, size_t n, bool eof, mr_lua_out_t *out);
 /* Resumes the request's parked phase after what it waited for happened. */
 int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_lua_out_t *out);
+/* Matches the request against the routes in Lua (predicates, router). Returns the 1-based route
+ * index, 0 for no match, or MR_LUA_ERROR. */
+int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c);
 /* Forgets the request's Lua state (request done, or client gone). */
 void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c);
 

@@ -1276,7 +1276,19 @@ static int req_on_head(mr_http1_msg_t *m)
         c->gen = w->gen;
         mr_gen_ref(c->gen);
     }
-    const mr_route_conf_t *r = route_match(c);
+    const mr_route_conf_t *r;
+    if (c->gen->cfg->lua_routing) {
+        c->lua_state = true;
+        int i = mr_lua_route(c->gen->lua, c);
+        if (i < 0) {
+            c->discard_body = true;
+            respond_error(c, 500, false);
+            return 0;
+        }
+        r = i > 0 ? &c->gen->cfg->routes[i - 1] : NULL;
+    } else {
+        r = route_match(c);
+    }
     c->route = r;
     int64_t max_body = r && r->client_max_body_size >= 0 ? r->client_max_body_size : cfg->limits.client_max_body_size;
     c->max_body = max_body;
