@@ -186,6 +186,26 @@ for _, proxy in ipairs(proxies) do
   end
 end
 
+if tonumber(meta.foreign_cpu_pct or 0) >= 5 then
+  notes[#notes + 1] = string.format("- **the machine was not idle**: other processes used %s CPU-seconds during " ..
+    "the measurements (%s%% of one core; top: %s) — figures are skewed, run again on a quiet machine",
+    meta.foreign_cpu_s, meta.foreign_cpu_pct, meta.foreign_top ~= "" and meta.foreign_top or "?")
+end
+
+-- wrk counts no error for a request that never completes, so a proxy that stalls shows up
+-- only as a collapse of req/s: point those out.
+for _, key in ipairs(order) do
+  local p = points[key]
+  for _, proxy in ipairs(proxies) do
+    local r = ratio(p, proxy, "rps")
+    if r and r < 0.2 then
+      notes[#notes + 1] = string.format("- **%s** at %d connections, %s body: %s req/s, %.2f× nginx — requests " ..
+        "probably stalled (wrk does not count requests that never complete as errors; see its log)",
+        proxy, p.conns, size(p.body), thousands(p.by[proxy].rps), r)
+    end
+  end
+end
+
 local conc_title = string.format("Concurrency sweep (%s body)", size(tonumber(meta.conc_body) or 12))
 local body_title = string.format("Body-size sweep (%s connections)", meta.body_conns or "50")
 local legend = "Each cell: median over rounds; in parentheses the ratio to nginx at the same point " ..
@@ -200,7 +220,7 @@ local tables = table.concat({
 }, "\n")
 
 io.write(tables, "\n")
-if #notes > 0 then io.write("\nNot measured (or not completely):\n", table.concat(notes, "\n"), "\n") end
+if #notes > 0 then io.write("\nNot measured, not completely, or suspicious:\n", table.concat(notes, "\n"), "\n") end
 
 ---------------------------------------------------------------------------------------------
 -- results.csv: one row per point and variant, medians + ratios.
@@ -263,7 +283,8 @@ local gp_header = {
   'set datafile missing "?"',
   "set grid",
   "set key outside right top",
-  string.format('set label 1 "%s, %s cores, %s — %s run, median of %s round(s)" at screen 0.01,0.015 font "sans,8"',
+  "set bmargin 5",
+  string.format('set label 1 "%s, %s cores, %s — %s run, median of %s round(s)" at screen 0.01,0.02 font "sans,8"',
     (meta.cpu_model or ""):gsub('"', ""), meta.cores or "?", meta.kernel or "", meta.mode or "", meta.rounds or "?"),
 }
 local function plot(name, sweep, xfield, fig, scale, title, ylabel, opts)
@@ -285,14 +306,16 @@ local function plot(name, sweep, xfield, fig, scale, title, ylabel, opts)
   gp[#gp + 1] = "plot " .. table.concat(parts, ", \\\n     ")
 end
 
+local CONNS_AXIS = { 'set xlabel "connections"', "set logscale x", "set xtics (1, 10, 50, 100, 256)",
+  "set xrange [0.8:320]" }
 plot("rps_vs_conns", "conc", "conns", "rps", 1, "Requests/s vs connections (" .. size(tonumber(meta.conc_body) or 12) .. " body)",
-  "requests/s", { "set xlabel \"connections\"", "set logscale x", "set xtics (1, 10, 50, 100, 256)" })
+  "requests/s", CONNS_AXIS)
 plot("rps_vs_body", "body", "body", "rps", 1, "Requests/s vs body size (" .. (meta.body_conns or "50") .. " connections)",
   "requests/s (log)", { "set xlabel \"response body\"", "set logscale y", "set yrange [*:*]" })
 plot("p99_vs_conns", "conc", "conns", "p99", 1 / 1000, "p99 latency vs connections (lower is better)",
-  "p99 latency (ms)", { "set xlabel \"connections\"", "set logscale x", "set xtics (1, 10, 50, 100, 256)" })
+  "p99 latency (ms, log)", { CONNS_AXIS[1], CONNS_AXIS[2], CONNS_AXIS[3], CONNS_AXIS[4], "set logscale y", "set yrange [*:*]" })
 plot("cpu_vs_conns", "conc", "conns", "cpu", 1, "Proxy CPU per request vs connections (lower is better)",
-  "CPU µs / request", { "set xlabel \"connections\"", "set logscale x", "set xtics (1, 10, 50, 100, 256)" })
+  "CPU µs / request", CONNS_AXIS)
 
 local pngs = {}
 do
@@ -337,7 +360,7 @@ do
     "`nginx-lua` (the same chain in access_by_lua + header_filter_by_lua), `haproxy` (http-reuse always), ",
     "`relay` (a no-parse io_uring byte relay: the kernel floor).\n\n")
   f:write(tables:gsub("### ", "#### "), "\n\n")
-  if #notes > 0 then f:write("Not measured (or not completely):\n\n", table.concat(notes, "\n"), "\n\n") end
+  if #notes > 0 then f:write("Not measured, not completely, or suspicious:\n\n", table.concat(notes, "\n"), "\n\n") end
   if #pngs > 0 then
     f:write("Plots (written next to this file, in `bench/results/`):\n\n")
     for _, p in ipairs(pngs) do f:write("![", p:gsub("%.png$", ""), "](", p, ")\n") end

@@ -31,8 +31,10 @@ local function probe(req, body)
     local fmt = require("jit.vmdef").traceerr[a[1]] or tostring(a[1])
     local ok, msg = pcall(string.format, fmt, a[2])
     msg = ok and msg or fmt
-    -- A trace that ends because the probe loop itself ends is not the API failing to compile.
-    if not msg:find("leaving loop in root trace", 1, true) then
+    -- A trace that ends because the probe loop itself ends, or that met the probe's own
+    -- trace-event hook, is not the API failing to compile.
+    if not msg:find("leaving loop in root trace", 1, true)
+      and not msg:find("hook called during recording", 1, true) then
       local info = require("jit.util").funcinfo(a[3], a[4])
       text[#text + 1] = msg .. " at " .. tostring(info.loc)
     end

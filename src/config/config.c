@@ -30,9 +30,21 @@ static char *dupstr(lua_State *L, int idx, const char *key)
 static long long getint(lua_State *L, int idx, const char *key, long long dflt)
 {
     lua_getfield(L, idx, key);
-    long long v = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : dflt;
+    long long v = dflt;
+    if (lua_isnumber(L, -1)) {
+        /* Clamp before converting: a double out of range is undefined behaviour in C, and every
+         * field read through here fits in 32 bits (sizes are capped at 2^40 separately). */
+        double d = lua_tonumber(L, -1);
+        v = d != d ? dflt : d > 1099511627776.0 ? 1099511627776LL : d < -1 ? -1 : (long long)d;
+    }
     lua_pop(L, 1);
     return v;
+}
+
+static uint32_t getu32(lua_State *L, int idx, const char *key, uint32_t dflt)
+{
+    long long v = getint(L, idx, key, dflt);
+    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
 static bool getbool(lua_State *L, int idx, const char *key, bool dflt)
@@ -52,10 +64,10 @@ static int resolve(const char *what, const char *host, int port, mr_addr_t *out,
 
 static int method_bit(const char *name)
 {
-    for (int i = 0; i < 64; i++) {
-        const char *m = llhttp_method_name((llhttp_method_t)i);
-        if (m && strcmp(m, name) == 0) return i;
-    }
+    /* Only ids llhttp defines: llhttp_method_name aborts on the others. */
+#define MR_METHOD_BIT(num, nm, str) if ((num) < 64 && strcmp(#str, name) == 0) return (num);
+    HTTP_ALL_METHOD_MAP(MR_METHOD_BIT)
+#undef MR_METHOD_BIT
     return -1;
 }
 
@@ -91,10 +103,10 @@ static void read_upstream_common(lua_State *L, int t, mr_upstream_conf_t *u)
     u->keepalive = (int)getint(L, t, "keepalive", 32);
     u->keepalive_requests = (int)getint(L, t, "keepalive_requests", 1000);
     u->tries = (int)getint(L, t, "tries", 3);
-    u->keepalive_timeout_ms = (uint32_t)getint(L, t, "keepalive_timeout_ms", 60000);
-    u->connect_timeout_ms = (uint32_t)getint(L, t, "connect_timeout_ms", 5000);
-    u->read_timeout_ms = (uint32_t)getint(L, t, "read_timeout_ms", 60000);
-    u->send_timeout_ms = (uint32_t)getint(L, t, "send_timeout_ms", 60000);
+    u->keepalive_timeout_ms = getu32(L, t, "keepalive_timeout_ms", 60000);
+    u->connect_timeout_ms = getu32(L, t, "connect_timeout_ms", 5000);
+    u->read_timeout_ms = getu32(L, t, "read_timeout_ms", 60000);
+    u->send_timeout_ms = getu32(L, t, "send_timeout_ms", 60000);
 }
 
 static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r, char *err, size_t errlen)
@@ -190,7 +202,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     snprintf(cfg->lua_path, need, "%s%s%s/?.lua;%s/?/init.lua", s ? s : "",
              s && s[0] && s[strlen(s) - 1] != ';' ? ";" : "", lua_dir, lua_dir);
     free(s);
-    cfg->shutdown_timeout_ms = (uint32_t)getint(L, top, "shutdown_timeout_ms", 10000);
+    cfg->shutdown_timeout_ms = getu32(L, top, "shutdown_timeout_ms", 10000);
     lua_getfield(L, top, "router");
     cfg->has_router = lua_isfunction(L, -1);
     lua_pop(L, 1);
@@ -199,16 +211,16 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     lua_getfield(L, top, "limits");
     int t = lua_gettop(L);
     mr_limits_t *l = &cfg->limits;
-    l->max_request_line = (uint32_t)getint(L, t, "max_request_line", 8192);
-    l->max_header_size = (uint32_t)getint(L, t, "max_header_size", 32768);
-    l->max_headers = (uint32_t)getint(L, t, "max_headers", 100);
+    l->max_request_line = getu32(L, t, "max_request_line", 8192);
+    l->max_header_size = getu32(L, t, "max_header_size", 32768);
+    l->max_headers = getu32(L, t, "max_headers", 100);
     l->client_max_body_size = getint(L, t, "client_max_body_size", 1 << 20);
-    l->header_timeout_ms = (uint32_t)getint(L, t, "header_timeout_ms", 60000);
-    l->body_timeout_ms = (uint32_t)getint(L, t, "body_timeout_ms", 60000);
-    l->keepalive_timeout_ms = (uint32_t)getint(L, t, "keepalive_timeout_ms", 75000);
-    l->send_timeout_ms = (uint32_t)getint(L, t, "send_timeout_ms", 60000);
-    l->max_connections = (uint32_t)getint(L, t, "max_connections", 10000);
-    l->keepalive_requests = (uint32_t)getint(L, t, "keepalive_requests", 1000);
+    l->header_timeout_ms = getu32(L, t, "header_timeout_ms", 60000);
+    l->body_timeout_ms = getu32(L, t, "body_timeout_ms", 60000);
+    l->keepalive_timeout_ms = getu32(L, t, "keepalive_timeout_ms", 75000);
+    l->send_timeout_ms = getu32(L, t, "send_timeout_ms", 60000);
+    l->max_connections = getu32(L, t, "max_connections", 10000);
+    l->keepalive_requests = getu32(L, t, "keepalive_requests", 1000);
     lua_pop(L, 1);
 
     lua_getfield(L, top, "proxy");
@@ -216,7 +228,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     cfg->xff = getbool(L, t, "x_forwarded_for", true);
     cfg->xfp = getbool(L, t, "x_forwarded_proto", true);
     cfg->via = getbool(L, t, "via", true);
-    cfg->buffer_size = (uint32_t)getint(L, t, "buffer_size", 65536);
+    cfg->buffer_size = getu32(L, t, "buffer_size", 65536);
     lua_pop(L, 1);
 
     lua_getfield(L, top, "listen");

@@ -21,26 +21,53 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
 
 static void arm_accepts(mr_worker_t *w)
 {
-    for (int i = 0; i < w->nlisten; i++)
-        if (w->listen_fds[i] >= 0 && !w->acceptors[i].op.active)
-            mr_loop_accept(w->loop, &w->acceptors[i].op, w->listen_fds[i]);
+    for (mr_listener_t *l = w->listeners; l; l = l->next)
+        if (!l->closing && !l->op.active) mr_loop_accept(w->loop, &l->op, l->fd);
 }
 
 static void stop_accepts(mr_worker_t *w)
 {
-    for (int i = 0; i < w->nlisten; i++)
-        if (w->acceptors[i].op.active) mr_loop_cancel(w->loop, &w->acceptors[i].op);
+    for (mr_listener_t *l = w->listeners; l; l = l->next)
+        if (l->op.active) mr_loop_cancel(w->loop, &l->op);
+}
+
+static mr_listener_t *listener_new(mr_worker_t *w, int fd, const char *addr)
+{
+    mr_listener_t *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->op.fn = accept_done;
+    l->w = w;
+    l->fd = fd;
+    snprintf(l->addr, sizeof l->addr, "%s", addr);
+    l->next = w->listeners;
+    w->listeners = l;
+    return l;
+}
+
+static void listener_free(mr_worker_t *w, mr_listener_t *l)
+{
+    for (mr_listener_t **pp = &w->listeners; *pp; pp = &(*pp)->next)
+        if (*pp == l) { *pp = l->next; break; }
+    if (l->fd >= 0) close(l->fd);
+    free(l);
 }
 
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)loop;
-    mr_worker_t *w = ((struct mr_acceptor *)op)->w;
+    mr_listener_t *l = (mr_listener_t *)op;
+    mr_worker_t *w = l->w;
     if (res >= 0) {
-        if (w->draining) close(res);
+        if (w->draining || l->closing) close(res);
         else mr_proxy_accept(w, res);
     } else if (res != -ECANCELED) {
-        mr_warn("accept: %s", strerror(-res));
+        mr_warn("accept on %s: %s", l->addr, strerror(-res));
+    }
+    if (!(flags & MR_F_MORE) && (w->draining || l->closing)) {
+        /* A draining worker, or a listener a reload removed, must not keep its socket: with
+         * SO_REUSEPORT the kernel would go on queueing connections nobody accepts. */
+        listener_free(w, l);
+        return;
     }
     if (w->accepting && !w->draining && w->nclients >= w->cfg->limits.max_connections && !w->accept_paused) {
         /* Over the limit: leave further connections in the kernel backlog. */
@@ -48,18 +75,8 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         stop_accepts(w);
         return;
     }
-    if (!(flags & MR_F_MORE) && w->draining) {
-        /* A draining worker must not keep its listener: with SO_REUSEPORT the kernel would go on
-         * queueing new connections on it that nobody accepts. Close it once its op is done. */
-        for (int i = 0; i < w->nlisten; i++)
-            if (&w->acceptors[i].op == op && w->listen_fds[i] >= 0) {
-                close(w->listen_fds[i]);
-                w->listen_fds[i] = -1;
-            }
-        return;
-    }
     if (!(flags & MR_F_MORE) && w->accepting && !w->accept_paused && !w->draining)
-        mr_loop_accept(w->loop, op, op->fd);
+        mr_loop_accept(w->loop, op, l->fd);
 }
 
 void mr_worker_client_gone(mr_worker_t *w)
@@ -68,7 +85,7 @@ void mr_worker_client_gone(mr_worker_t *w)
         w->accept_paused = false;
         arm_accepts(w);
     }
-    if (w->draining && w->nclients == 0 && w->nupconns == 0) mr_loop_stop(w->loop);
+    if (w->draining && w->nclients == 0 && w->nclosing == 0 && w->nupconns == 0) mr_loop_stop(w->loop);
 }
 
 static void drain_expired(mr_loop_t *loop, mr_timer_t *t)
@@ -93,6 +110,57 @@ static void begin_drain(mr_worker_t *w, bool now)
     mr_worker_client_gone(w);
 }
 
+/* Builds the new generation on this thread (VMs are thread-affine) and switches to it between
+ * loop turns: requests in flight keep the generation they hold; the old one is freed when the
+ * last of them ends. Listening sockets the new config keeps are never touched. */
+static void apply_reload(mr_worker_t *w)
+{
+    mr_config_t *cfg = w->reload_cfg;
+    mr_gen_t *g = NULL;
+    if (mr_gen_new(cfg, w->reload_id, &w->servers, &g, w->reload_err, sizeof w->reload_err) < 0) {
+        for (int i = 0; i < cfg->nlisten; i++)
+            if (w->reload_fds[i] >= 0) close(w->reload_fds[i]);
+        mr_error("reload to generation %llu failed: %s", (unsigned long long)w->reload_id, w->reload_err);
+        atomic_store(&w->reload_state, -1);
+        return;
+    }
+    mr_gen_t *old = w->gen;
+    w->gen = g;
+    w->cfg = cfg;
+    w->h1limits.max_request_line = cfg->limits.max_request_line;
+    w->h1limits.max_header_size = cfg->limits.max_header_size;
+    w->h1limits.max_headers = cfg->limits.max_headers;
+    mr_gen_unref(old);
+    for (mr_listener_t *l = w->listeners; l; l = l->next) {
+        bool kept = false;
+        for (int i = 0; i < cfg->nlisten && !kept; i++) kept = strcmp(cfg->listen[i].addr, l->addr) == 0;
+        if (!kept && !l->closing) {
+            l->closing = true;
+            if (l->op.active) mr_loop_cancel(w->loop, &l->op);
+        }
+    }
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (w->reload_fds[i] >= 0 && !listener_new(w, w->reload_fds[i], cfg->listen[i].addr))
+            close(w->reload_fds[i]);
+    /* Closing listeners with no op in flight can go now; the others go on their completion. */
+    for (mr_listener_t *l = w->listeners, *next; l; l = next) {
+        next = l->next;
+        if (l->closing && !l->op.active) listener_free(w, l);
+    }
+    if (w->accepting && !w->accept_paused) arm_accepts(w);
+    atomic_store(&w->reload_state, 1);
+}
+
+void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds)
+{
+    w->reload_cfg = cfg;
+    w->reload_id = id;
+    w->reload_fds = fds;
+    w->reload_err[0] = 0;
+    atomic_store(&w->reload_state, 0);
+    mr_worker_command(w, MR_CMD_RELOAD);
+}
+
 static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)flags;
@@ -100,6 +168,7 @@ static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     int cmd = atomic_exchange(&w->cmd, MR_CMD_NONE);
     if (cmd == MR_CMD_STOP) begin_drain(w, false);
     else if (cmd == MR_CMD_QUIT) begin_drain(w, true);
+    else if (cmd == MR_CMD_RELOAD) apply_reload(w);
     if (res >= 0 || res == -EINTR) mr_loop_read(loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
 }
 
@@ -113,17 +182,13 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu)
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
-    w->nlisten = cfg->nlisten;
-    w->listen_fds = calloc((size_t)w->nlisten, sizeof *w->listen_fds);
-    w->acceptors = calloc((size_t)w->nlisten, sizeof *w->acceptors);
-    for (int i = 0; i < w->nlisten; i++) w->listen_fds[i] = -1;
-    for (int i = 0; i < w->nlisten; i++) {
+    for (int i = cfg->nlisten - 1; i >= 0; i--) {
         int fd = mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
         if (fd < 0) {
             mr_error("listen %s: %s", cfg->listen[i].addr, strerror(-fd));
             return fd;
         }
-        w->listen_fds[i] = fd;
+        if (!listener_new(w, fd, cfg->listen[i].addr)) { close(fd); return -ENOMEM; }
     }
     w->evfd = eventfd(0, EFD_CLOEXEC);
     if (w->evfd < 0) return -errno;
@@ -151,10 +216,12 @@ static void *worker_main(void *arg)
         CPU_SET(w->cpu, &set);
         if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0) mr_warn("cannot pin to CPU %d", w->cpu);
     }
-    mr_loop_opts_t lo = { .entries = 1024, .buf_count = 512, .buf_size = 16384 };
+    /* cfg->loop holds the backend the main thread already resolved (see mr_server_run). */
+    mr_loop_opts_t lo = { .entries = 1024, .buf_count = 512, .buf_size = 16384, .backend = MR_LOOP_AUTO };
+    if (mr_loop_backend_parse(w->cfg->loop, &lo.backend) < 0) lo.backend = MR_LOOP_AUTO;
     int rc = mr_loop_init(&w->loop, &lo);
     if (rc < 0) {
-        mr_error("io_uring setup failed: %s", strerror(-rc));
+        mr_error("%s loop setup failed: %s", mr_loop_backend_name(lo.backend), strerror(-rc));
         w->startup_rc = rc;
         atomic_store(&w->ready, -1);
         return NULL;
@@ -169,10 +236,6 @@ static void *worker_main(void *arg)
         return NULL;
     }
     if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
-    for (int i = 0; i < w->nlisten; i++) {
-        w->acceptors[i].op.fn = accept_done;
-        w->acceptors[i].w = w;
-    }
     w->accepting = true;
     arm_accepts(w);
     w->ev_op.fn = event_done;
@@ -183,11 +246,8 @@ static void *worker_main(void *arg)
     mr_gen_unref(w->gen);
     mr_proxy_worker_free(w);
     mr_loop_free(w->loop);
-    for (int i = 0; i < w->nlisten; i++)
-        if (w->listen_fds[i] >= 0) close(w->listen_fds[i]);
+    while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);
-    free(w->listen_fds);
-    free(w->acceptors);
     return NULL;
 }
 

@@ -19,7 +19,18 @@
 typedef struct mr_lua_vm mr_lua_vm_t;
 typedef struct mr_access_log mr_access_log_t;
 
-enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2 };
+enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2, MR_CMD_RELOAD = 3 };
+
+/* One listening socket of one worker. Heap-allocated so its accept op never moves while in
+ * flight; freed after its last completion once it is closing. */
+typedef struct mr_listener {
+    mr_op_t op;
+    mr_worker_t *w;
+    int fd;
+    bool closing;
+    char addr[64];
+    struct mr_listener *next;
+} mr_listener_t;
 
 struct mr_worker {
     int id, cpu;
@@ -29,9 +40,7 @@ struct mr_worker {
     mr_loop_t *loop;
     mr_http1_limits_t h1limits;
 
-    int *listen_fds;
-    struct mr_acceptor { mr_op_t op; mr_worker_t *w; } *acceptors;
-    int nlisten;
+    mr_listener_t *listeners;
     bool accepting, accept_paused;
 
     mr_gen_t *gen;                /* current generation: new requests start here */
@@ -42,6 +51,7 @@ struct mr_worker {
 
     mr_client_t *clients;
     uint32_t nclients;
+    uint32_t nclosing;            /* clients closed but still waiting for their last completion */
     uint32_t nupconns;            /* upstream connections alive (incl. closing) */
     uint64_t nrequests;
 
@@ -53,10 +63,21 @@ struct mr_worker {
     mr_timer_t drain_timer;
     int startup_rc;               /* 0 once serving, -errno on failure */
     atomic_int ready;             /* 1 serving, -1 failed */
+
+    /* Reload hand-off, written by the main thread before MR_CMD_RELOAD and read back after
+     * reload_state turns non-zero. */
+    mr_config_t *reload_cfg;
+    uint64_t reload_id;
+    int *reload_fds;              /* per new listen entry: a new socket, or -1 to keep ours */
+    char reload_err[1024];
+    atomic_int reload_state;      /* 0 pending, 1 done, -1 failed */
 };
 
 /* Creates the worker's listening sockets (main thread, so bind errors surface at start). */
 int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu);
+/* Main thread: hands the worker a new config (and new sockets); returns at once. Poll
+ * reload_state for the outcome. */
+void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds);
 int mr_worker_start(mr_worker_t *w);
 void mr_worker_command(mr_worker_t *w, int cmd);
 void mr_worker_join(mr_worker_t *w);

@@ -10,6 +10,12 @@
  * (so the caller can route and connect before body bytes flow) and after each complete message
  * (so pipelined requests are answered in order); mr_http1_feed then returns MR_HTTP1_PAUSED with
  * *consumed < len, and the caller resumes by calling mr_http1_resume and feeding the rest.
+ *
+ * llhttp 8.1 is lenient where RFC 9112 requires rejection (bare CR/LF, obs-fold, chunk lines,
+ * versions, sizes), so mr_http1_feed pre-scans every byte outside a body before llhttp sees it and
+ * normalisation enforces the framing rules; anything ambiguous is an error with error_status set
+ * (the caller answers it and closes). Chunk extensions are parsed and dropped; trailers are kept
+ * apart from the head (trls), minus framing and routing fields.
  * Owner: one connection; not thread-safe. */
 #ifndef MR_HTTP1_H
 #define MR_HTTP1_H
@@ -50,7 +56,8 @@ typedef struct mr_http1_msg mr_http1_msg_t;
 
 typedef struct {
     /* Head parsed and normalised. Request: return 0 (the parser then pauses). Response: return 0,
-     * or 1 when the message has no body whatever its headers say (response to HEAD). */
+     * or 1 when the message has no body whatever its headers say (response to HEAD), or
+     * HPE_PAUSED to decide later (then mr_http1_skip_body before resuming, if need be). */
     int (*on_head)(mr_http1_msg_t *m);
     int (*on_body)(mr_http1_msg_t *m, const char *p, size_t n);
     /* Message complete. Requests pause after it; responses keep going. */
@@ -79,6 +86,21 @@ struct mr_http1_msg {
 
     int error_status;          /* HTTP status to answer a parse error with (requests) */
     const char *error_reason;
+
+    /* Trailer fields of the current chunked message (offsets into tbuf), never merged into hdrs;
+     * framing and routing fields are dropped. Valid until mr_http1_next. */
+    mr_vec_t tbuf;
+    mr_hdr_t *trls;
+    uint32_t ntrls, trls_cap;
+
+    /* Pre-scan state (http1.c): which region of the stream the next byte belongs to. */
+    uint8_t sc_region, sc_state, sc_next, sc_vlen;
+    bool sc_cr, sc_seen;
+    uint32_t sc_line;          /* bytes of the current start line or chunk line */
+    uint32_t sc_section;       /* bytes of the current header or trailer section */
+    uint32_t sc_lead;          /* bytes of empty lines before the start line */
+    uint32_t sc_ext;           /* chunk-extension bytes in this message */
+    uint64_t sc_size;          /* chunk size being read, then body bytes left in the region */
 };
 
 void mr_http1_init(mr_http1_msg_t *m, int type, const mr_http1_limits_t *limits,
@@ -93,8 +115,15 @@ void mr_http1_resume(mr_http1_msg_t *m);
 /* Signals EOF to a response parser (read-until-close bodies). Returns 0 or -1 (truncated). */
 int mr_http1_finish(mr_http1_msg_t *m);
 bool mr_http1_paused(const mr_http1_msg_t *m);
+/* While paused at a response head (on_head returned HPE_PAUSED): the message has no body after
+ * all (the request was HEAD). Decided on resume; use this rather than touching parser flags. */
+void mr_http1_skip_body(mr_http1_msg_t *m);
+/* True between messages: no byte of a next message has been seen (and none is owed). */
+bool mr_http1_idle(const mr_http1_msg_t *m);
 
-static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return m->buf.p + off; }
+/* Before the first byte is stored a buffer is NULL, and NULL + 0 is undefined: hence the "". */
+static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return m->buf.p ? m->buf.p + off : ""; }
+static inline const char *mr_http1_tstr(const mr_http1_msg_t *m, uint32_t off) { return m->tbuf.p ? m->tbuf.p + off : ""; }
 /* Index of the first live header named `name` (case-insensitive), or -1. */
 int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from);
 /* Appends a header (name/value copied). Returns index or -errno. */

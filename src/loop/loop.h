@@ -1,4 +1,6 @@
-/* The per-worker event loop: a completion-style interface over io_uring.
+/* The per-worker event loop: a completion-style interface with two backends, io_uring
+ * (loop_uring.c) and epoll (loop_epoll.c), chosen per loop at mr_loop_init. Everything below holds
+ * for both; callers cannot tell which one runs (mr_loop_backend says, for logging).
  *
  * Thread affinity: a loop belongs to the thread that called mr_loop_init; every function here must
  * be called from that thread (the ring is created SINGLE_ISSUER where the kernel allows it).
@@ -9,13 +11,19 @@
  * completion of an op arrives without MR_F_MORE, and only then may the op's memory be reused.
  * A buffer passed to a send belongs to the kernel until that op's final completion.
  *
- * Provided buffers: mr_loop_recv uses the loop's buffer ring. A completion with res > 0 carries a
- * buffer id (mr_op_bid(flags)); the callee owns one reference to it and must release it with
- * mr_loop_buf_unref once it no longer needs the bytes. Extra references (for zero-copy forwarding
- * of body bytes to another socket) are taken with mr_loop_buf_ref. A recv that runs out of buffers
- * is re-armed by the loop itself once buffers return; the callee does not see -ENOBUFS.
+ * Provided buffers: mr_loop_recv uses the loop's buffer pool (a kernel buffer ring under io_uring,
+ * a FIFO free list under epoll). A completion with res > 0 carries a buffer id (mr_op_bid(flags));
+ * the callee owns one reference to it and must release it with mr_loop_buf_unref once it no longer
+ * needs the bytes. Extra references (for zero-copy forwarding of body bytes to another socket) are
+ * taken with mr_loop_buf_ref. A recv that runs out of buffers is re-armed by the loop itself once
+ * buffers return; the callee does not see -ENOBUFS.
  *
- * Timers: a per-loop min-heap; all timeouts use it (no kernel timeout op per request). */
+ * Timers: a per-loop min-heap; all timeouts use it (no kernel timeout op per request).
+ *
+ * Per fd, at most one op of each class may be in flight: one reader (accept, recv or read), one
+ * writer (sendmsg or write) and one connect. The caller closes an fd only after the final completion
+ * of every op on it (the epoll backend keeps per-fd interest until then). A socket handed to
+ * mr_loop_connect must be non-blocking (the epoll backend calls connect(2) on it directly). */
 #ifndef MR_LOOP_H
 #define MR_LOOP_H
 
@@ -39,8 +47,8 @@ struct mr_op {
     mr_op_fn fn;
     uint8_t kind;      /* internal: MR_OPK_* */
     bool active;       /* submitted and its final completion not yet delivered */
-    int fd;            /* for re-arming starved recvs */
-    mr_op_t *next_starved;
+    int fd;            /* internal: the fd the op runs on */
+    mr_op_t *next_starved; /* internal (io_uring backend) */
 };
 
 static inline uint16_t mr_op_bid(uint32_t flags) { return (uint16_t)(flags >> 16); }
@@ -52,10 +60,13 @@ struct mr_timer {
     mr_timer_fn fn;
 };
 
+typedef enum { MR_LOOP_AUTO = 0, MR_LOOP_IO_URING, MR_LOOP_EPOLL } mr_loop_backend_t;
+
 typedef struct {
-    uint32_t entries;      /* SQ size */
-    uint32_t buf_count;    /* provided buffers (power of two) */
+    uint32_t entries;      /* SQ size (io_uring) */
+    uint32_t buf_count;    /* provided buffers (power of two, at most 65536) */
     uint32_t buf_size;     /* bytes each */
+    mr_loop_backend_t backend;  /* AUTO probes io_uring (see mr_loop_choose) */
 } mr_loop_opts_t;
 
 typedef struct {
@@ -63,25 +74,42 @@ typedef struct {
     const char *kernel_note;  /* why a feature is off, or NULL */
 } mr_loop_features_t;
 
-/* Probes io_uring on this kernel (creates and destroys a small ring). Returns 0 or -errno. */
+/* Probes io_uring on this kernel (creates and destroys a small ring). Returns 0 or -errno; on
+ * failure out->kernel_note says why. Any thread. */
 int mr_loop_probe(mr_loop_features_t *out);
 
+/* "auto", "io_uring" or "epoll" (NULL or "" = auto). Returns 0 or -EINVAL. */
+int mr_loop_backend_parse(const char *name, mr_loop_backend_t *out);
+const char *mr_loop_backend_name(mr_loop_backend_t b);
+/* Which backend a request gets on this kernel. AUTO: io_uring when mr_loop_probe passes, else
+ * epoll (returns 0; feat->kernel_note says why io_uring was passed over). IO_URING: -errno when the
+ * probe fails (feat->kernel_note says why). EPOLL: always epoll. feat is filled whenever io_uring
+ * was probed (all false otherwise). Any thread; probes at most once per call. */
+int mr_loop_choose(mr_loop_backend_t want, mr_loop_backend_t *out, mr_loop_features_t *feat);
+
+/* Creates a loop owned by the calling thread. opts->backend AUTO resolves as mr_loop_choose does;
+ * an explicit backend that cannot be set up fails with -errno (no silent fallback). */
 int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
+mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
 void mr_loop_free(mr_loop_t *loop);
-/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal ring error. */
+/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
 int mr_loop_run(mr_loop_t *loop);
 void mr_loop_stop(mr_loop_t *loop);
 /* Cached monotonic clock in ms, refreshed once per loop turn. */
 uint64_t mr_loop_now(mr_loop_t *loop);
-/* Ops submitted since the loop started and still in flight (for shutdown accounting). */
 
+/* Submitting calls return 0 or -errno (nothing was submitted, no callback will fire). Results,
+ * including errors of the operation itself, arrive only through op->fn. */
 int mr_loop_accept(mr_loop_t *loop, mr_op_t *op, int fd);               /* multishot; res = fd */
 int mr_loop_recv(mr_loop_t *loop, mr_op_t *op, int fd);                 /* multishot, provided bufs */
+/* May complete short (0 <= res < total bytes); the caller resubmits the rest. msg and what it
+ * points to stay the caller's and must stay valid until the final completion. */
 int mr_loop_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg);
 int mr_loop_connect(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockaddr *sa, socklen_t len);
 int mr_loop_read(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len);
 int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len);
-/* Asks the kernel to cancel `target`; its callback still fires (with -ECANCELED or a result). */
+/* Asks the kernel to cancel `target`; its callback still fires (with -ECANCELED or a result).
+ * -ENOENT if target is not active; harmless when its final completion is already on its way. */
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target);
 
 char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid);

@@ -119,6 +119,9 @@ static int local_emit(mr_client_t *c)
     if (rc == 0 && !has_ctype && c->local_body.len) rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Type: text/plain\r\n");
     if (rc == 0 && status != 204 && status >= 200)
         rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Length: %u\r\n", c->local_body.len);
+    /* Answering before the request body was read: the rest of it would be parsed as the next
+     * request (0.CL desync), so the connection ends with this response. */
+    if (c->active && !c->req_done && c->req.has_body) c->close_after = true;
     if (rc == 0 && (c->close_after || c->w->draining)) {
         c->close_after = true;
         rc = mr_vec_printf(h, HEAD_LIMIT, "Connection: close\r\n");
@@ -333,6 +336,9 @@ static void pool_put(mr_upconn_t *up, const mr_upstream_conf_t *uc)
     mr_http1_next(&up->resp);
     up->got_bytes = false;
     up->pooled = true;
+    /* It may have been paused for backpressure; a pooled connection must keep reading so a
+     * close by the upstream (or stray bytes) is noticed. */
+    mr_sock_resume(&up->s);
     up->pool_prev = NULL;
     up->pool_next = s->idle;
     if (s->idle) s->idle->pool_prev = up;
@@ -395,6 +401,10 @@ static int build_up_head(mr_client_t *c)
     } else if (m->host_idx >= 0) {
         mr_hdr_t *h = &m->hdrs[m->host_idx];
         rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)h->val_len, mr_http1_str(m, h->val_off));
+    } else if (c->upstream) {
+        /* An HTTP/1.0 request without Host still goes out as HTTP/1.1, which requires one:
+         * use the upstream's name, as nginx does with $proxy_host. */
+        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %s\r\n", c->upstream->conf->name);
     }
     const char *xff = NULL;
     uint32_t xff_len = 0;
@@ -919,6 +929,7 @@ static void client_on_closed(mr_sock_t *s)
     mr_vec_free(&c->target_ov);
     mr_http1_free(&c->local);
     free(c);
+    w->nclosing--;
     mr_worker_client_gone(w);
 }
 
@@ -938,6 +949,7 @@ static void client_close(mr_client_t *c)
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = NULL;
     w->nclients--;
+    w->nclosing++; /* until its last completion frees it; the loop must not stop before */
     mr_sock_close(&c->s);
 }
 
@@ -1006,7 +1018,7 @@ static void client_check_finish(mr_client_t *c)
     if (!c->resp_done || c->s.sq_count) return;
     if (!c->req_done && !c->close_after && !c->discard_body) return;
     if (!c->req_done && c->discard_body && !c->close_after) return; /* still draining the body */
-    if (!c->req_done) { client_close(c); return; }
+    if (!c->req_done) { client_linger_close(c); return; }
     request_finish(c);
 }
 
@@ -1231,7 +1243,7 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
     if (!up) { free(out.chunk); return; }
     if (rc == MR_LUA_ERROR) { free(out.chunk); up_fail(up, 500, "a Lua response phase failed"); return; }
     if (phase == MR_PH_RESPONSE) {
-        if (resp_emit_head(up) == 1) up->resp.parser.flags |= F_SKIPBODY;
+        if (resp_emit_head(up) == 1) mr_http1_skip_body(&up->resp);
     } else if (phase == MR_PH_BODY) {
         send_body_chunk(c, out.chunk, out.chunk_len);
         if (c->lua_body_eof) {

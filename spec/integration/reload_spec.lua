@@ -1,0 +1,187 @@
+-- Hot reload: new generations per request without dropping anything, refusal of broken configs,
+-- in-flight requests finishing on their own generation, listeners kept (same socket), shared
+-- dicts kept, listeners added and removed, and resources stable over many reloads.
+local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
+package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
+local helpers = require "helpers"
+local socket = require "socket"
+
+local function write(path, s)
+  local f = assert(io.open(path, "w"))
+  f:write(s)
+  f:close()
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- inode of the LISTEN socket on port, from /proc/net/tcp (state 0A)
+local function listen_inodes(port)
+  local hex = ("%04X"):format(port)
+  local t = {}
+  for line in (read("/proc/net/tcp") or ""):gmatch("[^\n]+") do
+    local lport, st, inode = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x) .- %d+ +%d+ (%d+)")
+    if lport == hex and st == "0A" then t[#t + 1] = inode end
+  end
+  table.sort(t)
+  return table.concat(t, ",")
+end
+
+local function fd_count(pid)
+  local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l")
+  local n = tonumber(p:read("*a"))
+  p:close()
+  return n
+end
+
+describe("hot reload", function()
+  local origin, port, admin, extra, conf_path, mr
+
+  local function config(version, opts)
+    opts = opts or {}
+    return ([[
+return {
+  workers = 2,
+  listen = { "127.0.0.1:%d"%s },
+  admin = { listen = "127.0.0.1:%d" },
+  shared = { state = "1m" },
+  upstreams = { origin = { servers = { "127.0.0.1:%d" } } },
+  routes = {
+    { path = "/version", handler = function(req) return 200, %q end },
+    { path = "/slowversion", handler = function(req)
+        require("moonring").sleep(1)
+        return 200, %q
+      end },
+    { path = "/incr", handler = function(req)
+        return 200, tostring(require("moonring").shared.state:incr("n", 1, 0))
+      end },
+    { path = "/", upstream = "origin" },
+  },
+  %s
+}
+]]):format(port, opts.extra and (", \"127.0.0.1:" .. extra .. "\"") or "", admin, origin.port,
+      version, version, opts.broken and "broken = syntax error here" or "")
+  end
+
+  local function reload()
+    local res = assert(helpers.http("POST", ("http://127.0.0.1:%d/-/reload"):format(admin), { timeout = 10 }))
+    return res.status, res.body
+  end
+
+  local function version()
+    local res = assert(helpers.http("GET", ("http://127.0.0.1:%d/version"):format(port)))
+    return res.body
+  end
+
+  setup(function()
+    origin = helpers.start_origin()
+    port, admin, extra = helpers.free_port(), helpers.free_port(), helpers.free_port()
+    mr = helpers.start_moonring(config("v1"), { wait_port = port })
+    conf_path = mr.conf_path
+    assert.truthy(helpers.eventually(function()
+      return helpers.http("GET", ("http://127.0.0.1:%d/-/status"):format(admin))
+    end, 5))
+  end)
+
+  teardown(function() helpers.stop_all() end)
+
+  it("switches every new request, keep-alive ones included, and answers with the generation", function()
+    local s = assert(helpers.connect(port))
+    local r = assert(helpers.http("GET", ("http://127.0.0.1:%d/version"):format(port), { sock = s }))
+    assert.equal("v1", r.body)
+    write(conf_path, config("v2"))
+    local status, body = reload()
+    assert.equal(200, status, body)
+    assert.matches('^{"generation":%d+}', body)
+    r = assert(helpers.http("GET", ("http://127.0.0.1:%d/version"):format(port), { sock = s }))
+    assert.equal("v2", r.body) -- the next request on the same connection
+    s:close()
+  end)
+
+  it("refuses a broken config, reports why, and keeps serving the old one", function()
+    write(conf_path, config("v3", { broken = true }))
+    local status, body = reload()
+    assert.equal(500, status)
+    assert.matches(conf_path:match("[^/]+$"), body, 1, true)
+    assert.equal("v2", version())
+    assert.truthy(mr.log():find("reload refused", 1, true))
+    write(conf_path, config("v2"))
+  end)
+
+  it("lets in-flight requests finish on the generation they started on", function()
+    local slow = helpers.spawn(("curl -sS http://127.0.0.1:%d/slowversion"):format(port))
+    local slow_up = helpers.spawn(("curl -sS http://127.0.0.1:%d/slow/1500"):format(port))
+    helpers.sleep(0.3)
+    write(conf_path, config("v4"))
+    assert.equal(200, (reload()))
+    assert.equal("v4", version())
+    assert.equal(0, slow.wait(5))
+    assert.equal(0, slow_up.wait(5))
+    assert.equal("v2", slow.log())
+    assert.equal("slow\n", slow_up.log())
+  end)
+
+  it("keeps listening sockets and shared dict contents; opens and closes listeners", function()
+    local before = listen_inodes(port)
+    assert.is_true(#before > 0)
+    local n1 = tonumber(assert(helpers.http("GET", ("http://127.0.0.1:%d/incr"):format(port))).body)
+    write(conf_path, config("v5", { extra = true }))
+    assert.equal(200, (reload()))
+    assert.equal(before, listen_inodes(port))
+    local n2 = tonumber(assert(helpers.http("GET", ("http://127.0.0.1:%d/incr"):format(port))).body)
+    assert.equal(n1 + 1, n2)
+    assert.equal("v5", assert(helpers.http("GET", ("http://127.0.0.1:%d/version"):format(extra))).body)
+    write(conf_path, config("v6"))
+    assert.equal(200, (reload()))
+    assert.truthy(helpers.eventually(function() return not helpers.connect(extra) end, 3))
+    assert.equal(before, listen_inodes(port))
+  end)
+
+  it("reloads on SIGHUP and on moonring -s reload", function()
+    write(conf_path, config("v7"))
+    mr.signal("HUP")
+    assert.truthy(helpers.eventually(function() return version() == "v7" end, 5))
+    write(conf_path, config("v8"))
+    local out, rc = helpers.run(("%s -s reload -c %s 2>&1"):format(helpers.moonring_bin, conf_path))
+    assert.equal(0, rc, out)
+    assert.matches('"generation"', out)
+    assert.equal("v8", version())
+    write(conf_path, config("v9", { broken = true }))
+    out, rc = helpers.run(("%s -s reload -c %s 2>&1"):format(helpers.moonring_bin, conf_path))
+    assert.is_not.equal(0, rc)
+    write(conf_path, config("v8"))
+  end)
+
+  it("survives 100 reloads under load with zero failed requests", function()
+    local wrk = helpers.spawn(("wrk -t1 -c8 -d6s --timeout 5s http://127.0.0.1:%d/version"):format(port))
+    helpers.sleep(0.3)
+    for i = 1, 100 do
+      local v = (i % 2 == 0) and "even" or "odd"
+      write(conf_path, config(v))
+      local status, body = reload()
+      assert.equal(200, status, body)
+      assert.equal(v, version())
+    end
+    assert.equal(0, wrk.wait(15))
+    local w = helpers.parse_wrk(wrk.log())
+    assert.is_true(w.requests > 100, wrk.log())
+    for k, v in pairs(w.errors) do assert.equal(0, v, k .. " errors: " .. wrk.log()) end
+  end)
+
+  it("keeps RSS and fd count flat over 300 reloads", function()
+    write(conf_path, config("flat"))
+    for _ = 1, 20 do reload() end
+    local rss0, fds0 = mr.rss_kb(), fd_count(mr.pid)
+    for _ = 1, 300 do assert.equal(200, (reload())) end
+    helpers.sleep(0.2)
+    local rss1, fds1 = mr.rss_kb(), fd_count(mr.pid)
+    assert.equal(fds0, fds1)
+    local limit = os.getenv("ASAN_OPTIONS") and 200 * 1024 or 16 * 1024
+    assert.is_true(rss1 - rss0 < limit, ("RSS grew from %d to %d KiB"):format(rss0, rss1))
+  end)
+end)
