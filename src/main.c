@@ -11,21 +11,23 @@ static void usage(void)
             "  -c FILE   configuration file (default conf/moonring.lua)\n"
             "  -t        check the configuration and exit\n"
             "  -s SIG    send stop, quit or reload to the running instance (via its pid file)\n"
-            "  -v        print the version and the io_uring features found\n");
+            "  -v        print the version, the io_uring features found, and the loop backend\n"
+            "            the config (with -c) would get\n");
 }
 
 #ifndef MR_NO_MAIN
 int main(int argc, char **argv)
 {
     const char *conf = "conf/moonring.lua", *sig = NULL;
-    int check = 0;
+    int check = 0, version = 0, conf_given = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) conf = argv[++i];
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) { conf = argv[++i]; conf_given = 1; }
         else if (strcmp(argv[i], "-t") == 0) check = 1;
         else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) sig = argv[++i];
-        else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) return mr_server_version();
+        else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) version = 1;
         else { usage(); return 2; }
     }
+    if (version) return mr_server_version(conf_given ? conf : NULL);
     if (check) return mr_server_check(conf);
     if (sig) return mr_server_signal(conf, sig);
     return mr_server_run(conf);

@@ -75,6 +75,17 @@ return { workers = 1, pid = %q, listen = { "127.0.0.1:%d" },
     s:close()
   end)
 
+  it("tells with -v which loop backend a config would get", function()
+    local path = helpers.tmpname("loop", ".lua")
+    local f = assert(io.open(path, "w"))
+    f:write('return { loop = "epoll", listen = { "127.0.0.1:1" }, routes = { { path = "/", handler = function() end } } }')
+    f:close()
+    local out, rc = helpers.run(("env -u MOONRING_LOOP %s -v -c %s 2>&1"):format(helpers.moonring_bin, path))
+    assert.equal(0, rc, out)
+    assert.matches("^moonring %d+%.%d+%.%d+\n", out)
+    assert.matches("backend: epoll %(config=epoll%)", out)
+  end)
+
   it("leaves connections over max_connections in the backlog until a slot frees", function()
     local port = helpers.free_port()
     helpers.start_moonring(([[

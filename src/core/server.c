@@ -118,9 +118,15 @@ static int wanted_backend(const char *config_value, mr_loop_backend_t *out, cons
     return mr_loop_backend_parse(*value, out);
 }
 
-int mr_server_version(void)
+int mr_server_version(const char *config_path)
 {
     mr_loop_features_t f;
+    mr_config_t *cfg = NULL;
+    char err[2048];
+    if (config_path && mr_config_load(config_path, &cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "moonring: configuration %s is invalid: %s\n", config_path, err);
+        return 1;
+    }
     printf("moonring %s\n", MOONRING_VERSION);
     int rc = mr_loop_probe(&f);
     if (rc < 0) {
@@ -132,10 +138,17 @@ int mr_server_version(void)
                f.ext_arg ? "yes" : "no", f.fast_poll ? "yes" : "no", f.buf_ring ? "yes" : "no",
                f.recv_multishot ? "yes" : "no");
     }
-    /* -v reads no config file, so this is what the default loop = "auto" (or MOONRING_LOOP) gets. */
+    /* With -c, the config's `loop` decides (MOONRING_LOOP still wins); without, the default. */
     mr_loop_backend_t want, got;
     const char *src, *val;
-    if (wanted_backend(NULL, &want, &src, &val) < 0) {
+    rc = wanted_backend(cfg ? cfg->loop : NULL, &want, &src, &val);
+    if (rc == 0 && cfg && strcmp(src, "config") == 0) val = cfg->loop;
+    int bad = rc < 0;
+    char valbuf[64];
+    snprintf(valbuf, sizeof valbuf, "%s", val);
+    mr_config_unref(cfg);
+    val = valbuf;
+    if (bad) {
         printf("backend: none (%s=%s: expected auto, io_uring or epoll)\n", src, val);
         return 1;
     }

@@ -9,7 +9,7 @@ int mr_server_run(const char *config_path);
 int mr_server_check(const char *config_path);
 /* -s stop|quit|reload: signals the instance whose pid file the config names. */
 int mr_server_signal(const char *config_path, const char *what);
-/* -v: version and io_uring features. */
-int mr_server_version(void);
+/* -v [-c FILE]: version, io_uring features, and the backend FILE's `loop` would get. */
+int mr_server_version(const char *config_path);
 
 #endif
