@@ -390,7 +390,8 @@ static int build_up_head(mr_client_t *c)
     int rc = 0;
     rc |= mr_vec_reserve(v, ulen + 64, HEAD_LIMIT);
     if (rc) return rc;
-    mr_vec_printf(v, HEAD_LIMIT, "%s ", mr_http1_method_str(m));
+    mr_vec_str(v, mr_http1_method_str(m), HEAD_LIMIT);
+    mr_vec_lit(v, " ", HEAD_LIMIT);
     if (r && r->strip_prefix && url[0] != '/') mr_vec_append(v, "/", 1, HEAD_LIMIT);
     mr_vec_append(v, url, ulen, HEAD_LIMIT);
     mr_vec_append(v, " HTTP/1.1\r\n", 11, HEAD_LIMIT);
@@ -400,7 +401,9 @@ static int build_up_head(mr_client_t *c)
         rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)hostlen, host);
     } else if (m->host_idx >= 0) {
         mr_hdr_t *h = &m->hdrs[m->host_idx];
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)h->val_len, mr_http1_str(m, h->val_off));
+        rc |= mr_vec_lit(v, "Host: ", HEAD_LIMIT);
+        rc |= mr_vec_append(v, mr_http1_str(m, h->val_off), h->val_len, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
     } else if (c->upstream) {
         /* An HTTP/1.0 request without Host still goes out as HTTP/1.1, which requires one:
          * use the upstream's name, as nginx does with $proxy_host. */
@@ -425,13 +428,19 @@ static int build_up_head(mr_client_t *c)
         mr_vec_put(v, "\r\n", 2);
     }
     if (cfg->xff) {
-        if (xff) rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->ip);
-        else rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-For: %s\r\n", c->ip);
+        rc |= mr_vec_lit(v, "X-Forwarded-For: ", HEAD_LIMIT);
+        if (xff) {
+            rc |= mr_vec_append(v, xff, xff_len, HEAD_LIMIT);
+            rc |= mr_vec_lit(v, ", ", HEAD_LIMIT);
+        }
+        rc |= mr_vec_str(v, c->ip, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
     }
-    if (cfg->xfp) rc |= mr_vec_printf(v, HEAD_LIMIT, "X-Forwarded-Proto: http\r\n");
+    if (cfg->xfp) rc |= mr_vec_lit(v, "X-Forwarded-Proto: http\r\n", HEAD_LIMIT);
     if (cfg->via) {
         if (via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: %.*s, 1.%d moonring\r\n", (int)via_len, via, m->minor);
-        else rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: 1.%d moonring\r\n", m->minor);
+        else if (m->minor) rc |= mr_vec_lit(v, "Via: 1.1 moonring\r\n", HEAD_LIMIT);
+        else rc |= mr_vec_lit(v, "Via: 1.0 moonring\r\n", HEAD_LIMIT);
     }
     if (m->upgrade) {
         int u = mr_http1_find(m, "upgrade", 7, 0);
@@ -439,9 +448,14 @@ static int build_up_head(mr_client_t *c)
             rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)m->hdrs[u].val_len,
                                 mr_http1_str(m, m->hdrs[u].val_off));
     }
-    if (m->chunked) rc |= mr_vec_printf(v, HEAD_LIMIT, "Transfer-Encoding: chunked\r\n");
-    else if (m->content_length >= 0 && (m->content_length > 0 || m->method == HTTP_POST || m->method == HTTP_PUT || m->method == HTTP_PATCH))
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
+    if (m->chunked) {
+        rc |= mr_vec_lit(v, "Transfer-Encoding: chunked\r\n", HEAD_LIMIT);
+    } else if (m->content_length >= 0 && (m->content_length > 0 || m->method == HTTP_POST ||
+                                          m->method == HTTP_PUT || m->method == HTTP_PATCH)) {
+        rc |= mr_vec_lit(v, "Content-Length: ", HEAD_LIMIT);
+        rc |= mr_vec_num(v, (uint64_t)m->content_length, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
+    }
     rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
     return rc ? -E2BIG : 0;
 }
@@ -693,10 +707,15 @@ static int resp_emit_head(mr_upconn_t *up)
     mr_vec_t *v = &c->out_head;
     mr_vec_reset(v);
     int rc = 0;
-    if (st == m->status)
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %.*s\r\n", st, (int)m->reason_len, mr_http1_str(m, m->reason_off));
-    else
+    if (st == m->status) {
+        rc |= mr_vec_lit(v, "HTTP/1.1 ", HEAD_LIMIT);
+        rc |= mr_vec_num(v, (uint64_t)st, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, " ", HEAD_LIMIT);
+        rc |= mr_vec_append(v, mr_http1_str(m, m->reason_off), m->reason_len, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
+    } else {
         rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %s\r\n", st, mr_http1_reason(st));
+    }
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         mr_hdr_t *h = &m->hdrs[i];
         if (h->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
@@ -720,20 +739,22 @@ static int resp_emit_head(mr_upconn_t *up)
             rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
     } else if (m->content_length >= 0 && !m->chunked && !(c->route_flags & MR_RF_BODY)) {
         c->out_mode = MR_OUT_LENGTH;
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
+        rc |= mr_vec_lit(v, "Content-Length: ", HEAD_LIMIT);
+        rc |= mr_vec_num(v, (uint64_t)m->content_length, HEAD_LIMIT);
+        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
     } else if (c->req.minor >= 1) {
         c->out_mode = MR_OUT_CHUNKED;
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Transfer-Encoding: chunked\r\n");
+        rc |= mr_vec_lit(v, "Transfer-Encoding: chunked\r\n", HEAD_LIMIT);
     } else {
         c->out_mode = MR_OUT_CLOSE;
         c->close_after = true;
     }
-    if (cfg->via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: 1.1 moonring\r\n");
+    if (cfg->via) rc |= mr_vec_lit(v, "Via: 1.1 moonring\r\n", HEAD_LIMIT);
     if (!c->req_done && !c->tunnel) c->close_after = true; /* early response: no desync */
     if (c->w->draining) c->close_after = true;
     if (!c->tunnel) {
-        if (c->close_after) rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: close\r\n");
-        else if (c->req.minor == 0) rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: keep-alive\r\n");
+        if (c->close_after) rc |= mr_vec_lit(v, "Connection: close\r\n", HEAD_LIMIT);
+        else if (c->req.minor == 0) rc |= mr_vec_lit(v, "Connection: keep-alive\r\n", HEAD_LIMIT);
     }
     rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
     if (rc) {

@@ -50,3 +50,14 @@ void mr_vec_free(mr_vec_t *v)
     v->p = NULL;
     v->len = v->cap = 0;
 }
+
+int mr_vec_num(mr_vec_t *v, uint64_t n, size_t limit)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    return mr_vec_append(v, tmp + i, sizeof tmp - i, limit);
+}
