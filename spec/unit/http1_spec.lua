@@ -4,36 +4,13 @@
 local helpers = require "helpers"
 local ffi = require "ffi"
 
-local lib_path = os.getenv("MOONRING_FFI_LIB") or (helpers.root .. "/build/libmoonring_ffi.so")
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-
--- An ASan-instrumented core (scripts/test --sanitize) can only be dlopen'ed by a process that
--- started with the ASan runtime, so this file runs again in a child busted preloading it; the
--- codec cases then run under ASan and UBSan.
-if helpers.read_file(lib_path) and helpers.read_file(lib_path):find("libasan.so", 1, true)
-  and not (helpers.read_file("/proc/self/maps") or ""):find("libasan", 1, true) then
-  describe("http1 codec (sanitizer build)", function()
-    it("passes in a child process preloading the ASan runtime", function()
-      local out = helpers.run("ldd " .. helpers.shell_quote(lib_path))
-      local asan = out:match("libasan%.so[%.%d]* => (%S+)")
-      assert.is_string(asan, "libasan not found by ldd " .. lib_path)
-      local res = helpers.run(("LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=86 "
-        .. "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MOONRING_FFI_LIB=%s "
-        .. "busted --lua=luajit -o plainTerminal %s 2>&1"):format(helpers.shell_quote(asan),
-        helpers.shell_quote(lib_path), helpers.shell_quote(this)))
-      assert.matches("%d+ successes / 0 failures / 0 errors", res, 1, false, res)
-      assert.not_matches("Sanitizer", res, 1, false, res)
-    end)
-  end)
-  return
-end
+local lib = helpers.core_lib_or_rerun(debug.getinfo(1, "S").source:gsub("^@", ""), "http1 codec")
+if not lib then return end
 
 ffi.cdef [[
 int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_line, uint32_t max_header_size,
                       uint32_t max_headers, const char *data, size_t len, char *out, size_t outlen);
 ]]
-local lib = ffi.load(lib_path)
 
 local REQ, RESP = 0, 1
 local HEAD, EOF, PAUSE_HEAD = 1, 2, 4

@@ -7,40 +7,9 @@ if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this en
 local repo = this:match("^(.*)/spec/unit/[^/]*$") or "."
 package.path = repo .. "/lua/?.lua;" .. repo .. "/lua/?/init.lua;" .. package.path
 
-local lib_path = os.getenv("MOONRING_FFI_LIB") or (repo .. "/build/libmoonring_ffi.so")
-
-local function file_has(path, needle)
-  local f = io.open(path, "rb")
-  if not f then return false end
-  local s = f:read("*a")
-  f:close()
-  return s:find(needle, 1, true) ~= nil
-end
-
--- An ASan-instrumented core (scripts/test --sanitize) can only be dlopen'ed by a process that
--- started with the ASan runtime, so run this file again in a child busted with LD_PRELOAD.
--- Leak detection is off there: at exit LuaJIT dlcloses the library, after which its registry
--- (process-lifetime by design) looks leaked.
-if file_has(lib_path, "libasan.so") and not file_has("/proc/self/maps", "libasan") then
-  describe("moonring.shared (sanitizer build)", function()
-    it("passes in a child process preloading the ASan runtime", function()
-      local p = io.popen("ldd '" .. lib_path .. "'")
-      local asan = p:read("*a"):match("libasan%.so[%.%d]* => (%S+)")
-      p:close()
-      assert.is_string(asan, "libasan not found by ldd " .. lib_path)
-      p = io.popen(("LD_PRELOAD='%s' ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=86 "
-        .. "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MOONRING_FFI_LIB='%s' "
-        .. "busted --lua=luajit -o plainTerminal '%s' 2>&1"):format(asan, lib_path, this))
-      local out = p:read("*a")
-      p:close()
-      assert.matches("%d+ successes / 0 failures / 0 errors", out, 1, false, out)
-      assert.not_matches("Sanitizer", out, 1, false, out)
-    end)
-  end)
-  return
-end
-
-local lib = ffi.load(lib_path)
+local helpers = require "helpers"
+local lib, lib_path = helpers.core_lib_or_rerun(this, "shared dicts")
+if not lib then return end
 pcall(ffi.cdef, [[
 int mr_shdict_define(const char *name, size_t size);
 void mr_shdict_reload_begin(void);
