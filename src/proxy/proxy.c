@@ -1082,6 +1082,12 @@ static void client_on_recv(mr_sock_t *s, int res)
 
 static void client_feed(mr_client_t *c)
 {
+    if (c->failed) {
+        /* The rest of a rejected request (e.g. a header flood spanning several reads) must not
+         * be parsed again, nor trigger a second answer: drop it until the close. */
+        mr_sock_consume(&c->s, (size_t)-1);
+        return;
+    }
     if (c->in_feed) { c->feed_again = true; return; }
     c->in_feed = true;
     do {
@@ -1110,6 +1116,7 @@ static void client_feed(mr_client_t *c)
                 mr_sock_consume(&c->s, len);
                 int st = c->req.error_status ? c->req.error_status : 400;
                 mr_info("client %s: %d: %s", c->ip, st, c->req.error_reason ? c->req.error_reason : "bad request");
+                c->failed = true;
                 client_fail(c, st);
                 break;
             }

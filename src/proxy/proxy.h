@@ -72,6 +72,7 @@ struct mr_client {
     bool head_method;
     bool discard_body;          /* local response sent; request body is being dropped */
     bool lingering;             /* response sent, write side shut, draining input before close */
+    bool failed;                /* a parse error was answered: further input is discarded */
 
     /* Lua chain state for the current request. */
     uint8_t route_flags;        /* MR_RF_* of the matched route */
