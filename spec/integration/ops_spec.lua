@@ -7,13 +7,7 @@ local socket = require "socket"
 
 local RSS_LIMIT_KB = os.getenv("ASAN_OPTIONS") and 600 * 1024 or 100 * 1024
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read_file(path) return helpers.read_file(path) or "" end
 
 describe("operations", function()
   local origin

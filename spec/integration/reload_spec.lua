@@ -12,13 +12,7 @@ local function write(path, s)
   f:close()
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = helpers.read_file
 
 -- inode of the LISTEN socket on port, from /proc/net/tcp (state 0A)
 local function listen_inodes(port)
