@@ -251,6 +251,18 @@ if newproxy then
   getmetatable(helpers._sentinel).__gc = function() pcall(helpers.stop_all) end
 end
 
+-- Waits for a spawned process while sampling an instance's RSS; returns its exit code and the
+-- highest RSS seen (KiB).
+function helpers.watch_rss(h, instance)
+  local max_rss = 0
+  while h.alive() do
+    max_rss = math.max(max_rss, instance.rss_kb())
+    socket.sleep(0.05)
+  end
+  max_rss = math.max(max_rss, instance.rss_kb())
+  return h.wait(1), max_rss
+end
+
 -- VmRSS in KiB of pid plus all its descendants (worker processes).
 function helpers.rss_kb(pid)
   local total, seen = 0, {}

@@ -916,6 +916,8 @@ end
 -- Exposed for the C side and tests that need the same parsing rules.
 M.parse_duration = parse_duration
 M.parse_size = parse_size
+-- Shared with the stock filters' option checks ("did you mean").
+M.levenshtein = levenshtein
 M.parse_addr = parse_addr
 
 return M

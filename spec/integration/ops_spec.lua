@@ -175,11 +175,9 @@ return { workers = 1, listen = { "127.0.0.1:%d" }, limits = { client_max_body_si
     local size = 1024 * 1024 * 1024
     local max_rss = 0
     local function watch(h)
-      while h.alive() do
-        max_rss = math.max(max_rss, mr.rss_kb())
-        socket.sleep(0.05)
-      end
-      return h.wait(1)
+      local rc, peak = helpers.watch_rss(h, mr)
+      max_rss = math.max(max_rss, peak)
+      return rc
     end
     local dl = helpers.spawn(("curl -sS -o /dev/null -w '%%{http_code} %%{size_download}' --max-time 120 http://127.0.0.1:%d/size/%d")
       :format(port, size))

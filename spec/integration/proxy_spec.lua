@@ -211,12 +211,9 @@ return {
     local size = 200 * MiB
     local max_rss = 0
     local function watch(h)
-      while h.alive() do
-        max_rss = math.max(max_rss, mr.rss_kb())
-        socket.sleep(0.05)
-      end
-      max_rss = math.max(max_rss, mr.rss_kb())
-      return h.wait(1)
+      local rc, peak = helpers.watch_rss(h, mr)
+      max_rss = math.max(max_rss, peak)
+      return rc
     end
 
     local dl = helpers.spawn(("curl -sS -o /dev/null -w '%%{http_code} %%{size_download}' --max-time 60 %s"):format(

@@ -117,13 +117,11 @@ void mr_access_log_request(mr_access_log_t *al, mr_client_t *c)
 void mr_access_log_free(mr_access_log_t *al)
 {
     if (!al) return;
-    /* Shutdown only: the loop is gone, so finish synchronously. */
-    for (int k = 0; k < 2; k++) {
-        int idx = (al->cur + 1 + k) % 2;
-        if (al->len[idx] && al->buf[idx]) {
-            ssize_t w = write(al->fd, al->buf[idx], al->len[idx]);
-            (void)w;
-        }
+    /* Shutdown only: the loop is gone, so finish synchronously. Only the buffer being filled:
+     * the other one was handed to the kernel, and the ring's teardown completed that write. */
+    if (al->len[al->cur] && al->buf[al->cur]) {
+        ssize_t w = write(al->fd, al->buf[al->cur], al->len[al->cur]);
+        (void)w;
     }
     free(al->buf[0]);
     free(al->buf[1]);

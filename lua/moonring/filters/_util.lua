@@ -31,19 +31,7 @@ local function fail(fname, opt, msg)
 end
 M.fail = fail
 
-local function distance(a, b) -- Levenshtein, for "did you mean"
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = byte(a, i) == byte(b, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
+local distance = require("moonring.config").levenshtein -- for "did you mean"
 
 -- Checks that `opts` is nil or a table whose keys are all in `known` (a list); returns a table.
 function M.options(fname, opts, known)
