@@ -334,8 +334,9 @@ end
 
 -- ---------------------------------------------------------------- moonring
 
-local function write_conf(conf)
-  local path = helpers.tmpname("moonring", ".lua")
+-- opts.conf_path: write the config there instead of a fresh tmp name.
+local function write_conf(conf, opts)
+  local path = opts and opts.conf_path or helpers.tmpname("moonring", ".lua")
   write_file(path, conf)
   return path
 end
@@ -355,7 +356,7 @@ function helpers.start_moonring(conf, opts)
   if not exists(helpers.moonring_bin) then
     error("moonring not found at " .. helpers.moonring_bin .. " (build it or set MOONRING_BIN)")
   end
-  local conf_path = write_conf(conf)
+  local conf_path = write_conf(conf, opts)
   local log_path = conf_path:gsub("%.lua$", ".log")
   local cmd = shq(helpers.moonring_bin) .. " -c " .. shq(conf_path) .. (opts.args and (" " .. opts.args) or "")
   local h = helpers.spawn(cmd, log_path)

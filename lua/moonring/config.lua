@@ -861,6 +861,15 @@ end
 -- Public API
 ---------------------------------------------------------------------------
 
+-- This file is <lua dir>/moonring/config.lua; the same directory comes first at runtime (see
+-- config.c), so `require "moonring"` means ours even next to a config file named moonring.lua.
+local own_path = ""
+do
+  local src = debug.getinfo(1, "S").source
+  local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/moonring/config%.lua$")
+  if dir then own_path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" end
+end
+
 local function dirname(path)
   local d = path:match("^(.*)/[^/]*$")
   if d == nil then return "." end
@@ -901,7 +910,7 @@ function M.load(path, opts)
   local d = dirname(path)
   d = d == "/" and "" or d
   local saved = package.path
-  package.path = d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
+  package.path = own_path .. d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
   local ok, res = pcall(chunk)
   package.path = saved
   if not ok then

@@ -199,8 +199,9 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     const char *lua_dir = mr_config_lua_dir();
     size_t need = (s ? strlen(s) : 0) + 2 * strlen(lua_dir) + 64;
     cfg->lua_path = malloc(need);
-    snprintf(cfg->lua_path, need, "%s%s%s/?.lua;%s/?/init.lua", s ? s : "",
-             s && s[0] && s[strlen(s) - 1] != ';' ? ";" : "", lua_dir, lua_dir);
+    /* moonring's own directory first: it holds only the moonring.* namespace, and a config
+     * file named moonring.lua next to the user's modules must not shadow `require "moonring"`. */
+    snprintf(cfg->lua_path, need, "%s/?.lua;%s/?/init.lua;%s", lua_dir, lua_dir, s ? s : "");
     free(s);
     cfg->shutdown_timeout_ms = getu32(L, top, "shutdown_timeout_ms", 10000);
     lua_getfield(L, top, "router");

@@ -30,6 +30,7 @@ static const mr_http1_cbs_t req_cbs, resp_cbs;
 
 static void client_feed(mr_client_t *c);
 static void client_close(mr_client_t *c);
+static void client_abort_response(mr_client_t *c);
 static void client_fail(mr_client_t *c, int status);
 static void client_check_finish(mr_client_t *c);
 static void up_close(mr_upconn_t *up);
@@ -545,7 +546,7 @@ static void up_fail(mr_upconn_t *up, int status, const char *why)
     mr_warn("upstream %s: %s (%s %.*s)", addr, why, mr_http1_method_str(&c->req), (int)c->req.url_len,
             mr_http1_str(&c->req, c->req.url_off));
     if (can_retry && retry(c)) return;
-    if (c->resp_started) { client_close(c); return; }
+    if (c->resp_started) { client_abort_response(c); return; }
     respond_error(c, status, true);
 }
 
@@ -929,7 +930,7 @@ static void client_timeout(mr_loop_t *loop, mr_timer_t *t)
     (void)loop;
     mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, timer));
     if (c->tunnel) return;
-    if (c->lingering) { client_close(c); return; }
+    if (c->lingering || c->close_on_sent) { client_close(c); return; }
     if (!c->active) {
         if (c->s.nin || c->req.head_bytes || c->req.url_len) client_fail(c, 408);
         else client_close(c);
@@ -988,6 +989,19 @@ static void client_linger_close(mr_client_t *c)
     mr_timer_set(c->w->loop, &c->timer, 2000);
 }
 
+/* The response cannot be completed (the upstream failed after its head went out): the client
+ * learns it from the close, but only after the bytes already queued, which are valid, reach it;
+ * closing at once would cancel those sends and leave it with less than the origin sent. */
+static void client_abort_response(mr_client_t *c)
+{
+    if (c->s.closing) return;
+    if (c->up) up_close(c->up);
+    if (!c->s.sq_count || c->s.err) { client_close(c); return; }
+    c->close_on_sent = true;
+    mr_sock_pause(&c->s);
+    mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.send_timeout_ms);
+}
+
 /* Answers an error for the current (or a half-read) request and closes after it. */
 static void client_fail(mr_client_t *c, int status)
 {
@@ -1000,7 +1014,7 @@ static void client_fail(mr_client_t *c, int status)
         c->started_ms = mr_loop_now(c->w->loop);
     }
     c->req_done = true; /* nothing more will be read as a request */
-    if (c->resp_started) { client_close(c); return; }
+    if (c->resp_started) { client_abort_response(c); return; }
     respond_error(c, status, true);
 }
 
@@ -1046,7 +1060,7 @@ static void client_check_finish(mr_client_t *c)
 static void client_on_sent(mr_sock_t *s, int res)
 {
     mr_client_t *c = client_of(s);
-    if (res < 0) { client_close(c); return; }
+    if (res < 0 || c->close_on_sent) { client_close(c); return; }
     if (c->tunnel) { tunnel_pump(c); return; }
     if (c->active && c->req_done && c->resp_started && !c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
     /* A parser paused for backpressure may have nothing left to read but its own completion
@@ -1059,6 +1073,10 @@ static void client_on_sent(mr_sock_t *s, int res)
 static void client_on_recv(mr_sock_t *s, int res)
 {
     mr_client_t *c = client_of(s);
+    if (c->close_on_sent) {
+        if (res <= 0) client_close(c);
+        return;
+    }
     if (c->lingering) {
         if (res <= 0) client_close(c);
         else mr_sock_consume(&c->s, (size_t)-1);

@@ -72,6 +72,7 @@ struct mr_client {
     bool head_method;
     bool discard_body;          /* local response sent; request body is being dropped */
     bool lingering;             /* response sent, write side shut, draining input before close */
+    bool close_on_sent;         /* the response broke off midway: send what is queued, then close */
     bool failed;                /* a parse error was answered: further input is discarded */
 
     /* Lua chain state for the current request. */
