@@ -11,6 +11,7 @@
 #include <time.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,25 @@ static bool is_loopback(const mr_addr_t *a)
     return false;
 }
 
+/* A proxy holds two descriptors per proxied request (client and upstream); the usual soft
+ * limit of 1024 would cap it far below max_connections. Raise the soft limit to the hard one,
+ * as HAProxy does, and say so when even that is short. */
+static void raise_nofile(const mr_config_t *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) rl.rlim_cur = old;
+    }
+    uint64_t want = (uint64_t)cfg->workers * cfg->limits.max_connections * 2 + 64;
+    if (rl.rlim_cur != RLIM_INFINITY && (uint64_t)rl.rlim_cur < want)
+        mr_warn("open-file limit %llu is below workers x limits.max_connections x 2 (%llu): accepting pauses "
+                "when descriptors run out (raise it with ulimit -n or LimitNOFILE=)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 int mr_server_run(const char *path)
 {
     char err[2048];
@@ -377,6 +397,8 @@ int mr_server_run(const char *path)
     if (!resolved) goto done;
     free(cfg->loop);
     cfg->loop = resolved;
+
+    raise_nofile(cfg);
 
     /* Workers inherit this mask: only the main thread takes signals, via sigwait. */
     sigset_t set;

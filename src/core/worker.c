@@ -52,6 +52,16 @@ static void listener_free(mr_worker_t *w, mr_listener_t *l)
     free(l);
 }
 
+static void accept_retry(mr_loop_t *loop, mr_timer_t *t)
+{
+    (void)loop;
+    mr_worker_t *w = (mr_worker_t *)((char *)t - offsetof(mr_worker_t, accept_timer));
+    if (w->accept_paused && w->accepting && !w->draining && w->nclients < w->cfg->limits.max_connections) {
+        w->accept_paused = false;
+        arm_accepts(w);
+    }
+}
+
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)loop;
@@ -67,6 +77,20 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         /* A draining worker, or a listener a reload removed, must not keep its socket: with
          * SO_REUSEPORT the kernel would go on queueing connections nobody accepts. */
         listener_free(w, l);
+        return;
+    }
+    if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+        /* Out of descriptors or memory: re-arming now would spin on the same error at full CPU.
+         * Leave new connections in the backlog and retry shortly (nginx waits 500 ms too); a
+         * client closing frees a descriptor and resumes accepting earlier. */
+        if (w->accepting && !w->draining && !w->accept_paused) {
+            w->accept_paused = true;
+            stop_accepts(w);
+        }
+        if (!mr_timer_armed(&w->accept_timer)) {
+            w->accept_timer.fn = accept_retry;
+            mr_timer_set(loop, &w->accept_timer, 500);
+        }
         return;
     }
     if (w->accepting && !w->draining && w->nclients >= w->cfg->limits.max_connections && !w->accept_paused) {

@@ -61,6 +61,7 @@ struct mr_worker {
     atomic_int cmd;
     bool draining;
     mr_timer_t drain_timer;
+    mr_timer_t accept_timer;      /* retries accepting after EMFILE and the like */
     int startup_rc;               /* 0 once serving, -errno on failure */
     atomic_int ready;             /* 1 serving, -1 failed */
 
