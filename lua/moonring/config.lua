@@ -581,6 +581,7 @@ local limits = S.record({
   { "keepalive_timeout", S.duration(), default = "75s", out = "keepalive_timeout_ms" },
   { "send_timeout", S.duration(1), default = "60s", out = "send_timeout_ms" },
   { "max_connections", S.int(1), default = 10000 },
+  { "max_connections_per_ip", S.int(0), default = 0 },
   { "keepalive_requests", S.int(1), default = 1000 },
 })
 

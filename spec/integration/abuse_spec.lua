@@ -125,3 +125,56 @@ return {
     still_serving()
   end)
 end)
+
+describe("limits.max_connections_per_ip", function()
+  local port
+
+  setup(function()
+    port = helpers.free_port()
+    helpers.start_moonring(([[
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  routes = { { path = "/", handler = function(req) return req:respond(200, "ok\n") end } },
+  limits = { max_connections_per_ip = 5 },
+}
+]]):format(port))
+  end)
+
+  teardown(function() helpers.stop_all() end)
+
+  -- True when the proxy closed the connection without answering a request sent on it.
+  local function refused(c)
+    c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    local line, err = c:receive("*l")
+    return line == nil and (err == "closed" or err:find("reset", 1, true) ~= nil), line
+  end
+
+  it("closes connections over the limit from one address and serves the ones within it", function()
+    local held = {}
+    for i = 1, 5 do
+      -- eventually: the probe connections of start_moonring may not be closed on its side yet
+      held[i] = helpers.eventually(function()
+        local c = assert(helpers.connect(port))
+        c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        local res = helpers.read_response(c)
+        if res and res.status == 200 then return c end
+        c:close()
+      end, 5)
+    end
+    local extra = assert(helpers.connect(port))
+    local was_refused, line = refused(extra)
+    assert.is_true(was_refused, "the 6th connection was answered: " .. tostring(line))
+    extra:close()
+    -- Closing one frees a place.
+    held[1]:close()
+    assert(helpers.eventually(function()
+      local c = assert(helpers.connect(port))
+      c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+      local res = helpers.read_response(c)
+      c:close()
+      return res and res.status == 200
+    end, 5))
+    for i = 2, 5 do held[i]:close() end
+  end)
+end)

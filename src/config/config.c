@@ -221,6 +221,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     l->keepalive_timeout_ms = getu32(L, t, "keepalive_timeout_ms", 75000);
     l->send_timeout_ms = getu32(L, t, "send_timeout_ms", 60000);
     l->max_connections = getu32(L, t, "max_connections", 10000);
+    l->max_connections_per_ip = getu32(L, t, "max_connections_per_ip", 0);
     l->keepalive_requests = getu32(L, t, "keepalive_requests", 1000);
     lua_pop(L, 1);
 

@@ -60,6 +60,7 @@ typedef struct {
     int64_t client_max_body_size;       /* 0 = unlimited */
     uint32_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, send_timeout_ms;
     uint32_t max_connections, keepalive_requests;
+    uint32_t max_connections_per_ip;   /* per worker; 0 = no limit */
 } mr_limits_t;
 
 typedef struct {

@@ -352,7 +352,7 @@ static void raise_nofile(const mr_config_t *cfg)
     }
     uint64_t want = (uint64_t)cfg->workers * cfg->limits.max_connections * 2 + 64;
     if (rl.rlim_cur != RLIM_INFINITY && (uint64_t)rl.rlim_cur < want)
-        mr_warn("open-file limit %llu is below workers x limits.max_connections x 2 (%llu): accepting pauses "
+        mr_notice("open-file limit %llu is below workers x limits.max_connections x 2 (%llu): accepting pauses "
                 "when descriptors run out (raise it with ulimit -n or LimitNOFILE=)",
                 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }

@@ -269,6 +269,7 @@ static void *worker_main(void *arg)
     mr_access_log_free(w->alog);
     mr_gen_unref(w->gen);
     mr_proxy_worker_free(w);
+    mr_iplimit_free(&w->iplimit);
     mr_loop_free(w->loop);
     while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);

@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "http1/http1.h"
+#include "net/iplimit.h"
 #include "loop/loop.h"
 #include "core/gen.h"
 #include "proxy/proxy.h"
@@ -42,6 +43,8 @@ struct mr_worker {
 
     mr_listener_t *listeners;
     bool accepting, accept_paused;
+    mr_iplimit_t iplimit;         /* open client connections by peer IP */
+    uint64_t ip_refused_ms;       /* last "over max_connections_per_ip" log line */
 
     mr_gen_t *gen;                /* current generation: new requests start here */
     mr_server_registry_t servers; /* upstream servers and their pools, across generations */

@@ -966,6 +966,10 @@ static void client_close(mr_client_t *c)
         c->gen = NULL;
     }
     if (c->up) up_close(c->up);
+    if (c->ip_counted) {
+        mr_iplimit_release(&w->iplimit, c->ip);
+        c->ip_counted = false;
+    }
     if (c->prev) c->prev->next = c->next;
     else w->clients = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -1422,6 +1426,23 @@ int mr_proxy_accept(mr_worker_t *w, int fd)
     mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
     mr_http1_init(&c->local, MR_HTTP1_RESPONSE, &w->h1limits, &req_cbs, c);
     mr_net_peer_ip(fd, c->ip, sizeof c->ip);
+    uint32_t per_ip = w->cfg->limits.max_connections_per_ip;
+    if (per_ip) {
+        if (mr_iplimit_acquire(&w->iplimit, c->ip, per_ip) < 0) {
+            /* Refused at accept, before any buffer or timer is spent on it; one log line per
+             * second at most, since this is what a flood looks like. */
+            uint64_t now = mr_loop_now(w->loop);
+            if (now - w->ip_refused_ms >= 1000) {
+                w->ip_refused_ms = now;
+                mr_warn("connection from %s refused: it has %u open already (limits.max_connections_per_ip)",
+                        c->ip, per_ip);
+            }
+            close(fd);
+            free(c);
+            return -EBUSY;
+        }
+        c->ip_counted = true;
+    }
     c->next = w->clients;
     if (w->clients) w->clients->prev = c;
     w->clients = c;

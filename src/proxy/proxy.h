@@ -42,6 +42,7 @@ struct mr_client {
     mr_http1_msg_t req;
     mr_timer_t timer;
     char ip[48];
+    bool ip_counted;            /* holds a count in w->iplimit */
 
     /* The current request. */
     mr_gen_t *gen;              /* generation the request started on (referenced) */
