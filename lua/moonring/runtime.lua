@@ -29,6 +29,7 @@ int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_
 int mr_resp_header_count(void *r);
 int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
 int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
+void *mr_req_waker(void *r);
 ]]
 
 local C = ffi.C
@@ -357,7 +358,8 @@ end
 
 local function new_state(r, chain)
   local p = ffi_cast("void *", r)
-  local st = { ctx = {}, chain = chain }
+  -- waker: what a cosocket arms to resume this request's parked phase (see moonring.tcp)
+  local st = { ctx = {}, chain = chain, waker = C.mr_req_waker(p) }
   st.req = setmetatable({ _r = p }, req_mt)
   st.res = setmetatable({ _r = p }, res_mt)
   states[r] = st
@@ -389,7 +391,8 @@ function M.check(cfg)
   return true
 end
 
-function M.init(file)
+function M.init(file, vm)
+  if vm then M.vm = ffi_cast("void *", vm) end
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
@@ -481,13 +484,19 @@ function M.run(index, phase, r, chunk, eof)
   st.chain = chain
   local co = co_create(bodies[phase])
   st.co = co
-  return step(st, co_resume(co, st, chain, chunk, eof))
+  moonring._cur = st
+  local ok, code, a, b = co_resume(co, st, chain, chunk, eof)
+  moonring._cur = nil
+  return step(st, ok, code, a, b)
 end
 
 function M.resume(r, ...)
   local st = states[r]
   if not st or not st.co then error("resume: no parked phase for this request", 0) end
-  return step(st, co_resume(st.co, ...))
+  moonring._cur = st
+  local ok, code, a, b = co_resume(st.co, ...)
+  moonring._cur = nil
+  return step(st, ok, code, a, b)
 end
 
 -- The request is over (or its client went away): forget its state. A parked log phase keeps
@@ -499,13 +508,31 @@ function M.finish(r)
   st.req._r = nil
   st.res._r = nil
   st.co = nil
+  if st.socks then moonring._release(st) end
+end
+
+-- A parked on_log phase becomes a fiber (src/lua/lua.c mr_lua_detach) so the request can end.
+function M.adopt(r, key, waker)
+  local st = states[r]
+  if not st or not st.co then error("adopt: no parked phase for this request", 0) end
+  states[r] = nil
+  st.req._r = nil
+  st.res._r = nil
+  st.waker = ffi_cast("void *", waker)
+  moonring._rewake(st)
+  return st
 end
 
 -- Functions yielding to the core ----------------------------------------------------------------
 
 moonring._yield = function(what, arg)
-  if coroutine.running() == nil then
-    error("moonring." .. what .. " can only be called from a request phase", 3)
+  local co = coroutine.running()
+  if co == nil then
+    error("moonring." .. what .. " can only be called from a request phase or a timer", 3)
+  end
+  local cur = moonring._cur
+  if cur and cur.co ~= co then
+    error("moonring." .. what .. " cannot yield from inside a coroutine of your own; call it from the phase itself", 3)
   end
   return co_yield(what, arg)
 end

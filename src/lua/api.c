@@ -182,3 +182,10 @@ MR_EXPORT int mr_resp_set_header(void *r, const char *name, size_t nlen, const c
     if (!m || c->head_sent) return -3;
     return edit_headers(m, name, nlen, val, vlen, mode, false);
 }
+
+/* The request's park timer: arming it resumes the parked phase (cosockets wake requests so). */
+MR_EXPORT void *mr_req_waker(void *r)
+{
+    mr_client_t *c = r;
+    return &c->lua_timer;
+}

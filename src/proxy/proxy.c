@@ -1010,8 +1010,10 @@ static void request_finish(mr_client_t *c)
     if (c->gen && (c->route_flags & MR_RF_LOG)) {
         mr_lua_out_t out = { 0 };
         c->lua_state = true;
-        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD)
-            mr_warn("route %s: on_log yielded; yielding in on_log is not supported yet, the rest of it was dropped",
+        /* A yield in on_log continues detached from the request, which ends now. */
+        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD &&
+            mr_lua_detach(c->gen->lua, c, &out) < 0)
+            mr_warn("route %s: on_log yielded and could not continue detached; the rest of it was dropped",
                     c->route->name);
     }
     lua_release(c);
@@ -1139,7 +1141,8 @@ static void client_feed(mr_client_t *c)
 static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out)
 {
     c->lua_phase = (uint8_t)phase;
-    mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
+    if (out->wait_io) mr_timer_stop(c->w->loop, &c->lua_timer); /* the I/O wakes it */
+    else mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
 }
 
 /* A parked phase whose request is being abandoned (upstream failed, client gone). */

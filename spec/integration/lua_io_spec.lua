@@ -1,0 +1,290 @@
+-- Yielding I/O from Lua through the real binary: cosockets (moonring.tcp) against a raw line
+-- server, the HTTP client (moonring.http) against mr-origin, timers (moonring.timer) including
+-- premature runs on reload, and req:body() with forwarding of the buffered body.
+local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
+package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
+local helpers = require "helpers"
+local socket = require "socket"
+
+local function start_line_server()
+  local h = helpers.spawn("luajit " .. helpers.shell_quote(helpers.spec_dir .. "/fixtures/line_server.lua"),
+    helpers.tmpname("lines", ".log"))
+  local port
+  assert(helpers.eventually(function()
+    port = tonumber((h.log():match("listening (%d+)")))
+    return port ~= nil
+  end, 5), "line server did not start: " .. h.log())
+  return { port = port, handle = h }
+end
+
+local function nfds(pid)
+  local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l")
+  local n = tonumber(p:read("*a"))
+  p:close()
+  return n
+end
+
+describe("lua yielding I/O", function()
+  local lines, origin, mr, port, base, admin
+
+  setup(function()
+    lines = start_line_server()
+    origin = helpers.start_origin()
+    port = helpers.free_port()
+    admin = helpers.free_port()
+    base = "http://127.0.0.1:" .. port
+    local conf = ([[
+local moonring = require "moonring"
+local LP, OP = %d, %d
+
+local function roundtrip(text)
+  local s = moonring.tcp()
+  s:settimeout(2000)
+  assert(s:connect("127.0.0.1", LP))
+  assert(s:send("echo " .. text .. "\n"))
+  local line = assert(s:receive("*l"))
+  assert(s:setkeepalive(10000, 4))
+  return line
+end
+
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  admin = { listen = "127.0.0.1:%d" },
+  shared = { io = "1m" },
+  lua = { max_timers = 50 },
+  upstreams = { origin = { servers = { "127.0.0.1:" .. OP } } },
+  routes = {
+    { path = "/tcp/patterns", handler = function(req)
+        local s = moonring.tcp()
+        assert(s:connect("127.0.0.1", LP))
+        assert(s:send({ "multi", "\n" }))
+        local a = assert(s:receive("*l"))
+        local b = assert(s:receive())
+        s:settimeout(300)
+        local c, err, partial = s:receive("*l")
+        assert(s:send("bytes 40\n"))
+        s:settimeout(2000)
+        local n1 = assert(s:receive(10))
+        local n2 = assert(s:receive(30))
+        assert(s:send("bye\n"))
+        local all = assert(s:receive("*a"))
+        local after, err2 = s:receive("*l")
+        return 200, table.concat({ a, b, tostring(c), err, partial, n1, n2, all, tostring(after), err2 }, "|")
+      end },
+    { path = "/tcp/until", handler = function(req)
+        local s = moonring.tcp()
+        assert(s:connect("127.0.0.1", LP))
+        assert(s:send("until\n"))
+        local r = s:receiveuntil("--XX--")
+        local first = assert(r())
+        local parts = {}
+        while true do
+          local d, err = r(2)
+          if not d then assert(not err, err) break end
+          parts[#parts + 1] = d
+        end
+        local rest = assert(s:receive("*l"))
+        s:close()
+        return 200, first .. "|" .. table.concat(parts, ",") .. "|" .. rest
+      end },
+    { path = "/tcp/errors", handler = function(req)
+        local out = {}
+        local s = moonring.tcp()
+        out[#out + 1] = select(2, s:connect("127.0.0.1", 1))
+        out[#out + 1] = select(2, s:connect("no-such-host.invalid", 80))
+        s = moonring.tcp()
+        s:settimeouts(1000, 1000, 200)
+        assert(s:connect("127.0.0.1", LP))
+        assert(s:send("silent\n"))
+        local t0 = moonring.now()
+        local ok, err = s:receive("*l")
+        out[#out + 1] = err
+        out[#out + 1] = string.format("%%.1f", moonring.now() - t0)
+        -- still usable after a read timeout
+        assert(s:send("echo again\n"))
+        out[#out + 1] = s:receive("*l")
+        s:close()
+        out[#out + 1] = select(2, s:send("x"))
+        out[#out + 1] = select(2, s:receive(1))
+        return 200, table.concat(out, "|")
+      end },
+    { path = "/tcp/reuse", handler = function(req)
+        local s = moonring.tcp()
+        assert(s:connect("127.0.0.1", LP))
+        local reused = s:getreusedtimes()
+        assert(s:send("conns\n"))
+        local conns = assert(s:receive("*l"))
+        assert(s:setkeepalive(10000, 2))
+        return 200, reused .. " " .. conns
+      end },
+    { path = "/tcp/leak", handler = function(req)
+        local s = moonring.tcp()
+        assert(s:connect("127.0.0.1", LP))
+        local s2 = moonring.tcp()
+        assert(s2:connect("127.0.0.1", LP))
+        assert(s2:send("silent\n"))
+        return 200, "left open\n"
+      end },
+    { path = "/tcp/phases", upstream = "origin", filters = { {
+        on_request = function(req, ctx) ctx.r = roundtrip("req") end,
+        on_response = function(res, ctx) res:set_header("x-phases", ctx.r .. "," .. roundtrip("resp")) end,
+        on_body = function(res, chunk, eof, ctx)
+          if eof then return roundtrip("body") end
+          return nil
+        end,
+        on_log = function(req, res, ctx)
+          local v = roundtrip("log")
+          moonring.shared.io:set("log", v)
+        end,
+      } } },
+    { path = "/tcp/timer", handler = function(req)
+        assert(moonring.timer.at(0, function(premature, tag)
+          moonring.shared.io:set("timer", roundtrip(tag))
+        end, "fromtimer"))
+        return 200, "scheduled\n"
+      end },
+    { path = "/get", handler = function(req)
+        return 200, tostring(moonring.shared.io:get(req:arg("k"))) .. "\n"
+      end },
+    { path = "/timer/every", handler = function(req)
+        local n = 0
+        local h = assert(moonring.timer.every(0.05, function(premature, step)
+          n = n + step
+          moonring.sleep(0.01)
+        end, 1))
+        moonring.sleep(0.5)
+        assert(h:cancel())
+        local seen = n
+        moonring.sleep(0.2)
+        return 200, seen .. " " .. n
+      end },
+    { path = "/timer/boom", handler = function(req)
+        assert(moonring.timer.at(0, function() error("boom in a timer") end))
+        return 200, "ok\n"
+      end },
+    { path = "/timer/cap", handler = function(req)
+        local hs, err = {}, nil
+        for i = 1, 60 do
+          local h, e = moonring.timer.at(60, function() end)
+          if not h then err = e break end
+          hs[#hs + 1] = h
+        end
+        for _, h in ipairs(hs) do h:cancel() end
+        return 200, #hs .. "|" .. tostring(err)
+      end },
+    { path = "/timer/long", handler = function(req)
+        assert(moonring.timer.at(30, function(premature)
+          moonring.shared.io:set("premature", tostring(premature))
+        end))
+        return 200, "ok\n"
+      end },
+    { path = "/log/yield", handler = function() return 200, "ok\n" end, filters = { {
+        on_log = function(req, res, ctx)
+          local status = res.status
+          moonring.sleep(0.1)
+          moonring.shared.io:set("logyield", status .. " " .. roundtrip("late"))
+        end } } },
+  },
+}
+]]):format(lines.port, origin.port, port, admin)
+    mr = helpers.start_moonring(conf, { wait_port = port })
+  end)
+
+  teardown(function()
+    helpers.stop_all()
+    if lines then lines.handle.stop("KILL") end
+  end)
+
+  local function get(path)
+    return assert(helpers.http("GET", base .. path, { timeout = 10 }))
+  end
+
+  it("receives lines, byte counts and everything until close", function()
+    local res = get("/tcp/patterns")
+    assert.equal(200, res.status)
+    local f = {}
+    for x in (res.body .. "|"):gmatch("(.-)|") do f[#f + 1] = x end
+    assert.same({ "a", "b", "nil", "timeout", "c", "abcdefghij", "klmnopqrstuvwxyzabcdefghijklmn", "bye", "nil", "closed" }, f)
+  end)
+
+  it("reads up to a delimiter, whole or in pieces", function()
+    local res = get("/tcp/until")
+    assert.equal("one|tw,o|three", res.body)
+  end)
+
+  it("reports refused, unresolvable, timeout and closed as nil, err", function()
+    local res = get("/tcp/errors")
+    local f = {}
+    for x in (res.body .. "|"):gmatch("(.-)|") do f[#f + 1] = x end
+    assert.equal("connection refused", f[1])
+    assert.matches("cannot resolve host names", f[2])
+    assert.equal("timeout", f[3])
+    assert.is_true(tonumber(f[4]) >= 0.1 and tonumber(f[4]) < 1.5, f[4])
+    assert.equal("again", f[5])
+    assert.equal("closed", f[6])
+    assert.equal("closed", f[7])
+  end)
+
+  it("reuses kept-alive connections from the worker's pool", function()
+    local first = get("/tcp/reuse").body
+    local second = get("/tcp/reuse").body
+    local r1, c1 = first:match("(%d+) (%d+)")
+    local r2, c2 = second:match("(%d+) (%d+)")
+    assert.is_true(tonumber(r2) > tonumber(r1), first .. " / " .. second)
+    assert.equal(c1, c2) -- no new connection accepted by the server
+  end)
+
+  it("closes sockets a script left open when the request ends", function()
+    get("/tcp/leak")
+    local before = nfds(mr.pid)
+    for _ = 1, 20 do get("/tcp/leak") end
+    assert(helpers.eventually(function() return nfds(mr.pid) <= before end, 5),
+      "fds grew from " .. before .. " to " .. nfds(mr.pid))
+  end)
+
+  it("uses sockets in on_request, on_response, on_body, on_log and timers", function()
+    local res = get("/tcp/phases/size/10")
+    assert.equal(200, res.status)
+    assert.equal("req,resp", res.headers["x-phases"])
+    assert.equal("body", res.body)
+    assert(helpers.eventually(function() return get("/get?k=log").body == "log\n" end, 5))
+    get("/tcp/timer")
+    assert(helpers.eventually(function() return get("/get?k=timer").body == "fromtimer\n" end, 5))
+  end)
+
+  it("continues a yielding on_log after the response was sent", function()
+    local t0 = socket.gettime()
+    assert.equal("ok\n", get("/log/yield").body)
+    assert.is_true(socket.gettime() - t0 < 0.1 + 0.5)
+    assert(helpers.eventually(function() return get("/get?k=logyield").body == "200 late\n" end, 5))
+  end)
+
+  it("runs timer.every until cancelled", function()
+    local body = get("/timer/every").body
+    local seen, final = body:match("(%d+) (%d+)")
+    assert.is_true(tonumber(seen) >= 3, body)
+    assert.equal(seen, final)
+  end)
+
+  it("logs timer errors with a traceback and keeps the worker", function()
+    assert.equal("ok\n", get("/timer/boom").body)
+    assert(helpers.eventually(function() return mr.log():find("boom in a timer", 1, true) ~= nil end, 5))
+    assert.truthy(mr.log():find("stack traceback", 1, true))
+    assert.equal(200, get("/get?k=x").status)
+  end)
+
+  it("caps pending timers per worker", function()
+    local body = get("/timer/cap").body
+    local n, err = body:match("(%d+)|(.*)")
+    assert.is_true(tonumber(n) <= 50, body)
+    assert.matches("too many pending timers", err)
+  end)
+
+  it("fires pending timers once with premature = true when a reload retires their generation", function()
+    get("/timer/long")
+    local res = assert(helpers.http("POST", ("http://127.0.0.1:%d/-/reload"):format(admin), { timeout = 10 }))
+    assert.equal(200, res.status)
+    assert(helpers.eventually(function() return get("/get?k=premature").body == "true\n" end, 5))
+  end)
+end)
