@@ -144,6 +144,50 @@ return {
         end, "fromtimer"))
         return 200, "scheduled\n"
       end },
+    { path = "/http/get", handler = function(req)
+        local res, err = moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/100" }
+        if not res then return 502, err end
+        return 200, res.status .. "|" .. #res.body .. "|" .. res.body:sub(1, 5) .. "|" .. res.headers["x-origin"]
+      end },
+    { path = "/http/post", handler = function(req)
+        local res, err = moonring.http.request{ method = "POST", url = "http://localhost:" .. OP .. "/echo",
+          body = "hello body", headers = { ["X-Test"] = "1" } }
+        if not res then return 502, err end
+        return 200, res.status .. "|" .. res.body .. "|" .. res.headers["x-body-length"]
+      end },
+    { path = "/http/chunked", handler = function(req)
+        local res, err = moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/chunked/100000" }
+        if not res then return 502, err end
+        local want = {}
+        for i = 0, 99999 do want[#want + 1] = string.char(97 + i %% 26) end
+        return 200, res.status .. "|" .. #res.body .. "|" .. tostring(res.body == table.concat(want))
+          .. "|" .. tostring(res.headers["transfer-encoding"])
+      end },
+    { path = "/http/reuse", handler = function(req)
+        for i = 1, 3 do
+          local res, err = moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/10" }
+          if not res then return 502, err end
+        end
+        local s = moonring.tcp()
+        assert(s:connect("127.0.0.1", OP))
+        local n = s:getreusedtimes()
+        s:close()
+        return 200, tostring(n)
+      end },
+    { path = "/http/errors", handler = function(req)
+        local out = {}
+        local t0 = moonring.now()
+        out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/slow/3000", timeout = 0.2 })
+        out[#out + 1] = string.format("%%.1f", moonring.now() - t0)
+        out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/2000", max_body_size = 1000 })
+        out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/chunked/200000", max_body_size = 100000 })
+        out[#out + 1] = select(2, moonring.http.request{ url = "https://127.0.0.1:" .. OP .. "/" })
+        out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:1/" })
+        -- the pool still serves after all that
+        local res = moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/3" }
+        out[#out + 1] = res and res.body
+        return 200, table.concat(out, "|")
+      end },
     { path = "/get", handler = function(req)
         return 200, tostring(moonring.shared.io:get(req:arg("k"))) .. "\n"
       end },
@@ -258,6 +302,29 @@ return {
     assert.equal("ok\n", get("/log/yield").body)
     assert.is_true(socket.gettime() - t0 < 0.1 + 0.5)
     assert(helpers.eventually(function() return get("/get?k=logyield").body == "200 late\n" end, 5))
+  end)
+
+  it("makes HTTP requests with moonring.http: GET, POST, chunked", function()
+    assert.equal("200|100|abcde|" .. origin.port, get("/http/get").body)
+    assert.equal("200|hello body|10", get("/http/post").body)
+    assert.equal("200|100000|true|chunked", get("/http/chunked").body)
+  end)
+
+  it("keeps HTTP client connections alive in the worker's pool", function()
+    local n = tonumber(get("/http/reuse").body)
+    assert.is_true(n >= 3, "reused " .. tostring(n))
+  end)
+
+  it("reports HTTP client timeouts, size limits, https and refusals as nil, err", function()
+    local f = {}
+    for x in (get("/http/errors").body .. "|"):gmatch("(.-)|") do f[#f + 1] = x end
+    assert.equal("timeout", f[1])
+    assert.is_true(tonumber(f[2]) < 1.5, f[2])
+    assert.equal("response too large", f[3])
+    assert.equal("response too large", f[4])
+    assert.equal("https not supported yet", f[5])
+    assert.equal("connection refused", f[6])
+    assert.equal("abc", f[7])
   end)
 
   it("runs timer.every until cancelled", function()

@@ -31,6 +31,7 @@ struct mr_cosock {
     char *wbuf;
     size_t wlen, woff, wcap;
     char key[KEY_MAX];
+    mr_addr_t addr;              /* named by the connect SQE: must live until its completion */
     mr_cosock_t *next, *prev;    /* every live socket of the thread */
     mr_cosock_t *pnext, *pprev;  /* idle pool */
 };
@@ -188,14 +189,14 @@ static int parse_addr(const char *h, size_t n, int port, mr_addr_t *a)
 MR_EXPORT int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
 {
     if (s->closing || s->fd >= 0 || s->op.active) return -EISCONN;
-    mr_addr_t a;
-    int rc = parse_addr(host, hlen, port, &a);
+    mr_addr_t *a = &s->addr;
+    int rc = parse_addr(host, hlen, port, a);
     if (rc < 0) return rc;
-    int fd = mr_net_socket_for(&a);
+    int fd = mr_net_socket_for(a);
     if (fd < 0) return fd;
     s->fd = fd;
     s->state = CS_CONNECTING;
-    rc = mr_loop_connect(T->loop, &s->op, fd, (struct sockaddr *)&a.sa, a.len);
+    rc = mr_loop_connect(T->loop, &s->op, fd, (struct sockaddr *)&a->sa, a->len);
     if (rc < 0) {
         close(fd);
         s->fd = -1;
