@@ -30,6 +30,8 @@ int mr_resp_header_count(void *r);
 int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
 int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
 void *mr_req_waker(void *r);
+int mr_req_body_read(void *r, int64_t max);
+int mr_req_body_get(void *r, const char **p, size_t *n);
 ]]
 
 local C = ffi.C
@@ -180,8 +182,30 @@ function req_methods.set_upstream(self, name)
   return nil, "cannot set the upstream now"
 end
 
-function req_methods.body()
-  return nil, "req:body() is not implemented yet"
+-- The whole request body (up to lua.max_body), read while the phase is parked; "" without one.
+-- nil, "too large" leaves what was read buffered: the request can still be proxied whole.
+local DEFAULT_MAX_BODY = 1024 * 1024
+
+function req_methods.body(self)
+  local r = live(self)
+  local b = rawget(self, "_body")
+  if b then return b end
+  local l = M.config and M.config.lua
+  local max = l and l.max_body or DEFAULT_MAX_BODY
+  local rc = C.mr_req_body_read(r, max)
+  if rc == 1 then
+    moonring._yield("io")
+    rc = C.mr_req_body_read(live(self), max)
+  end
+  if rc == 0 then
+    C.mr_req_body_get(r, pp, pn)
+    b = ffi_string(pp[0], pn[0])
+    rawset(self, "_body", b)
+    return b
+  end
+  if rc == -5 then return nil, "too large" end
+  if rc == -3 then return nil, "the request body is gone (already forwarded or discarded); read it in on_request or the handler" end
+  return nil, "the request body could not be read (" .. rc .. ")"
 end
 
 local hdr_buf = ffi.new("const char *[128]")

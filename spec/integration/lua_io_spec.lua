@@ -52,7 +52,8 @@ return {
   listen = { "127.0.0.1:%d" },
   admin = { listen = "127.0.0.1:%d" },
   shared = { io = "1m" },
-  lua = { max_timers = 50 },
+  lua = { max_timers = 50, max_body = "512k" },
+  limits = { client_max_body_size = "4m" },
   upstreams = { origin = { servers = { "127.0.0.1:" .. OP } } },
   routes = {
     { path = "/tcp/patterns", handler = function(req)
@@ -188,6 +189,20 @@ return {
         out[#out + 1] = res and res.body
         return 200, table.concat(out, "|")
       end },
+    { path = "/body/echo", handler = function(req)
+        local b, err = req:body()
+        if not b then return 413, err end
+        local again = req:body()
+        assert(again == b)
+        return 200, b, { ["X-Len"] = #b }
+      end },
+    { path = "/bp", strip_prefix = true, upstream = "origin", filters = { {
+        on_request = function(req, ctx)
+          local b, err = req:body()
+          ctx.len = b and #b or err
+        end,
+        on_response = function(res, ctx) res:set_header("x-lua-body", tostring(ctx.len)) end,
+      } } },
     { path = "/get", handler = function(req)
         return 200, tostring(moonring.shared.io:get(req:arg("k"))) .. "\n"
       end },
@@ -325,6 +340,70 @@ return {
     assert.equal("https not supported yet", f[5])
     assert.equal("connection refused", f[6])
     assert.equal("abc", f[7])
+  end)
+
+  local function binary(n, seed)
+    local t = {}
+    for i = 1, n do t[i] = string.char((i * 7 + seed) % 256) end
+    return table.concat(t)
+  end
+
+  local function chunked(body, size)
+    local t = {}
+    for i = 1, #body, size do
+      local piece = body:sub(i, i + size - 1)
+      t[#t + 1] = ("%x\r\n%s\r\n"):format(#piece, piece)
+    end
+    t[#t + 1] = "0\r\n\r\n"
+    return table.concat(t)
+  end
+
+  it("req:body() reads the whole body in a handler, under the limit", function()
+    local body = binary(300000, 3)
+    local res = assert(helpers.http("POST", base .. "/body/echo", { body = body, timeout = 10 }))
+    assert.equal(200, res.status)
+    assert.equal("300000", res.headers["x-len"])
+    assert.is_true(res.body == body)
+    res = get("/body/echo")
+    assert.equal("0", res.headers["x-len"])
+    res = assert(helpers.http("POST", base .. "/body/echo", { body = chunked(body, 7000), timeout = 10,
+      headers = { ["Transfer-Encoding"] = "chunked" } }))
+    assert.equal(200, res.status)
+    assert.is_true(res.body == body)
+  end)
+
+  it("req:body() returns nil, 'too large' over lua.max_body", function()
+    local body = binary(700000, 5)
+    local res = assert(helpers.http("POST", base .. "/body/echo", { body = body, timeout = 10 }))
+    assert.equal(413, res.status)
+    assert.equal("too large", res.body)
+    res = assert(helpers.http("POST", base .. "/body/echo", { body = chunked(body, 10000), timeout = 10,
+      headers = { ["Transfer-Encoding"] = "chunked" } }))
+    assert.equal(413, res.status)
+    assert.equal("too large", res.body)
+    assert.equal(200, get("/get?k=x").status)
+  end)
+
+  it("forwards a body read by req:body() to the origin byte-exact", function()
+    local body = binary(300000, 11)
+    local want = ("%d %s\n"):format(#body, helpers.fnv1a32(body))
+    local res = assert(helpers.http("POST", base .. "/bp/sink", { body = body, timeout = 10 }))
+    assert.equal(200, res.status)
+    assert.equal("300000", res.headers["x-lua-body"])
+    assert.equal(want, res.body)
+    res = assert(helpers.http("POST", base .. "/bp/sink", { body = chunked(body, 4096), timeout = 10,
+      headers = { ["Transfer-Encoding"] = "chunked" } }))
+    assert.equal(want, res.body)
+    -- over the limit: the script goes on, and the origin still gets every byte
+    local big = binary(900000, 13)
+    local want_big = ("%d %s\n"):format(#big, helpers.fnv1a32(big))
+    res = assert(helpers.http("POST", base .. "/bp/sink", { body = chunked(big, 50000), timeout = 10,
+      headers = { ["Transfer-Encoding"] = "chunked" } }))
+    assert.equal("too large", res.headers["x-lua-body"])
+    assert.equal(want_big, res.body)
+    res = assert(helpers.http("POST", base .. "/bp/sink", { body = big, timeout = 10 }))
+    assert.equal("too large", res.headers["x-lua-body"])
+    assert.equal(want_big, res.body)
   end)
 
   it("runs timer.every until cancelled", function()
