@@ -433,4 +433,15 @@ return {
     assert.equal(200, res.status)
     assert(helpers.eventually(function() return get("/get?k=premature").body == "true\n" end, 5))
   end)
+
+  it("stops cleanly with timers pending, sockets pooled and a socket waiting", function()
+    get("/timer/long")
+    get("/tcp/reuse")
+    -- a handler parked on a silent socket while the worker drains
+    local sock = assert(helpers.connect(port))
+    sock:send("GET /tcp/errors HTTP/1.1\r\nHost: x\r\n\r\n")
+    socket.sleep(0.1)
+    assert.equal(0, mr.stop("TERM", 15))
+    sock:close()
+  end)
 end)
