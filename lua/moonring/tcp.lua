@@ -23,6 +23,7 @@ char *strerror(int errnum);
 local C = ffi.C
 local ffi_string = ffi.string
 local concat = table.concat
+local find, sub, byte = string.find, string.sub, string.byte
 local pp = ffi.new("const char *[1]")
 
 local M = {}
@@ -157,7 +158,7 @@ local function fill(self)
   return nil, errstr(rc)
 end
 
-local function receive_line(self)
+local function receive_line_slow(self)
   local buf = self.buf
   local parts, np, have = nil, 0, 0
   local max = self.max_line
@@ -180,6 +181,17 @@ local function receive_line(self)
     if not data then return nil, err, concat(parts) end
     buf = data
   end
+end
+
+-- The common case, a line already buffered, has no loop so that it JIT-compiles inside the
+-- caller's loop (an inner loop would abort the caller's root trace).
+local function receive_line(self)
+  local buf = self.buf
+  local i = find(buf, "\n", 1, true)
+  if not i then return receive_line_slow(self) end
+  self.buf = sub(buf, i + 1)
+  if i > 1 and byte(buf, i - 1) == 13 then return sub(buf, 1, i - 2) end
+  return sub(buf, 1, i - 1)
 end
 
 local function receive_n(self, n)
@@ -235,9 +247,7 @@ function methods.receiveuntil(self, delim, opts)
   local inclusive = opts and opts.inclusive
   local dl = #delim
   local ended = false
-  return function(size)
-    if size ~= nil and (type(size) ~= "number" or size < 1) then error("reader(size): size must be a positive number", 2) end
-    if ended then ended = false; return nil end
+  local function slow(size)
     local buf = self.buf
     local from = 1
     while true do
@@ -265,6 +275,21 @@ function methods.receiveuntil(self, delim, opts)
       if not data then return nil, err, buf end
       buf = buf .. data
     end
+  end
+  return function(size)
+    if size ~= nil and (type(size) ~= "number" or size < 1) then error("reader(size): size must be a positive number", 2) end
+    if ended then ended = false; return nil end
+    -- fast path (no loop, see receive_line): the delimiter is buffered
+    local buf = self.buf
+    local i = find(buf, delim, 1, true)
+    if not i or (size and i - 1 > size) then return slow(size) end
+    local data = sub(buf, 1, inclusive and i + dl - 1 or i - 1)
+    self.buf = sub(buf, i + dl)
+    if size then
+      if data == "" then return nil end
+      ended = true
+    end
+    return data
   end
 end
 
