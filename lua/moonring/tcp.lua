@@ -34,6 +34,8 @@ local ERRORS = {
   [110] = "timeout", [111] = "connection refused", [104] = "connection reset by peer",
   [32] = "broken pipe", [113] = "no route to host", [101] = "network is unreachable",
   [107] = "closed", [9] = "closed", [125] = "timeout",
+  [2] = "host not found", [11] = "temporary failure in name resolution", [5] = "name resolution failed",
+  [28] = "too many pending name resolutions", [22] = "invalid host name",
 }
 
 local function errstr(rc)
@@ -91,10 +93,6 @@ local function adopt(self, s, o)
   socks[self] = true
 end
 
-local function numeric_host(h)
-  return h == "localhost" or h:find("^%d+%.%d+%.%d+%.%d+$") ~= nil or h:find(":", 1, true) ~= nil
-end
-
 function methods.connect(self, host, port, opts)
   if type(host) ~= "string" or host == "" then error("sock:connect(host, port): host must be a non-empty string", 2) end
   port = tonumber(port)
@@ -104,9 +102,6 @@ function methods.connect(self, host, port, opts)
   if opts ~= nil and type(opts) ~= "table" then error("sock:connect: opts must be a table", 2) end
   local o = owner_of("connect")
   if self.s then drop(self) end
-  if not numeric_host(host) then
-    return nil, "cannot resolve host names without blocking the worker yet; use an IP address or localhost (" .. host .. ")"
-  end
   local key = opts and opts.pool or (host .. ":" .. port)
   if type(key) ~= "string" then error("sock:connect: opts.pool must be a string", 2) end
   self.key = key
@@ -121,7 +116,9 @@ function methods.connect(self, host, port, opts)
   local rc = finish(s, C.mr_cosock_connect(s, host, #host, port, self.ct, o.waker))
   if rc < 0 then
     drop(self)
-    return nil, errstr(rc)
+    local err = errstr(rc)
+    if rc == -2 or rc == -11 or rc == -5 or rc == -22 then err = err .. " (" .. host .. ")" end
+    return nil, err
   end
   return 1
 end

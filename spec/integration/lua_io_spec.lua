@@ -123,7 +123,7 @@ return {
         local s = moonring.tcp()
         assert(s:connect("127.0.0.1", LP))
         local s2 = moonring.tcp()
-        assert(s2:connect("127.0.0.1", LP))
+        assert(s2:connect("localhost", LP, { pool = "leak" }))
         assert(s2:send("silent\n"))
         return 200, "left open\n"
       end },
@@ -277,7 +277,8 @@ return {
     local f = {}
     for x in (res.body .. "|"):gmatch("(.-)|") do f[#f + 1] = x end
     assert.equal("connection refused", f[1])
-    assert.matches("cannot resolve host names", f[2])
+    -- "host not found", or without any DNS server "temporary failure in name resolution"
+    assert.is_truthy(f[2]:find("host not found", 1, true) or f[2]:find("name resolution", 1, true), f[2])
     assert.equal("timeout", f[3])
     assert.is_true(tonumber(f[4]) >= 0.1 and tonumber(f[4]) < 1.5, f[4])
     assert.equal("again", f[5])
