@@ -435,6 +435,27 @@ return {
     assert(helpers.eventually(function() return get("/get?k=premature").body == "true\n" end, 5))
   end)
 
+  it("validates the lua config keys", function()
+    local ok, out = helpers.moonring_check([[
+return {
+  listen = { "127.0.0.1:1" },
+  lua = { max_timers = 0 },
+  routes = { { path = "/", handler = function() return 200, "x" end } },
+}
+]])
+    assert.is_false(ok)
+    assert.matches(":3: lua%.max_timers: expected integer >= 1, got 0", out)
+    ok, out = helpers.moonring_check([[
+return {
+  listen = { "127.0.0.1:1" },
+  lua = { max_bdy = "1m" },
+  routes = { { path = "/", handler = function() return 200, "x" end } },
+}
+]])
+    assert.is_false(ok)
+    assert.matches("unknown key 'max_bdy' %(did you mean 'max_body'%?%)", out)
+  end)
+
   it("stops cleanly with timers pending, sockets pooled and a socket waiting", function()
     get("/timer/long")
     get("/tcp/reuse")
