@@ -407,6 +407,26 @@ return {
     assert.equal(want_big, res.body)
   end)
 
+  it("serves many concurrent requests that each use the HTTP client and cosockets", function()
+    local function load()
+      local r = helpers.wrk(base .. "/http/get", { c = 20, d = "1s" })
+      assert.is_true(r.requests > 100, r.output)
+      assert.equal(0, r.errors.status, r.output)
+      assert.equal(0, r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout, r.output)
+      r = helpers.wrk(base .. "/tcp/phases/size/10", { c = 20, d = "1s" })
+      assert.is_true(r.requests > 100, r.output)
+      assert.equal(0, r.errors.status, r.output)
+    end
+    load()
+    socket.sleep(0.3)
+    local after_first = nfds(mr.pid)
+    load()
+    -- the pools are full after the first round (at most one connection per concurrent request
+    -- and host:port); a second round must not add any
+    assert(helpers.eventually(function() return nfds(mr.pid) <= after_first + 2 end, 5),
+      "fds grew from " .. after_first .. " to " .. nfds(mr.pid))
+  end)
+
   it("runs timer.every until cancelled", function()
     local body = get("/timer/every").body
     local seen, final = body:match("(%d+) (%d+)")
