@@ -138,7 +138,7 @@ function methods.send(self, data)
   if not s then return nil, "closed" end
   local rc = finish(s, C.mr_cosock_send(s, data, #data, self.st, o.waker))
   if rc < 0 then
-    if rc ~= -110 then drop(self) end
+    drop(self) -- even on a timeout: part of the data may have left, the stream is out of step
     return nil, errstr(rc)
   end
   return #data

@@ -167,6 +167,7 @@ static void op_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     (void)flags;
     mr_cosock_t *s = (mr_cosock_t *)op;
     if (s->closing) { if (!s->op.active) cs_free(s); return; }
+    if (s->opk == OPK_WRITE && res == 0) res = -EPIPE; /* nothing taken: never report success */
     if (s->opk == OPK_WRITE && res > 0 && !s->timed_out) {
         s->woff += (size_t)res;
         if (s->woff < s->wlen) {
