@@ -629,6 +629,7 @@ local top = S.record({
   { "upstreams", upstreams, default = {} },
   { "routes", S.list(route, { what = "list of routes" }) },
   { "router", S.func },
+  { "init_worker", S.func },
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
   { "shared", shared, default = {} },

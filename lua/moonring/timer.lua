@@ -106,6 +106,16 @@ function M._run(key, premature)
   return DONE, keep
 end
 
+-- Called by C once the generation is live on this worker: runs the config's init_worker (a
+-- place to start timer.every jobs) as a timer, so it may yield too.
+function M._start()
+  local rt = runtime()
+  local init = rt and rt.config and rt.config.init_worker
+  if not init then return end
+  local ok, err = M.at(0, init)
+  if not ok then moonring.log("error", "init_worker could not start: " .. tostring(err)) end
+end
+
 -- Called by C (mr_lua_detach): the request's parked on_log continues as fiber `key`.
 function M._adopt(r, key, f)
   local st = runtime().adopt(r, key, f)

@@ -54,6 +54,12 @@ return {
   shared = { io = "1m" },
   lua = { max_timers = 50, max_body = "512k" },
   limits = { client_max_body_size = "4m" },
+  init_worker = function(premature)
+    moonring.shared.io:incr("inits", 1, 0)
+    assert(moonring.timer.every(0.1, function(p)
+      if not p then moonring.shared.io:incr("ticks", 1, 0) end
+    end))
+  end,
   upstreams = { origin = { servers = { "127.0.0.1:" .. OP }, keepalive = 4 } },
   routes = {
     { path = "/tcp/patterns", handler = function(req)
@@ -259,6 +265,10 @@ return {
     return assert(helpers.http("GET", base .. path, { timeout = 10 }))
   end
 
+  it("ran init_worker at start", function()
+    assert(helpers.eventually(function() return get("/get?k=inits").body == "1\n" end, 5))
+  end)
+
   it("receives lines, byte counts and everything until close", function()
     local res = get("/tcp/patterns")
     assert.equal(200, res.status)
@@ -451,6 +461,15 @@ return {
     local res = assert(helpers.http("POST", ("http://127.0.0.1:%d/-/reload"):format(admin), { timeout = 10 }))
     assert.equal(200, res.status)
     assert(helpers.eventually(function() return get("/get?k=premature").body == "true\n" end, 5))
+    -- the new generation ran its own init_worker
+    assert(helpers.eventually(function() return get("/get?k=inits").body == "2\n" end, 5))
+  end)
+
+  it("runs init_worker once per worker, and its timers without any request", function()
+    local t1 = tonumber(get("/get?k=ticks").body)
+    socket.sleep(0.5)
+    local t2 = tonumber(get("/get?k=ticks").body)
+    assert.is_true(t2 >= t1 + 2, t1 .. " -> " .. t2)
   end)
 
   it("validates the lua config keys", function()

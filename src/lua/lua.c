@@ -237,7 +237,20 @@ typedef struct mr_lua_fiber {
 static __thread mr_lua_fiber_t *tls_fibers;
 static __thread int tls_nfibers;
 
-void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen) { vm->gen = gen; }
+void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen)
+{
+    vm->gen = gen;
+    lua_State *L = vm->L;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.timer");
+    if (lua_pcall(L, 1, 1, base + 1) == 0) {
+        lua_getfield(L, -1, "_start");
+        if (lua_pcall(L, 0, 0, base + 1) != 0) mr_error("lua: init_worker: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, base);
+}
 
 static void fiber_fire(mr_loop_t *loop, mr_timer_t *t);
 

@@ -46,6 +46,7 @@ void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c);
  * in the VM. Each holds a reference on the generation that created it (set with
  * mr_lua_vm_set_gen), so a generation outlives its pending timers. */
 struct mr_gen;
+/* Also starts the config's init_worker (as a timer) now that the generation is live. */
 void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen);
 /* The generation stops being current (reload, shutdown): its pending timers fire once at once
  * with premature = true and are not rescheduled; new timers are refused. */
