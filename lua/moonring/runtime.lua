@@ -192,6 +192,7 @@ function req_methods.body(self)
   if b then return b end
   local l = M.config and M.config.lua
   local max = l and l.max_body or DEFAULT_MAX_BODY
+  if max > 2 ^ 30 then max = 2 ^ 30 end -- one buffer, and a span past it, must stay below 2 GiB
   local rc = C.mr_req_body_read(r, max)
   if rc == 1 then
     moonring._yield("io")

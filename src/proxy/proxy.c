@@ -1420,7 +1420,13 @@ static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
     if (c->lua_body_state == MR_BODY_READING) {
         /* A span is kept whole (it cannot be pushed back), so the copy may pass max by less
          * than one read; the rest of the body stays unparsed. */
-        if (mr_vec_append(&c->lua_body, p, n, (size_t)1 << 31) < 0 || (int64_t)c->lua_body.len > c->lua_body_max) {
+        if (mr_vec_append(&c->lua_body, p, n, (size_t)1 << 31) < 0) {
+            /* These bytes are consumed and could not be kept: the body cannot be honoured. */
+            m->error_status = 500;
+            m->error_reason = "out of memory buffering the request body";
+            return -1;
+        }
+        if ((int64_t)c->lua_body.len > c->lua_body_max) {
             c->lua_body_state = MR_BODY_TOO_LARGE;
             c->pause_reason = P_HEAD;
             if (c->lua_phase) mr_timer_set(c->w->loop, &c->lua_timer, 0);
