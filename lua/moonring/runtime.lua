@@ -1,10 +1,11 @@
 -- The per-worker Lua runtime. It evaluates the config in this VM (so route handlers and inline
 -- filters are live functions here), compiles each route's filter chain once, and runs phases in
--- coroutines so that every phase may yield (moonring.sleep today; sockets next).
+-- coroutines so that every phase may yield (moonring.sleep, sockets, the HTTP client, req:body).
 --
 -- Protocol with the C core (src/lua/lua.c): run(index, phase, r, ...) and resume(r) return a code:
 --   0 DONE       the phase finished (for on_body, the chunk to send is the second value)
---   1 YIELD      parked; the second value says on what ("sleep", seconds)
+--   1 YIELD      parked; the second value says on what: ("sleep", seconds), or ("io") when a
+--                cosocket or the request body will wake it by arming the request's park timer
 --   2 RESPONDED  the phase answered the request itself (req:respond), skip the rest
 -- Errors propagate as Lua errors with a traceback (the C side turns them into a 500).
 -- Request objects talk to the core through LuaJIT FFI (src/lua/api.c), so hot calls JIT-compile.
