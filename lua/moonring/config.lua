@@ -598,6 +598,12 @@ local shared = S.map(NAME_PAT, NAME_WHAT, S.size(1), function(out, keys)
   return list
 end)
 
+local lua_opts = S.record({
+  { "max_timers", S.int(1), default = 1024 },
+  { "max_body", S.size(1), default = "1m" },
+  { "http_max_response", S.size(1), default = "16m" },
+})
+
 local admin = S.record({
   { "listen", S.addr(true), required = true },
 }, function(out, raw, path, ctx)
@@ -624,9 +630,11 @@ local top = S.record({
   { "upstreams", upstreams, default = {} },
   { "routes", S.list(route, { what = "list of routes" }) },
   { "router", S.func },
+  { "init_worker", S.func },
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
   { "shared", shared, default = {} },
+  { "lua", lua_opts, default = {} },
 }, function(out, raw, path, ctx)
   if not out.router then
     if out.routes == nil then fail({ "routes" }, "required unless 'router' is set") end

@@ -34,13 +34,31 @@ function M.sleep(seconds)
   return M._yield("sleep", seconds)
 end
 
--- moonring.shared.<name>: loaded on first use so that scripts without shared dicts pay nothing.
+-- Cosockets belong to the owner that was running when they connected: a request's state, or a
+-- timer's record (moonring._cur while its coroutine runs). Whatever the owner leaves open is
+-- closed when it ends, so scripts cannot leak file descriptors.
+function M._release(owner)
+  local socks = owner.socks
+  owner.socks = nil
+  if socks then for s in pairs(socks) do s:close() end end
+end
+
+-- The owner's coroutine moved (a detached on_log): wake it through its new park timer.
+function M._rewake(owner)
+  if owner.socks then for s in pairs(owner.socks) do s:_rewake(owner.waker) end end
+end
+
+-- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
+-- without them pay nothing.
+local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer" }
 setmetatable(M, { __index = function(t, k)
-  if k == "shared" then
-    local ok, shared = pcall(require, "moonring.shared")
-    if not ok then error("moonring.shared is not available: " .. tostring(shared), 2) end
-    rawset(t, "shared", shared)
-    return shared
+  local name = lazy[k]
+  if name then
+    local ok, mod = pcall(require, name)
+    if not ok then error(name .. " is not available: " .. tostring(mod), 2) end
+    if k == "tcp" then mod = mod.tcp end
+    rawset(t, k, mod)
+    return mod
   end
 end })
 

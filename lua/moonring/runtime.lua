@@ -1,10 +1,11 @@
 -- The per-worker Lua runtime. It evaluates the config in this VM (so route handlers and inline
 -- filters are live functions here), compiles each route's filter chain once, and runs phases in
--- coroutines so that every phase may yield (moonring.sleep today; sockets next).
+-- coroutines so that every phase may yield (moonring.sleep, sockets, the HTTP client, req:body).
 --
 -- Protocol with the C core (src/lua/lua.c): run(index, phase, r, ...) and resume(r) return a code:
 --   0 DONE       the phase finished (for on_body, the chunk to send is the second value)
---   1 YIELD      parked; the second value says on what ("sleep", seconds)
+--   1 YIELD      parked; the second value says on what: ("sleep", seconds), or ("io") when a
+--                cosocket or the request body will wake it by arming the request's park timer
 --   2 RESPONDED  the phase answered the request itself (req:respond), skip the rest
 -- Errors propagate as Lua errors with a traceback (the C side turns them into a 500).
 -- Request objects talk to the core through LuaJIT FFI (src/lua/api.c), so hot calls JIT-compile.
@@ -29,6 +30,9 @@ int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_
 int mr_resp_header_count(void *r);
 int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
 int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
+void *mr_req_waker(void *r);
+int mr_req_body_read(void *r, int64_t max);
+int mr_req_body_get(void *r, const char **p, size_t *n);
 ]]
 
 local C = ffi.C
@@ -179,8 +183,31 @@ function req_methods.set_upstream(self, name)
   return nil, "cannot set the upstream now"
 end
 
-function req_methods.body()
-  return nil, "req:body() is not implemented yet"
+-- The whole request body (up to lua.max_body), read while the phase is parked; "" without one.
+-- nil, "too large" leaves what was read buffered: the request can still be proxied whole.
+local DEFAULT_MAX_BODY = 1024 * 1024
+
+function req_methods.body(self)
+  local r = live(self)
+  local b = rawget(self, "_body")
+  if b then return b end
+  local l = M.config and M.config.lua
+  local max = l and l.max_body or DEFAULT_MAX_BODY
+  if max > 2 ^ 30 then max = 2 ^ 30 end -- one buffer, and a span past it, must stay below 2 GiB
+  local rc = C.mr_req_body_read(r, max)
+  if rc == 1 then
+    moonring._yield("io")
+    rc = C.mr_req_body_read(live(self), max)
+  end
+  if rc == 0 then
+    C.mr_req_body_get(r, pp, pn)
+    b = ffi_string(pp[0], pn[0])
+    rawset(self, "_body", b)
+    return b
+  end
+  if rc == -5 then return nil, "too large" end
+  if rc == -3 then return nil, "the request body is gone (already forwarded or discarded); read it in on_request or the handler" end
+  return nil, "the request body could not be read (" .. rc .. ")"
 end
 
 local hdr_buf = ffi.new("const char *[128]")
@@ -357,7 +384,8 @@ end
 
 local function new_state(r, chain)
   local p = ffi_cast("void *", r)
-  local st = { ctx = {}, chain = chain }
+  -- waker: what a cosocket arms to resume this request's parked phase (see moonring.tcp)
+  local st = { ctx = {}, chain = chain, waker = C.mr_req_waker(p) }
   st.req = setmetatable({ _r = p }, req_mt)
   st.res = setmetatable({ _r = p }, res_mt)
   states[r] = st
@@ -389,7 +417,8 @@ function M.check(cfg)
   return true
 end
 
-function M.init(file)
+function M.init(file, vm)
+  if vm then M.vm = ffi_cast("void *", vm) end
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
@@ -481,13 +510,19 @@ function M.run(index, phase, r, chunk, eof)
   st.chain = chain
   local co = co_create(bodies[phase])
   st.co = co
-  return step(st, co_resume(co, st, chain, chunk, eof))
+  moonring._cur = st
+  local ok, code, a, b = co_resume(co, st, chain, chunk, eof)
+  moonring._cur = nil
+  return step(st, ok, code, a, b)
 end
 
 function M.resume(r, ...)
   local st = states[r]
   if not st or not st.co then error("resume: no parked phase for this request", 0) end
-  return step(st, co_resume(st.co, ...))
+  moonring._cur = st
+  local ok, code, a, b = co_resume(st.co, ...)
+  moonring._cur = nil
+  return step(st, ok, code, a, b)
 end
 
 -- The request is over (or its client went away): forget its state. A parked log phase keeps
@@ -499,13 +534,31 @@ function M.finish(r)
   st.req._r = nil
   st.res._r = nil
   st.co = nil
+  if st.socks then moonring._release(st) end
+end
+
+-- A parked on_log phase becomes a fiber (src/lua/lua.c mr_lua_detach) so the request can end.
+function M.adopt(r, key, waker)
+  local st = states[r]
+  if not st or not st.co then error("adopt: no parked phase for this request", 0) end
+  states[r] = nil
+  st.req._r = nil
+  st.res._r = nil
+  st.waker = ffi_cast("void *", waker)
+  moonring._rewake(st)
+  return st
 end
 
 -- Functions yielding to the core ----------------------------------------------------------------
 
 moonring._yield = function(what, arg)
-  if coroutine.running() == nil then
-    error("moonring." .. what .. " can only be called from a request phase", 3)
+  local co = coroutine.running()
+  if co == nil then
+    error("moonring." .. what .. " can only be called from a request phase or a timer", 3)
+  end
+  local cur = moonring._cur
+  if cur and cur.co ~= co then
+    error("moonring." .. what .. " cannot yield from inside a coroutine of your own; call it from the phase itself", 3)
   end
   return co_yield(what, arg)
 end

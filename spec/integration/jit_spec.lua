@@ -58,6 +58,23 @@ return {
           if not v or #m + #p == 0 then error("no header") end
         end))
       end },
+    { path = "/lines", handler = function(req)
+        local t = {}
+        for i = 1, 4000 do t[i] = "line " .. i .. "\r\n" end
+        return 200, table.concat(t)
+      end },
+    -- cosocket reads from its buffer (the reads that wait yield, which ends a trace by design)
+    { path = "/tcpread", handler = function(req)
+        local s = require("moonring").tcp()
+        assert(s:connect("127.0.0.1", %d))
+        assert(s:send("GET /lines HTTP/1.1\r\nHost: x\r\n\r\n"))
+        repeat local l = assert(s:receive()) until l == ""
+        local reader = s:receiveuntil("\r\n")
+        return report(req, probe(req, function(r, i)
+          local l = i %% 2 == 0 and s:receive() or reader()
+          if not l or l:sub(1, 5) ~= "line " then error("bad line " .. tostring(l)) end
+        end))
+      end },
     { path = "/write", handler = function(req)
         return report(req, probe(req, function(r, i)
           r:set_header("x-set", "v")
@@ -66,7 +83,7 @@ return {
       end },
   },
 }
-]=]):format(port), { wait_port = port })
+]=]):format(port, port), { wait_port = port })
   end)
 
   teardown(function() helpers.stop_all() end)
@@ -82,4 +99,5 @@ return {
 
   it("compiles header reads, method and path", function() check("/read") end)
   it("compiles header writes and deletes", function() check("/write") end)
+  it("compiles cosocket receive and receiveuntil on buffered data", function() check("/tcpread") end)
 end)

@@ -20,6 +20,7 @@ int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_
     for (int i = 0; i < cfg->nroutes; i++)
         if (cfg->routes[i].adhoc && mr_upstream_init(&g->adhoc[i], cfg->routes[i].adhoc, reg) < 0) goto fail;
     if (mr_lua_vm_new(&g->lua, cfg, err, errlen) < 0) goto fail;
+    mr_lua_vm_set_gen(g->lua, g);
     *out = g;
     return 0;
 fail:

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log/log.h"
+#include "lua/cosock.h"
 #include "lua/lua.h"
 #include "net/net.h"
 #include "proxy/access_log.h"
@@ -127,6 +128,8 @@ static void begin_drain(mr_worker_t *w, bool now)
         w->accepting = false;
         stop_accepts(w);
         mr_proxy_shutdown(w);
+        mr_lua_vm_retire(w->gen->lua);
+        mr_cosock_thread_drain();
         w->drain_timer.fn = drain_expired;
         mr_timer_set(w->loop, &w->drain_timer, w->cfg->shutdown_timeout_ms);
     }
@@ -154,6 +157,7 @@ static void apply_reload(mr_worker_t *w)
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
+    mr_lua_vm_retire(old->lua);
     mr_gen_unref(old);
     for (mr_listener_t *l = w->listeners; l; l = l->next) {
         bool kept = false;
@@ -250,6 +254,12 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         return NULL;
     }
+    if (mr_cosock_thread_init(w->loop) < 0) {
+        w->startup_rc = -ENOMEM;
+        atomic_store(&w->ready, -1);
+        mr_loop_free(w->loop);
+        return NULL;
+    }
     /* VMs are thread-affine: each worker evaluates the config in its own VM, on its own thread. */
     if (mr_gen_new((mr_config_t *)w->cfg, 1, &w->servers, &w->gen, err, sizeof err) < 0) {
         mr_error("%s", err);
@@ -257,6 +267,7 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         mr_server_registry_free(&w->servers);
         mr_loop_free(w->loop);
+        mr_cosock_thread_free();
         return NULL;
     }
     if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
@@ -267,10 +278,12 @@ static void *worker_main(void *arg)
     atomic_store(&w->ready, 1);
     mr_loop_run(w->loop);
     mr_access_log_free(w->alog);
+    mr_lua_thread_abort(); /* timers still pending when the loop stopped never run */
     mr_gen_unref(w->gen);
     mr_proxy_worker_free(w);
     mr_iplimit_free(&w->iplimit);
     mr_loop_free(w->loop);
+    mr_cosock_thread_free();
     while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);
     return NULL;

@@ -182,3 +182,21 @@ MR_EXPORT int mr_resp_set_header(void *r, const char *name, size_t nlen, const c
     if (!m || c->head_sent) return -3;
     return edit_headers(m, name, nlen, val, vlen, mode, false);
 }
+
+/* req:body(): see mr_proxy_body_read. */
+MR_EXPORT int mr_req_body_read(void *r, int64_t max) { return mr_proxy_body_read(r, max); }
+
+MR_EXPORT int mr_req_body_get(void *r, const char **p, size_t *n)
+{
+    mr_client_t *c = r;
+    *p = c->lua_body.p ? c->lua_body.p : "";
+    *n = c->lua_body.len;
+    return 0;
+}
+
+/* The request's park timer: arming it resumes the parked phase (cosockets wake requests so). */
+MR_EXPORT void *mr_req_waker(void *r)
+{
+    mr_client_t *c = r;
+    return &c->lua_timer;
+}

@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/gen.h"
 #include "log/log.h"
+#include "lua/cosock.h"
 
 #define MR_EXPORT __attribute__((visibility("default"), used))
 
@@ -18,6 +20,9 @@ struct mr_lua_vm {
     int run_ref, resume_ref, finish_ref, route_ref;
     uint8_t *route_flags;
     int nroutes;
+    int fiber_ref, adopt_ref;   /* moonring.timer's _run and _adopt */
+    mr_gen_t *gen;
+    bool retired;
 };
 
 static int traceback(lua_State *L)
@@ -56,7 +61,8 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     int rt = lua_gettop(L);
     lua_getfield(L, rt, "init");
     lua_pushstring(L, cfg->file);
-    if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
+    lua_pushlightuserdata(L, vm);
+    if (lua_pcall(L, 2, 1, 1) != 0) goto fail;
     vm->nroutes = (int)lua_objlen(L, -1);
     vm->route_flags = calloc((size_t)vm->nroutes + 1, 1);
     for (int i = 1; i <= vm->nroutes; i++) {
@@ -69,6 +75,11 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     vm->resume_ref = ref_field(L, rt, "resume");
     vm->finish_ref = ref_field(L, rt, "finish");
     vm->route_ref = ref_field(L, rt, "route");
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.timer");
+    if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
+    vm->fiber_ref = ref_field(L, lua_gettop(L), "_run");
+    vm->adopt_ref = ref_field(L, lua_gettop(L), "_adopt");
     lua_settop(L, 0);
     *out = vm;
     return 0;
@@ -92,6 +103,23 @@ int mr_lua_route_flags(const mr_lua_vm_t *vm, int idx)
     return idx > 0 && idx <= vm->nroutes ? vm->route_flags[idx] : 0;
 }
 
+/* What a parked coroutine waits for: ("sleep", seconds) or ("io"). */
+static int parse_yield(lua_State *L, int base, mr_lua_out_t *out)
+{
+    const char *what = lua_tostring(L, base + 3);
+    out->wait_io = false;
+    if (what && strcmp(what, "sleep") == 0) {
+        double s = lua_tonumber(L, base + 4);
+        out->sleep_ms = s > 0 ? (uint64_t)ceil(s * 1000.0) : 0;
+        return 0;
+    }
+    if (what && strcmp(what, "io") == 0) {
+        out->wait_io = true;
+        return 0;
+    }
+    return -1;
+}
+
 static int collect(mr_lua_vm_t *vm, int base, int rc, const mr_route_conf_t *r, int phase, mr_lua_out_t *out)
 {
     lua_State *L = vm->L;
@@ -102,11 +130,8 @@ static int collect(mr_lua_vm_t *vm, int base, int rc, const mr_route_conf_t *r, 
     }
     int code = (int)lua_tointeger(L, base + 2);
     if (code == MR_LUA_YIELD) {
-        const char *what = lua_tostring(L, base + 3);
-        if (what && strcmp(what, "sleep") == 0) {
-            double s = lua_tonumber(L, base + 4);
-            out->sleep_ms = s > 0 ? (uint64_t)ceil(s * 1000.0) : 0;
-        } else {
+        if (parse_yield(L, base, out) < 0) {
+            const char *what = lua_tostring(L, base + 3);
             mr_error("lua: route %s: yielded on '%s', which the core does not know", r ? r->name : "?",
                      what ? what : "(nil)");
             lua_settop(L, base);
@@ -194,3 +219,172 @@ MR_EXPORT void mr_lua_log(int level, const char *msg, size_t len)
     if (level < MR_LOG_DEBUG || level > MR_LOG_ERROR) level = MR_LOG_INFO;
     mr_log((mr_log_level_t)level, "[lua] %.*s", (int)(len > 3000 ? 3000 : len), msg);
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fibers: moonring.timer callbacks and detached on_log phases. The Lua side keeps one record
+ * per fiber, keyed by the fiber's address; the park timer both schedules the callback and wakes
+ * it after a yield (sleep arms it, a cosocket arms it at 0 ms). */
+
+typedef struct mr_lua_fiber {
+    mr_timer_t timer;        /* first member: the fiber's address is its waker */
+    mr_lua_vm_t *vm;
+    uint64_t interval_ms;    /* timer.every; 0 = once */
+    bool started;            /* a coroutine is parked: resume it rather than start one */
+    bool premature, cancelled;
+    struct mr_lua_fiber *next, *prev;
+} mr_lua_fiber_t;
+
+static __thread mr_lua_fiber_t *tls_fibers;
+static __thread int tls_nfibers;
+
+void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen)
+{
+    vm->gen = gen;
+    lua_State *L = vm->L;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.timer");
+    if (lua_pcall(L, 1, 1, base + 1) == 0) {
+        lua_getfield(L, -1, "_start");
+        if (lua_pcall(L, 0, 0, base + 1) != 0) mr_error("lua: init_worker: %s", lua_tostring(L, -1));
+    }
+    lua_settop(L, base);
+}
+
+static void fiber_fire(mr_loop_t *loop, mr_timer_t *t);
+
+static mr_lua_fiber_t *fiber_new(mr_lua_vm_t *vm)
+{
+    mr_lua_fiber_t *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->vm = vm;
+    f->timer.fn = fiber_fire;
+    f->next = tls_fibers;
+    if (tls_fibers) tls_fibers->prev = f;
+    tls_fibers = f;
+    tls_nfibers++;
+    mr_gen_ref(vm->gen);
+    return f;
+}
+
+/* Frees the fiber and drops its generation reference, which may free the VM: call it only
+ * when no Lua code of that VM is on the C stack, or when another reference is known to exist. */
+static void fiber_free(mr_lua_fiber_t *f)
+{
+    mr_loop_t *loop = mr_cosock_loop();
+    if (loop) mr_timer_stop(loop, &f->timer);
+    if (f->prev) f->prev->next = f->next;
+    else tls_fibers = f->next;
+    if (f->next) f->next->prev = f->prev;
+    tls_nfibers--;
+    mr_gen_t *g = f->vm->gen;
+    free(f);
+    mr_gen_unref(g);
+}
+
+static void fiber_fire(mr_loop_t *loop, mr_timer_t *t)
+{
+    mr_lua_fiber_t *f = (mr_lua_fiber_t *)t;
+    mr_lua_vm_t *vm = f->vm;
+    lua_State *L = vm->L;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->fiber_ref);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)f);
+    lua_pushboolean(L, f->premature);
+    f->started = true;
+    bool keep = false;
+    if (lua_pcall(L, 2, 3, base + 1) != 0) {
+        mr_error("lua: timer: %s", lua_tostring(L, -1));
+    } else if (lua_tointeger(L, base + 2) == MR_LUA_YIELD) {
+        mr_lua_out_t out = { 0 };
+        if (parse_yield(L, base, &out) == 0) {
+            lua_settop(L, base);
+            if (!out.wait_io) mr_timer_set(loop, &f->timer, out.sleep_ms);
+            return;
+        }
+        mr_error("lua: timer yielded on '%s', which the core does not know", lua_tostring(L, base + 3));
+    } else {
+        keep = lua_toboolean(L, base + 3);
+    }
+    lua_settop(L, base);
+    f->started = false;
+    if (keep && f->interval_ms && !f->premature && !f->cancelled && !vm->retired) {
+        mr_timer_set(loop, &f->timer, f->interval_ms);
+        return;
+    }
+    fiber_free(f);
+}
+
+/* moonring.timer.at/every. 0, -1 not on a serving worker, -2 generation retired, -3 cap, -4 OOM. */
+MR_EXPORT int mr_lua_timer_new(void *v, double delay, double interval, int cap, void **out)
+{
+    mr_lua_vm_t *vm = v;
+    mr_loop_t *loop = mr_cosock_loop();
+    if (!loop || !vm->gen) return -1;
+    if (vm->retired) return -2;
+    if (tls_nfibers >= cap) return -3;
+    mr_lua_fiber_t *f = fiber_new(vm);
+    if (!f) return -4;
+    f->interval_ms = interval > 0 ? (uint64_t)ceil(interval * 1000.0) : 0;
+    mr_timer_set(loop, &f->timer, delay > 0 ? (uint64_t)ceil(delay * 1000.0) : 0);
+    *out = f;
+    return 0;
+}
+
+/* A running timer only stops being rescheduled; a pending one goes now (the caller's VM is on
+ * the stack, but its request or fiber holds another generation reference). */
+MR_EXPORT void mr_lua_timer_cancel(void *p)
+{
+    mr_lua_fiber_t *f = p;
+    f->cancelled = true;
+    if (!f->started) fiber_free(f);
+}
+
+MR_EXPORT int mr_lua_timer_count(void) { return tls_nfibers; }
+
+void mr_lua_vm_retire(mr_lua_vm_t *vm)
+{
+    mr_loop_t *loop = mr_cosock_loop();
+    vm->retired = true;
+    if (!loop) return;
+    for (mr_lua_fiber_t *f = tls_fibers; f; f = f->next) {
+        if (f->vm != vm || f->started || f->cancelled) continue;
+        f->premature = true;
+        mr_timer_set(loop, &f->timer, 0);
+    }
+}
+
+int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out)
+{
+    mr_loop_t *loop = mr_cosock_loop();
+    if (!loop || !vm->gen) return -1;
+    mr_lua_fiber_t *f = fiber_new(vm);
+    if (!f) return -1;
+    f->started = true;
+    lua_State *L = vm->L;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->adopt_ref);
+    lua_pushlightuserdata(L, c);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)f);
+    lua_pushlightuserdata(L, f);
+    if (lua_pcall(L, 3, 0, base + 1) != 0) {
+        mr_error("lua: on_log could not be detached: %s", lua_tostring(L, -1));
+        lua_settop(L, base);
+        f->started = false;
+        fiber_free(f); /* the request still holds the generation */
+        return -1;
+    }
+    lua_settop(L, base);
+    if (!out->wait_io) mr_timer_set(loop, &f->timer, out->sleep_ms);
+    return 0;
+}
+
+void mr_lua_thread_abort(void)
+{
+    while (tls_fibers) fiber_free(tls_fibers);
+}
+
+MR_EXPORT int mr_lua_vm_retired(void *v) { return ((mr_lua_vm_t *)v)->retired; }

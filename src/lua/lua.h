@@ -22,6 +22,8 @@ enum { MR_RF_REQUEST = 1, MR_RF_RESPONSE = 2, MR_RF_BODY = 4, MR_RF_LOG = 8, MR_
 
 typedef struct {
     uint64_t sleep_ms;  /* MR_LUA_YIELD: how long to park */
+    bool wait_io;       /* MR_LUA_YIELD on I/O: park with no timer; a cosocket or the core wakes
+                           the request by arming its park timer (lua_timer) at 0 ms */
     char *chunk;        /* MR_PH_BODY: malloc'd output (caller owns), NULL = drop */
     size_t chunk_len;
 } mr_lua_out_t;
@@ -39,5 +41,20 @@ int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_
 int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c);
 /* Forgets the request's Lua state (request done, or client gone). */
 void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c);
+
+/* Timers (moonring.timer) and detached coroutines run as "fibers": a park timer plus a coroutine
+ * in the VM. Each holds a reference on the generation that created it (set with
+ * mr_lua_vm_set_gen), so a generation outlives its pending timers. */
+struct mr_gen;
+/* Also starts the config's init_worker (as a timer) now that the generation is live. */
+void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen);
+/* The generation stops being current (reload, shutdown): its pending timers fire once at once
+ * with premature = true and are not rescheduled; new timers are refused. */
+void mr_lua_vm_retire(mr_lua_vm_t *vm);
+/* Hands a parked on_log phase over to a fiber so the request can end (its req/res die now).
+ * Returns 0, or -1 when it cannot (the rest of the phase is then dropped). */
+int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out);
+/* After the worker's loop stopped: drops every fiber left on this thread without running it. */
+void mr_lua_thread_abort(void);
 
 #endif

@@ -509,6 +509,24 @@ static void up_send_head(mr_upconn_t *up)
         mr_sock_send(&c->s, cont, sizeof cont - 1, MR_NO_BID);
     }
     if (c->req.upgrade) return; /* the rest of the client's bytes wait for a 101 */
+    if (c->lua_body_state == MR_BODY_DONE || c->lua_body_state == MR_BODY_TOO_LARGE) {
+        /* Read by req:body(): send the buffered copy, framed as the request was. */
+        if (c->lua_body.len) {
+            if (c->req.chunked) {
+                char sz[24];
+                int l = snprintf(sz, sizeof sz, "%x\r\n", c->lua_body.len);
+                mr_sock_send(&up->s, sz, (size_t)l, MR_NO_BID);
+            }
+            /* A copy: the upstream's queue may outlive this request's buffer. */
+            char *copy = malloc(c->lua_body.len);
+            if (copy) {
+                memcpy(copy, c->lua_body.p, c->lua_body.len);
+                mr_sock_send_owned(&up->s, copy, c->lua_body.len);
+            }
+            if (c->req.chunked) mr_sock_send(&up->s, "\r\n", 2, MR_NO_BID);
+        }
+        if (c->req.chunked && c->req_done) mr_sock_send(&up->s, "0\r\n\r\n", 5, MR_NO_BID);
+    }
     c->forwarding_body = true;
     if (c->pause_reason == P_HEAD) c->pause_reason = P_NONE;
     client_feed(c);
@@ -949,6 +967,7 @@ static void client_on_closed(mr_sock_t *s)
     mr_vec_free(&c->out_head);
     mr_vec_free(&c->local_body);
     mr_vec_free(&c->target_ov);
+    mr_vec_free(&c->lua_body);
     mr_http1_free(&c->local);
     free(c);
     w->nclosing--;
@@ -1028,8 +1047,10 @@ static void request_finish(mr_client_t *c)
     if (c->gen && (c->route_flags & MR_RF_LOG)) {
         mr_lua_out_t out = { 0 };
         c->lua_state = true;
-        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD)
-            mr_warn("route %s: on_log yielded; yielding in on_log is not supported yet, the rest of it was dropped",
+        /* A yield in on_log continues detached from the request, which ends now. */
+        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD &&
+            mr_lua_detach(c->gen->lua, c, &out) < 0)
+            mr_warn("route %s: on_log yielded and could not continue detached; the rest of it was dropped",
                     c->route->name);
     }
     lua_release(c);
@@ -1117,7 +1138,9 @@ static void client_feed(mr_client_t *c)
         while (!c->s.closing && !c->tunnel) {
             bool resumed = false;
             if (mr_http1_paused(&c->req)) {
-                if (c->pause_reason == P_HEAD && !c->forwarding_body && !c->discard_body) break;
+                if (c->pause_reason == P_HEAD && !c->forwarding_body && !c->discard_body &&
+                    c->lua_body_state != MR_BODY_READING)
+                    break;
                 if (c->pause_reason == P_DONE && c->active) break;
                 if (c->pause_reason == P_BP) {
                     if (c->up && sq_full(&c->up->s, bp_limit(c->w))) break;
@@ -1161,7 +1184,8 @@ static void client_feed(mr_client_t *c)
 static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out)
 {
     c->lua_phase = (uint8_t)phase;
-    mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
+    if (out->wait_io) mr_timer_stop(c->w->loop, &c->lua_timer); /* the I/O wakes it */
+    else mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
 }
 
 /* A parked phase whose request is being abandoned (upstream failed, client gone). */
@@ -1186,7 +1210,8 @@ static void after_request_phase(mr_client_t *c)
     mr_worker_t *w = c->w;
     const mr_route_conf_t *r = c->route;
     if (r->kind == MR_ROUTE_HANDLER) {
-        c->discard_body = true;
+        /* The body stays unread while the handler runs (req:body() may want it); it is
+         * drained once the handler is done. */
         lua_phase_run(c, MR_PH_HANDLER);
         return;
     }
@@ -1268,6 +1293,38 @@ static void resp_complete(mr_client_t *c)
     c->resp_done = true;
 }
 
+static void body_feed(mr_loop_t *loop, mr_defer_t *d)
+{
+    (void)loop;
+    mr_client_t *c = (mr_client_t *)((char *)d - offsetof(mr_client_t, body_defer));
+    if (!c->s.closing && c->lua_body_state == MR_BODY_READING) client_feed(c);
+}
+
+int mr_proxy_body_read(mr_client_t *c, int64_t max)
+{
+    switch (c->lua_body_state) {
+    case MR_BODY_READING: return 1;
+    case MR_BODY_DONE: return 0;
+    case MR_BODY_TOO_LARGE: return -5;
+    default: break;
+    }
+    if (!c->req.has_body) { c->lua_body_state = MR_BODY_DONE; return 0; }
+    if (c->req_done || c->forwarding_body || c->discard_body || c->up || c->body_seen > 0) return -3;
+    if (c->req.content_length > max) return -5;
+    c->lua_body_max = max;
+    c->lua_body_state = MR_BODY_READING;
+    if (c->pause_reason == P_HEAD) c->pause_reason = P_NONE;
+    if (c->req.expect_continue && !c->sent_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        c->sent_continue = true;
+        mr_sock_send(&c->s, cont, sizeof cont - 1, MR_NO_BID);
+    }
+    /* Parsing now would run proxy callbacks inside the FFI call: do it after the phase parks. */
+    c->body_defer.fn = body_feed;
+    mr_loop_defer(c->w->loop, &c->body_defer);
+    return 1;
+}
+
 static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
 {
     (void)loop;
@@ -1329,6 +1386,8 @@ static int req_on_head(mr_http1_msg_t *m)
     c->head_sent = false;
     c->lua_phase = 0;
     c->route_flags = 0;
+    c->lua_body_state = MR_BODY_NONE;
+    mr_vec_reset(&c->lua_body);
     c->close_after = !m->keep_alive || w->draining || c->nrequests + 1 >= cfg->limits.keepalive_requests;
     if (m->has_body) mr_timer_set(w->loop, &c->timer, cfg->limits.body_timeout_ms);
     else mr_timer_stop(w->loop, &c->timer);
@@ -1380,6 +1439,23 @@ static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
         return -1;
     }
     mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.body_timeout_ms);
+    if (c->lua_body_state == MR_BODY_READING) {
+        /* A span is kept whole (it cannot be pushed back), so the copy may pass max by less
+         * than one read; the rest of the body stays unparsed. */
+        if (mr_vec_append(&c->lua_body, p, n, (size_t)1 << 31) < 0) {
+            /* These bytes are consumed and could not be kept: the body cannot be honoured. */
+            m->error_status = 500;
+            m->error_reason = "out of memory buffering the request body";
+            return -1;
+        }
+        if ((int64_t)c->lua_body.len > c->lua_body_max) {
+            c->lua_body_state = MR_BODY_TOO_LARGE;
+            c->pause_reason = P_HEAD;
+            if (c->lua_phase) mr_timer_set(c->w->loop, &c->lua_timer, 0);
+            return HPE_PAUSED;
+        }
+        return 0;
+    }
     if (c->discard_body || !c->up) return 0;
     mr_sock_t *us = &c->up->s;
     int32_t bid = c->s.in[0].bid;
@@ -1404,6 +1480,11 @@ static int req_on_done(mr_http1_msg_t *m)
     mr_client_t *c = m->owner;
     c->req_done = true;
     c->pause_reason = P_DONE;
+    if (c->lua_body_state == MR_BODY_READING) {
+        c->lua_body_state = MR_BODY_DONE;
+        mr_timer_stop(c->w->loop, &c->timer);
+        if (c->lua_phase) mr_timer_set(c->w->loop, &c->lua_timer, 0);
+    }
     if (m->chunked && c->up && !c->discard_body) mr_sock_send(&c->up->s, "0\r\n\r\n", 5, MR_NO_BID);
     if (c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
     else if (c->up) mr_timer_stop(c->w->loop, &c->timer); /* the upstream's read timeout rules now */

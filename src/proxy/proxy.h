@@ -34,6 +34,8 @@ struct mr_upconn {
 
 /* Response framing towards the client. */
 enum { MR_OUT_LENGTH = 0, MR_OUT_CHUNKED, MR_OUT_CLOSE, MR_OUT_NONE };
+/* req:body() progress. */
+enum { MR_BODY_NONE = 0, MR_BODY_READING, MR_BODY_DONE, MR_BODY_TOO_LARGE };
 
 struct mr_client {
     mr_sock_t s;
@@ -89,6 +91,11 @@ struct mr_client {
     /* A local response (req:respond) waits here while on_response/on_body run on it. */
     mr_http1_msg_t local;       /* only its header store is used */
     bool local_pending, local_resp_done, local_body_done;
+    /* req:body(): the request body buffered for Lua; a proxied request sends this copy. */
+    mr_vec_t lua_body;
+    int64_t lua_body_max;
+    uint8_t lua_body_state;     /* MR_BODY_* */
+    mr_defer_t body_defer;
 };
 
 int mr_proxy_accept(mr_worker_t *w, int fd);
@@ -101,6 +108,11 @@ int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
  * once the chain's on_response/on_body ran on it (Lua must not be re-entered from an FFI call). */
 int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t blen,
                            const char *const *hdrs, int nhdrs);
+/* req:body(max): starts or polls buffering the request body. 1 = reading (the caller parks on
+ * I/O; the request's park timer is armed when it ends), 0 = complete (in c->lua_body),
+ * -5 = larger than max (what was read stays buffered and is still forwarded), -3 = the body is
+ * gone (already streamed or discarded). Never calls back synchronously. */
+int mr_proxy_body_read(mr_client_t *c, int64_t max);
 void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
 void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
 /* Frees the worker's upstream registry and run-time upstreams (after the loop stopped). */

@@ -1,0 +1,342 @@
+-- moonring.tcp(): cosockets in the style of OpenResty's ngx.socket.tcp, on the worker's own
+-- event loop (src/lua/cosock.c). Every operation that waits parks the calling coroutine (a
+-- request phase or a timer) and resumes it when the loop completes the operation; the worker
+-- keeps serving meanwhile. Buffering and the receive patterns live here; C only moves bytes.
+local ffi = require "ffi"
+local moonring = require "moonring"
+
+ffi.cdef [[
+typedef struct mr_cosock mr_cosock_t;
+mr_cosock_t *mr_cosock_new(void);
+int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker);
+int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeout_ms, void *waker);
+int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker);
+int mr_cosock_result(mr_cosock_t *s, const char **p);
+void mr_cosock_close(mr_cosock_t *s);
+void mr_cosock_set_waker(mr_cosock_t *s, void *waker);
+int mr_cosock_reused(mr_cosock_t *s);
+int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size);
+mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen);
+char *strerror(int errnum);
+]]
+
+local C = ffi.C
+local ffi_string = ffi.string
+local concat = table.concat
+local find, sub, byte = string.find, string.sub, string.byte
+local pp = ffi.new("const char *[1]")
+
+local M = {}
+local methods = {}
+local sock_mt = { __index = methods }
+
+local ERRORS = {
+  [110] = "timeout", [111] = "connection refused", [104] = "connection reset by peer",
+  [32] = "broken pipe", [113] = "no route to host", [101] = "network is unreachable",
+  [107] = "closed", [9] = "closed", [125] = "timeout",
+  [2] = "host not found", [11] = "temporary failure in name resolution", [5] = "name resolution failed",
+  [28] = "too many pending name resolutions", [22] = "invalid host name",
+}
+
+local function errstr(rc)
+  return ERRORS[-rc] or ffi_string(C.strerror(-rc)):lower()
+end
+
+local DEFAULT_TIMEOUT = 60000
+
+function M.tcp()
+  return setmetatable({ buf = "", ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT, rt = DEFAULT_TIMEOUT }, sock_mt)
+end
+
+local function owner_of(fn)
+  local o = moonring._cur
+  if not o or coroutine.running() ~= o.co then
+    error("sock:" .. fn .. " can only be called from a request phase or a timer callback (not at load time, not from a coroutine of your own)", 3)
+  end
+  return o
+end
+
+-- The socket must be used by the owner that connected it: another owner's end would close it
+-- under a coroutine parked on it.
+local function live(self, fn)
+  local s = self.s
+  if not s then return nil end
+  local o = owner_of(fn)
+  if self.owner ~= o then
+    error("sock:" .. fn .. ": this socket belongs to another request or timer", 3)
+  end
+  return s, o
+end
+
+-- Parks until the operation submitted with result code rc completes; returns its result.
+local function finish(s, rc)
+  if rc == 1 then moonring._yield("io") end
+  if rc < 0 then return rc end
+  return C.mr_cosock_result(s, pp)
+end
+
+local function drop(self)
+  local s = self.s
+  if not s then return end
+  self.s = nil
+  self.buf = ""
+  if self.owner and self.owner.socks then self.owner.socks[self] = nil end
+  self.owner = nil
+  C.mr_cosock_close(s)
+end
+
+local function adopt(self, s, o)
+  self.s = s
+  self.owner = o
+  local socks = o.socks
+  if not socks then socks = {}; o.socks = socks end
+  socks[self] = true
+end
+
+function methods.connect(self, host, port, opts)
+  if type(host) ~= "string" or host == "" then error("sock:connect(host, port): host must be a non-empty string", 2) end
+  port = tonumber(port)
+  if not port or port < 1 or port > 65535 or port % 1 ~= 0 then
+    error("sock:connect(host, port): port must be an integer from 1 to 65535", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then error("sock:connect: opts must be a table", 2) end
+  local o = owner_of("connect")
+  if self.s then drop(self) end
+  local key = opts and opts.pool or (host .. ":" .. port)
+  if type(key) ~= "string" then error("sock:connect: opts.pool must be a string", 2) end
+  self.key = key
+  local s = C.mr_cosock_pool_get(key, #key)
+  if s ~= nil then
+    adopt(self, s, o)
+    return 1
+  end
+  s = C.mr_cosock_new()
+  if s == nil then return nil, "sockets are only available on a serving worker" end
+  adopt(self, s, o)
+  local rc = finish(s, C.mr_cosock_connect(s, host, #host, port, self.ct, o.waker))
+  if rc < 0 then
+    drop(self)
+    local err = errstr(rc)
+    if rc == -2 or rc == -11 or rc == -5 or rc == -22 then err = err .. " (" .. host .. ")" end
+    return nil, err
+  end
+  return 1
+end
+
+function methods.send(self, data)
+  local t = type(data)
+  if t == "table" then
+    local parts = {}
+    for i = 1, #data do parts[i] = tostring(data[i]) end
+    data = concat(parts)
+  elseif t == "number" then
+    data = tostring(data)
+  elseif t ~= "string" then
+    error("sock:send(data): data must be a string, a number or an array of strings", 2)
+  end
+  local s, o = live(self, "send")
+  if not s then return nil, "closed" end
+  local rc = finish(s, C.mr_cosock_send(s, data, #data, self.st, o.waker))
+  if rc < 0 then
+    drop(self) -- even on a timeout: part of the data may have left, the stream is out of step
+    return nil, errstr(rc)
+  end
+  return #data
+end
+
+-- Reads once more from the socket: the bytes, or nil and an error ("closed" at EOF).
+local function fill(self)
+  local s, o = live(self, "receive")
+  if not s then return nil, "closed" end
+  local rc = finish(s, C.mr_cosock_recv(s, self.rt, o.waker))
+  if rc > 0 then return ffi_string(pp[0], rc) end
+  if rc == 0 then drop(self); return nil, "closed" end
+  if rc ~= -110 then drop(self) end
+  return nil, errstr(rc)
+end
+
+local function receive_line_slow(self)
+  local buf = self.buf
+  local parts, np, have = nil, 0, 0
+  local max = self.max_line
+  while true do
+    local i = buf:find("\n", 1, true)
+    if i then
+      local line = buf:sub(1, i - 1)
+      self.buf = buf:sub(i + 1)
+      if parts then parts[np + 1] = line; line = concat(parts) end
+      if line:byte(-1) == 13 then line = line:sub(1, -2) end
+      return line
+    end
+    parts = parts or {}
+    np = np + 1
+    parts[np] = buf
+    have = have + #buf
+    if max and have > max then drop(self); return nil, "line too long" end
+    self.buf = ""
+    local data, err = fill(self)
+    if not data then return nil, err, concat(parts) end
+    buf = data
+  end
+end
+
+-- The common case, a line already buffered, has no loop so that it JIT-compiles inside the
+-- caller's loop (an inner loop would abort the caller's root trace).
+local function receive_line(self)
+  local buf = self.buf
+  local i = find(buf, "\n", 1, true)
+  if not i then return receive_line_slow(self) end
+  self.buf = sub(buf, i + 1)
+  if i > 1 and byte(buf, i - 1) == 13 then return sub(buf, 1, i - 2) end
+  return sub(buf, 1, i - 1)
+end
+
+local function receive_n(self, n)
+  local buf = self.buf
+  if #buf >= n then
+    self.buf = buf:sub(n + 1)
+    return buf:sub(1, n)
+  end
+  local parts, have = { buf }, #buf
+  self.buf = ""
+  while have < n do
+    local data, err = fill(self)
+    if not data then return nil, err, concat(parts) end
+    parts[#parts + 1] = data
+    have = have + #data
+  end
+  local all = concat(parts)
+  self.buf = all:sub(n + 1)
+  return all:sub(1, n)
+end
+
+local function receive_all(self)
+  local parts = { self.buf }
+  self.buf = ""
+  while true do
+    local data, err = fill(self)
+    if not data then
+      if err == "closed" then return concat(parts) end
+      return nil, err, concat(parts)
+    end
+    parts[#parts + 1] = data
+  end
+end
+
+-- pattern: "*l" (a line without its CRLF), "*a" (everything until the peer closes), or a byte
+-- count. Errors: nil, err, partial data.
+function methods.receive(self, pattern)
+  if pattern == nil or pattern == "*l" or pattern == "l" then return receive_line(self) end
+  if pattern == "*a" or pattern == "a" then return receive_all(self) end
+  local n = tonumber(pattern)
+  if not n or n < 0 or n % 1 ~= 0 then
+    error("sock:receive(pattern): pattern must be \"*l\", \"*a\" or a non-negative byte count", 2)
+  end
+  if n == 0 then return "" end
+  return receive_n(self, n)
+end
+
+-- Returns an iterator reading up to `delim` (OpenResty's receiveuntil). Called without a size it
+-- returns everything before the delimiter and consumes it; called with a size it returns at most
+-- that many bytes at a time, then nil once the delimiter was consumed.
+function methods.receiveuntil(self, delim, opts)
+  if type(delim) ~= "string" or delim == "" then error("sock:receiveuntil(delimiter): delimiter must be a non-empty string", 2) end
+  local inclusive = opts and opts.inclusive
+  local dl = #delim
+  local ended = false
+  local function slow(size)
+    local buf = self.buf
+    local from = 1
+    while true do
+      local i = buf:find(delim, from, true)
+      if i then
+        if size and i - 1 > size then
+          self.buf = buf:sub(size + 1)
+          return buf:sub(1, size)
+        end
+        local data = buf:sub(1, inclusive and i + dl - 1 or i - 1)
+        self.buf = buf:sub(i + dl)
+        if size then
+          if data == "" then return nil end
+          ended = true
+        end
+        return data
+      end
+      if size and #buf - (dl - 1) >= size then
+        self.buf = buf:sub(size + 1)
+        return buf:sub(1, size)
+      end
+      from = math.max(1, #buf - dl + 2)
+      self.buf = ""
+      local data, err = fill(self)
+      if not data then return nil, err, buf end
+      buf = buf .. data
+    end
+  end
+  return function(size)
+    if size ~= nil and (type(size) ~= "number" or size < 1) then error("reader(size): size must be a positive number", 2) end
+    if ended then ended = false; return nil end
+    -- fast path (no loop, see receive_line): the delimiter is buffered
+    local buf = self.buf
+    local i = find(buf, delim, 1, true)
+    if not i or (size and i - 1 > size) then return slow(size) end
+    local data = sub(buf, 1, inclusive and i + dl - 1 or i - 1)
+    self.buf = sub(buf, i + dl)
+    if size then
+      if data == "" then return nil end
+      ended = true
+    end
+    return data
+  end
+end
+
+local function check_ms(fn, v)
+  if v == nil then return nil end
+  if type(v) ~= "number" or v < 0 or v ~= v then error("sock:" .. fn .. ": timeouts are non-negative numbers of milliseconds", 3) end
+  return math.max(1, math.floor(v))
+end
+
+function methods.settimeout(self, ms)
+  ms = check_ms("settimeout(ms)", ms) or DEFAULT_TIMEOUT
+  self.ct, self.st, self.rt = ms, ms, ms
+end
+
+function methods.settimeouts(self, c, s, r)
+  self.ct = check_ms("settimeouts(connect, send, read)", c) or self.ct
+  self.st = check_ms("settimeouts(connect, send, read)", s) or self.st
+  self.rt = check_ms("settimeouts(connect, send, read)", r) or self.rt
+end
+
+function methods.close(self)
+  if not self.s then return nil, "closed" end
+  drop(self)
+  return 1
+end
+
+-- Puts the connection in the worker's pool (keyed by host:port, or connect's opts.pool) for
+-- idle_ms (default 60 s, 0 = no limit), at most pool_size (default 30) per key.
+function methods.setkeepalive(self, idle_ms, pool_size)
+  if idle_ms ~= nil and (type(idle_ms) ~= "number" or idle_ms < 0) then error("sock:setkeepalive(idle_ms, pool_size): idle_ms must be a non-negative number", 2) end
+  if pool_size ~= nil and (type(pool_size) ~= "number" or pool_size < 1) then error("sock:setkeepalive(idle_ms, pool_size): pool_size must be a positive number", 2) end
+  local s = live(self, "setkeepalive")
+  if not s then return nil, "closed" end
+  if #self.buf > 0 then drop(self); return nil, "unread data in buffer" end
+  local key = self.key
+  self.s = nil
+  if self.owner.socks then self.owner.socks[self] = nil end
+  self.owner = nil
+  local rc = C.mr_cosock_keepalive(s, key, #key, math.floor(idle_ms or 60000), math.floor(pool_size or 30))
+  if rc < 0 then C.mr_cosock_close(s); return nil, errstr(rc) end
+  return 1
+end
+
+function methods.getreusedtimes(self)
+  if not self.s then return nil, "closed" end
+  return C.mr_cosock_reused(self.s)
+end
+
+function methods._rewake(self, waker)
+  if self.s then C.mr_cosock_set_waker(self.s, waker) end
+end
+
+return M

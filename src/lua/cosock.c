@@ -1,0 +1,525 @@
+#include "lua/cosock.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/eventfd.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net/net.h"
+
+#define MR_EXPORT __attribute__((visibility("default"), used))
+#define RBUF_SIZE 16384
+#define KEY_MAX 96
+#define HOST_MAX 254
+#define RS_MAX_PENDING 256
+
+typedef struct rs_job rs_job_t;
+
+enum { CS_NEW = 0, CS_CONNECTING, CS_CONNECTED, CS_POOLED };
+enum { OPK_NONE = 0, OPK_CONNECT, OPK_READ, OPK_WRITE };
+
+struct mr_cosock {
+    mr_op_t op;              /* the one operation in flight; first member (op_done casts) */
+    mr_timer_t timer;        /* timeout of that operation, or idle timeout while pooled */
+    mr_timer_t *waker;       /* park timer of the coroutine waiting for the result */
+    int fd;
+    int res;                 /* result of the last finished operation */
+    uint8_t state, opk;
+    bool timed_out, closing;
+    uint32_t reused;
+    uint32_t timeout_ms;
+    char *rbuf;
+    char *wbuf;
+    size_t wlen, woff, wcap;
+    char key[KEY_MAX];
+    mr_addr_t addr;              /* named by the connect SQE: must live until its completion */
+    rs_job_t *job;               /* name resolution in progress */
+    mr_cosock_t *next, *prev;    /* every live socket of the thread */
+    mr_cosock_t *pnext, *pprev;  /* idle pool */
+};
+
+/* Name resolution: getaddrinfo blocks, so a helper thread per worker (started on first use)
+ * runs it; results come back through an eventfd the worker's loop reads. The queue outlives
+ * whichever side stops last (refs), so a lookup stuck in getaddrinfo never delays a stop. */
+struct rs_job {
+    rs_job_t *next;
+    mr_cosock_t *s;              /* worker side only: NULL once the socket gave up */
+    int port, rc;
+    mr_addr_t addr;
+    char host[HOST_MAX + 1];
+};
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    rs_job_t *todo, *todo_tail, *done;
+    int efd;
+    int refs;
+    bool stop;
+} rs_queue_t;
+
+typedef struct {
+    mr_loop_t *loop;
+    mr_cosock_t *all;
+    mr_cosock_t *pool;
+    rs_queue_t *rs;
+    mr_op_t rs_op;
+    uint64_t rs_val;
+    int rs_pending;
+} cs_thread_t;
+
+static __thread cs_thread_t *T;
+
+static void rs_unref_unlock(rs_queue_t *q);
+
+int mr_cosock_thread_init(mr_loop_t *loop)
+{
+    T = calloc(1, sizeof *T);
+    if (!T) return -ENOMEM;
+    T->loop = loop;
+    return 0;
+}
+
+mr_loop_t *mr_cosock_loop(void) { return T ? T->loop : NULL; }
+
+static void cs_free(mr_cosock_t *s)
+{
+    if (s->fd >= 0) close(s->fd);
+    if (s->prev) s->prev->next = s->next;
+    else T->all = s->next;
+    if (s->next) s->next->prev = s->prev;
+    free(s->rbuf);
+    free(s->wbuf);
+    free(s);
+}
+
+static void pool_unlink(mr_cosock_t *s)
+{
+    if (s->pprev) s->pprev->pnext = s->pnext;
+    else T->pool = s->pnext;
+    if (s->pnext) s->pnext->pprev = s->pprev;
+    s->pnext = s->pprev = NULL;
+}
+
+MR_EXPORT void mr_cosock_close(mr_cosock_t *s)
+{
+    if (!s || s->closing) return;
+    if (s->state == CS_POOLED) pool_unlink(s);
+    if (s->job) { s->job->s = NULL; s->job = NULL; }
+    s->closing = true;
+    s->waker = NULL;
+    mr_timer_stop(T->loop, &s->timer);
+    /* The kernel may still write into rbuf: free only after the final completion. */
+    if (s->op.active) mr_loop_cancel(T->loop, &s->op);
+    else cs_free(s);
+}
+
+void mr_cosock_thread_drain(void)
+{
+    if (!T) return;
+    while (T->pool) mr_cosock_close(T->pool);
+}
+
+void mr_cosock_thread_free(void)
+{
+    if (!T) return;
+    while (T->all) cs_free(T->all);
+    if (T->rs) {
+        pthread_mutex_lock(&T->rs->mu);
+        T->rs->stop = true;
+        pthread_cond_signal(&T->rs->cv);
+        rs_unref_unlock(T->rs);
+    }
+    free(T);
+    T = NULL;
+}
+
+static void wake(mr_cosock_t *s)
+{
+    if (s->waker) mr_timer_set(T->loop, s->waker, 0);
+}
+
+static void cs_timer(mr_loop_t *loop, mr_timer_t *t)
+{
+    mr_cosock_t *s = (mr_cosock_t *)((char *)t - offsetof(mr_cosock_t, timer));
+    if (s->state == CS_POOLED) { mr_cosock_close(s); return; }
+    s->timed_out = true;
+    if (s->op.active) mr_loop_cancel(loop, &s->op);
+    else if (s->job) {
+        s->job->s = NULL;
+        s->job = NULL;
+        s->state = CS_NEW;
+        s->opk = OPK_NONE;
+        s->res = -ETIMEDOUT;
+        wake(s);
+    }
+}
+
+static void op_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
+{
+    (void)flags;
+    mr_cosock_t *s = (mr_cosock_t *)op;
+    if (s->closing) { if (!s->op.active) cs_free(s); return; }
+    if (s->opk == OPK_WRITE && res == 0) res = -EPIPE; /* nothing taken: never report success */
+    if (s->opk == OPK_WRITE && res > 0 && !s->timed_out) {
+        s->woff += (size_t)res;
+        if (s->woff < s->wlen) {
+            int rc = mr_loop_write(loop, &s->op, s->fd, s->wbuf + s->woff, s->wlen - s->woff);
+            if (rc == 0) { mr_timer_set(loop, &s->timer, s->timeout_ms); return; }
+            res = rc;
+        } else {
+            res = (int)(s->wlen > 0x7fffffff ? 0x7fffffff : s->wlen);
+        }
+    }
+    mr_timer_stop(loop, &s->timer);
+    if (s->timed_out && (res < 0 || s->opk != OPK_READ)) res = -ETIMEDOUT;
+    if (s->opk == OPK_CONNECT) s->state = res == 0 ? CS_CONNECTED : CS_NEW;
+    s->opk = OPK_NONE;
+    s->res = res;
+    wake(s);
+}
+
+static int start(mr_cosock_t *s, int opk, int timeout_ms, void *waker)
+{
+    s->opk = (uint8_t)opk;
+    s->timed_out = false;
+    s->waker = waker;
+    s->timeout_ms = timeout_ms > 0 ? (uint32_t)timeout_ms : 1;
+    mr_timer_set(T->loop, &s->timer, s->timeout_ms);
+    return 1;
+}
+
+MR_EXPORT mr_cosock_t *mr_cosock_new(void)
+{
+    if (!T) return NULL;
+    mr_cosock_t *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->fd = -1;
+    s->op.fn = op_done;
+    s->timer.fn = cs_timer;
+    s->next = T->all;
+    if (T->all) T->all->prev = s;
+    T->all = s;
+    return s;
+}
+
+/* Numeric addresses; -EAFNOSUPPORT for anything else (a name for the resolver thread). */
+static int parse_addr(const char *h, size_t n, int port, mr_addr_t *a)
+{
+    char buf[64];
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') { h++; n -= 2; }
+    if (n == 0 || port < 1 || port > 65535) return -EINVAL;
+    if (n >= sizeof buf) return -EAFNOSUPPORT;
+    memcpy(buf, h, n);
+    buf[n] = 0;
+    memset(a, 0, sizeof *a);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&a->sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a->sa;
+    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        a->len = sizeof *v4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        a->len = sizeof *v6;
+        return 0;
+    }
+    return -EAFNOSUPPORT;
+}
+
+static int connect_addr(mr_cosock_t *s)
+{
+    mr_addr_t *a = &s->addr;
+    int rc;
+    int fd = mr_net_socket_for(a);
+    if (fd < 0) return fd;
+    s->fd = fd;
+    s->state = CS_CONNECTING;
+    rc = mr_loop_connect(T->loop, &s->op, fd, (struct sockaddr *)&a->sa, a->len);
+    if (rc < 0) {
+        close(fd);
+        s->fd = -1;
+        s->state = CS_NEW;
+        return rc;
+    }
+    s->opk = OPK_CONNECT;
+    return 1;
+}
+
+static void rs_unref_unlock(rs_queue_t *q)
+{
+    bool last = --q->refs == 0;
+    pthread_mutex_unlock(&q->mu);
+    if (!last) return;
+    for (rs_job_t *l = q->todo; l;) { rs_job_t *n = l->next; free(l); l = n; }
+    for (rs_job_t *l = q->done; l;) { rs_job_t *n = l->next; free(l); l = n; }
+    close(q->efd);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    free(q);
+}
+
+/* IPv4 first when a name has both: services on "localhost" usually listen on 127.0.0.1. */
+static int rs_lookup(const char *host, int port, mr_addr_t *out)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC }, *res = NULL;
+    char serv[8];
+    snprintf(serv, sizeof serv, "%d", port);
+    int rc = getaddrinfo(host, serv, &hints, &res);
+    if (rc != 0) return rc == EAI_AGAIN ? -EAGAIN : (rc == EAI_NONAME || rc == EAI_NODATA) ? -ENOENT : -EIO;
+    struct addrinfo *pick = NULL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+        if (!pick || (ai->ai_family == AF_INET && pick->ai_family != AF_INET)) pick = ai;
+    }
+    if (pick && pick->ai_addrlen <= sizeof out->sa) {
+        memcpy(&out->sa, pick->ai_addr, pick->ai_addrlen);
+        out->len = pick->ai_addrlen;
+        rc = 0;
+    } else {
+        rc = -ENOENT;
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static void *rs_main(void *arg)
+{
+    rs_queue_t *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (!q->todo && !q->stop) pthread_cond_wait(&q->cv, &q->mu);
+        if (q->stop) break;
+        rs_job_t *j = q->todo;
+        q->todo = j->next;
+        if (!q->todo) q->todo_tail = NULL;
+        pthread_mutex_unlock(&q->mu);
+        j->rc = rs_lookup(j->host, j->port, &j->addr);
+        pthread_mutex_lock(&q->mu);
+        j->next = q->done;
+        q->done = j;
+        uint64_t one = 1;
+        ssize_t w = write(q->efd, &one, sizeof one);
+        (void)w;
+    }
+    rs_unref_unlock(q);
+    return NULL;
+}
+
+static void rs_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
+{
+    (void)flags;
+    (void)op;
+    rs_queue_t *q = T->rs;
+    pthread_mutex_lock(&q->mu);
+    rs_job_t *l = q->done;
+    q->done = NULL;
+    pthread_mutex_unlock(&q->mu);
+    while (l) {
+        rs_job_t *j = l;
+        l = l->next;
+        T->rs_pending--;
+        mr_cosock_t *s = j->s;
+        if (s) {
+            s->job = NULL;
+            int rc = j->rc;
+            if (rc == 0) {
+                s->addr = j->addr;
+                rc = connect_addr(s);
+            }
+            if (rc < 0) {
+                mr_timer_stop(loop, &s->timer);
+                s->state = CS_NEW;
+                s->opk = OPK_NONE;
+                s->res = rc;
+                wake(s);
+            }
+        }
+        free(j);
+    }
+    if (res >= 0 || res == -EINTR || res == -EAGAIN) mr_loop_read(loop, &T->rs_op, q->efd, &T->rs_val, sizeof T->rs_val);
+}
+
+static int rs_submit(mr_cosock_t *s, const char *host, size_t hlen, int port)
+{
+    if (!T->rs) {
+        rs_queue_t *q = calloc(1, sizeof *q);
+        if (!q) return -ENOMEM;
+        q->efd = eventfd(0, EFD_CLOEXEC);
+        if (q->efd < 0) { free(q); return -EMFILE; }
+        pthread_mutex_init(&q->mu, NULL);
+        pthread_cond_init(&q->cv, NULL);
+        q->refs = 2;
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &at, rs_main, q);
+        pthread_attr_destroy(&at);
+        if (rc != 0) {
+            close(q->efd);
+            pthread_mutex_destroy(&q->mu);
+            pthread_cond_destroy(&q->cv);
+            free(q);
+            return -rc;
+        }
+        T->rs = q;
+        T->rs_op.fn = rs_done;
+        mr_loop_read(T->loop, &T->rs_op, q->efd, &T->rs_val, sizeof T->rs_val);
+    }
+    if (T->rs_pending >= RS_MAX_PENDING) return -ENOSPC;
+    rs_job_t *j = calloc(1, sizeof *j);
+    if (!j) return -ENOMEM;
+    memcpy(j->host, host, hlen);
+    j->host[hlen] = 0;
+    j->port = port;
+    j->s = s;
+    s->job = j;
+    T->rs_pending++;
+    rs_queue_t *q = T->rs;
+    pthread_mutex_lock(&q->mu);
+    if (q->todo_tail) q->todo_tail->next = j;
+    else q->todo = j;
+    q->todo_tail = j;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
+static bool valid_name(const char *h, size_t n)
+{
+    if (n == 0 || n > HOST_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = h[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+              ch == '.' || ch == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* Numeric addresses connect at once; names go to the resolver thread first. The timeout covers
+ * both. */
+MR_EXPORT int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
+{
+    if (s->closing || s->fd >= 0 || s->op.active || s->job) return -EISCONN;
+    if (port < 1 || port > 65535) return -EINVAL;
+    int rc = parse_addr(host, hlen, port, &s->addr);
+    if (rc == -EAFNOSUPPORT) {
+        if (!valid_name(host, hlen)) return -EINVAL;
+        rc = rs_submit(s, host, hlen, port);
+        if (rc < 0) return rc;
+        s->state = CS_CONNECTING;
+        s->opk = OPK_CONNECT;
+        start(s, OPK_CONNECT, timeout_ms, waker);
+        return 1;
+    }
+    if (rc < 0) return rc;
+    rc = connect_addr(s);
+    if (rc < 0) return rc;
+    return start(s, OPK_CONNECT, timeout_ms, waker);
+}
+
+MR_EXPORT int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeout_ms, void *waker)
+{
+    if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
+    if (s->op.active) return -EBUSY;
+    if (n == 0) { s->res = 0; return 0; }
+    if (n > s->wcap) {
+        char *nb = realloc(s->wbuf, n);
+        if (!nb) return -ENOMEM;
+        s->wbuf = nb;
+        s->wcap = n;
+    }
+    memcpy(s->wbuf, p, n);
+    s->wlen = n;
+    s->woff = 0;
+    int rc = mr_loop_write(T->loop, &s->op, s->fd, s->wbuf, n);
+    if (rc < 0) return rc;
+    return start(s, OPK_WRITE, timeout_ms, waker);
+}
+
+MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
+{
+    if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
+    if (s->op.active) return -EBUSY;
+    if (!s->rbuf && !(s->rbuf = malloc(RBUF_SIZE))) return -ENOMEM;
+    int rc = mr_loop_read(T->loop, &s->op, s->fd, s->rbuf, RBUF_SIZE);
+    if (rc < 0) return rc;
+    return start(s, OPK_READ, timeout_ms, waker);
+}
+
+/* Result of the last finished operation: bytes (a read's data at *p), 0, or -errno. */
+MR_EXPORT int mr_cosock_result(mr_cosock_t *s, const char **p)
+{
+    *p = s->rbuf;
+    return s->res;
+}
+
+MR_EXPORT void mr_cosock_set_waker(mr_cosock_t *s, void *waker)
+{
+    if (!s->closing) s->waker = waker;
+}
+
+MR_EXPORT int mr_cosock_reused(mr_cosock_t *s) { return (int)s->reused; }
+
+MR_EXPORT int mr_cosock_busy(mr_cosock_t *s) { return s->op.active; }
+
+/* Parks a connected, idle socket in the pool under key (at most pool_size per key; a socket
+ * beyond that is closed). idle_ms 0 = no idle timeout. The caller's handle is dead after this. */
+MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size)
+{
+    if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
+    if (s->op.active) return -EBUSY;
+    if (klen >= KEY_MAX) { mr_cosock_close(s); return 0; }
+    memcpy(s->key, key, klen);
+    s->key[klen] = 0;
+    int n = 0;
+    for (mr_cosock_t *p = T->pool; p; p = p->pnext)
+        if (strcmp(p->key, s->key) == 0) n++;
+    if (n >= pool_size) { mr_cosock_close(s); return 0; }
+    s->state = CS_POOLED;
+    s->waker = NULL;
+    s->pprev = NULL;
+    s->pnext = T->pool;
+    if (T->pool) T->pool->pprev = s;
+    T->pool = s;
+    if (idle_ms > 0) mr_timer_set(T->loop, &s->timer, (uint64_t)idle_ms);
+    else mr_timer_stop(T->loop, &s->timer);
+    return 0;
+}
+
+/* The most recently parked live socket for key, or NULL. A socket the peer closed (or sent
+ * unexpected bytes on) while idle is dropped here: MSG_PEEK|MSG_DONTWAIT never blocks. */
+MR_EXPORT mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen)
+{
+    if (!T || klen >= KEY_MAX) return NULL;
+    mr_cosock_t *p = T->pool;
+    while (p) {
+        mr_cosock_t *next = p->pnext;
+        if (strlen(p->key) == klen && memcmp(p->key, key, klen) == 0) {
+            char b;
+            ssize_t r = recv(p->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                pool_unlink(p);
+                mr_timer_stop(T->loop, &p->timer);
+                p->state = CS_CONNECTED;
+                p->reused++;
+                return p;
+            }
+            mr_cosock_close(p);
+        }
+        p = next;
+    }
+    return NULL;
+}
