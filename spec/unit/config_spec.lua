@@ -73,7 +73,7 @@ describe("moonring.config", function()
         max_request_line = 8192, max_header_size = 32768, max_headers = 100,
         client_max_body_size = 1048576, header_timeout_ms = 60000, body_timeout_ms = 60000,
         keepalive_timeout_ms = 75000, send_timeout_ms = 60000, max_connections = 10000,
-        keepalive_requests = 1000,
+        keepalive_requests = 1000, max_connections_per_ip = 0,
       }, cfg.limits)
       assert.same({ x_forwarded_for = true, x_forwarded_proto = true, via = true, buffer_size = 65536 },
         cfg.proxy)
