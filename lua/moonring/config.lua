@@ -906,6 +906,9 @@ function M.load(path, opts)
   package.path = saved
   if not ok then
     if type(res) ~= "string" then res = "error: " .. describe(res) end
+    -- A module that fails to compile: its own file:line is on the second line.
+    local mod, inner = res:match("^error loading module '([^']*)' from file [^\n]*\n%s*([^\n]+)")
+    if mod then res = inner .. " (module '" .. mod .. "' required by " .. path .. ")" end
     -- error(msg, 0) and non-string errors carry no position; keep the file at least.
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
     return nil, (res:gsub("\n.*", ""))

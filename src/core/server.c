@@ -7,7 +7,10 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <pthread.h>
 #include <signal.h>
@@ -17,6 +20,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/watch.h"
 #include "core/worker.h"
 #include "log/log.h"
 #include "net/net.h"
@@ -50,8 +54,8 @@ int mr_server_check(const char *path)
 int mr_server_signal(const char *path, const char *what)
 {
     int sig = strcmp(what, "stop") == 0 ? SIGTERM : strcmp(what, "quit") == 0 ? SIGQUIT
-            : strcmp(what, "reload") == 0 ? SIGHUP : 0;
-    if (!sig) { fprintf(stderr, "moonring: -s takes stop, quit or reload, not '%s'\n", what); return 2; }
+            : strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "upgrade") == 0 ? SIGUSR2 : 0;
+    if (!sig) { fprintf(stderr, "moonring: -s takes stop, quit, reload or upgrade, not '%s'\n", what); return 2; }
     char err[2048];
     mr_config_t *cfg = NULL;
     if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
@@ -59,20 +63,22 @@ int mr_server_signal(const char *path, const char *what)
         return 1;
     }
     int rc = 1;
-    if (sig == SIGHUP && cfg->admin_addr) {
-        /* With an admin endpoint, -s reload waits for the outcome and reports it. */
+    if ((sig == SIGHUP || sig == SIGUSR2) && cfg->admin_addr) {
+        /* With an admin endpoint, -s reload|upgrade waits for the outcome and reports it. */
         int fd = socket(cfg->admin_sa.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct timeval tv = { .tv_sec = 30 };
+        struct timeval tv = { .tv_sec = 90 }; /* an upgrade waits up to 60 s for the new process */
         if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         if (fd < 0 || connect(fd, (struct sockaddr *)&cfg->admin_sa.sa, cfg->admin_sa.len) < 0) {
             fprintf(stderr, "moonring: cannot reach the admin endpoint %s: %s\n", cfg->admin_addr, strerror(errno));
             if (fd >= 0) close(fd);
             goto done;
         }
-        static const char req[] = "POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        char req[128];
+        int reqlen = snprintf(req, sizeof req, "POST /-/%s HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n", what);
         char buf[8192];
         size_t len = 0;
-        if (write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) {
+        if (write(fd, req, (size_t)reqlen) == reqlen) {
             ssize_t r;
             while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
         }
@@ -173,7 +179,54 @@ static struct {
     uint64_t generation;
     const char *path;
     atomic_bool stopping;
+    /* [worker][index in cfg->listen]: each worker's listening socket, kept here so an upgrade
+     * can hand them over without asking the workers (their lists change on their threads). */
+    int **lfds;
+    mr_watch_t *watch;            /* --watch, or NULL */
+    mr_config_sources_t watched;  /* the files behind watch */
+    char exe[4096];               /* this binary, resolved at start, for upgrades */
+    char **argv;
+    atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
 } srv = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* Upgrade hand-over, between an old process and the new one it execs (see docs/reload.md):
+ * MOONRING_INHERIT="fd,worker,addr;..." names each listening socket left open across exec,
+ * MOONRING_READY_FD the pipe on which the new process writes one byte once it serves. */
+#define ENV_INHERIT "MOONRING_INHERIT"
+#define ENV_READY "MOONRING_READY_FD"
+
+static void free_lfds(int **t, int nworkers)
+{
+    if (!t) return;
+    for (int w = 0; w < nworkers; w++) free(t[w]);
+    free(t);
+}
+
+/* --watch: after a load, watch what it read. A failed load adds its files to the set instead
+ * of replacing it, so both the broken file and everything the serving generation uses stay
+ * watched. Called with srv.lock held. */
+static void watch_update(mr_config_sources_t *src, bool replace)
+{
+    if (!srv.watch || !src->files) return;
+    if (replace) {
+        mr_config_sources_free(&srv.watched);
+        srv.watched = *src;
+        src->files = NULL;
+        src->n = 0;
+    } else {
+        char **files = realloc(srv.watched.files, ((size_t)srv.watched.n + (size_t)src->n + 1) * sizeof *files);
+        if (!files) return;
+        srv.watched.files = files;
+        for (int i = 0; i < src->n; i++) {
+            bool dup = false;
+            for (int j = 0; j < srv.watched.n && !dup; j++) dup = strcmp(files[j], src->files[i]) == 0;
+            if (dup) continue;
+            files[srv.watched.n++] = src->files[i];
+            src->files[i] = NULL;
+        }
+    }
+    mr_watch_set(srv.watch, srv.watched.files, srv.watched.n);
+}
 
 static uint64_t now_us(void)
 {
@@ -189,9 +242,10 @@ static uint64_t server_reload(char *msg, size_t msglen)
     uint64_t gen = 0, t0 = now_us();
     int **fds = NULL;
     mr_config_t *cfg = NULL;
+    mr_config_sources_t src = { 0 };
     pthread_mutex_lock(&srv.lock);
     if (atomic_load(&srv.stopping)) { snprintf(msg, msglen, "shutting down"); goto out; }
-    if (mr_config_load(srv.path, &cfg, msg, msglen) < 0) goto out;
+    if (mr_config_load_traced(srv.path, &cfg, msg, msglen, srv.watch ? &src : NULL) < 0) goto out;
     if (cfg->workers != srv.cfg->workers)
         mr_warn("reload: workers changed from %d to %d; that takes a restart, keeping %d", srv.cfg->workers,
                 cfg->workers, srv.cfg->workers);
@@ -234,6 +288,17 @@ static uint64_t server_reload(char *msg, size_t msglen)
                  (unsigned long long)id);
         goto out;
     }
+    int **lfds = calloc((size_t)(unsigned)srv.nworkers, sizeof *lfds);
+    for (int w = 0; lfds && w < srv.nworkers; w++) {
+        lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **lfds);
+        for (int i = 0; lfds[w] && i < cfg->nlisten; i++) {
+            lfds[w][i] = fds[w][i];
+            for (int j = 0; j < srv.cfg->nlisten && lfds[w][i] < 0; j++)
+                if (strcmp(srv.cfg->listen[j].addr, cfg->listen[i].addr) == 0) lfds[w][i] = srv.lfds[w][j];
+        }
+    }
+    free_lfds(srv.lfds, srv.nworkers);
+    srv.lfds = lfds;
     mr_config_unref(srv.cfg);
     srv.cfg = cfg;
     cfg = NULL;
@@ -241,6 +306,8 @@ static uint64_t server_reload(char *msg, size_t msglen)
     mr_notice("reload: generation %llu serving in every worker after %.1f ms", (unsigned long long)gen,
               (double)(now_us() - t0) / 1000.0);
 out:
+    watch_update(&src, gen != 0);
+    mr_config_sources_free(&src);
     if (!gen && msg[0]) mr_error("reload refused, the current generation keeps serving: %s", msg);
     if (fds)
         for (int w = 0; w < srv.nworkers; w++) free(fds[w]);
@@ -248,6 +315,91 @@ out:
     mr_config_unref(cfg);
     pthread_mutex_unlock(&srv.lock);
     return gen;
+}
+
+/* Binary upgrade: execs srv.exe with the same arguments and every listening socket inherited,
+ * and waits until the new process serves. Returns its pid, or 0 with msg filled (this process
+ * keeps serving; the new one, if it started, is gone). On success the caller stops this
+ * process: it stops accepting and drains, while the new one accepts on the same sockets. */
+static pid_t server_upgrade(char *msg, size_t msglen)
+{
+    pid_t pid = 0, child = -1;
+    int ready[2] = { -1, -1 };
+    char **envp = NULL, *inherit = NULL;
+    char readyenv[64];
+    pthread_mutex_lock(&srv.lock);
+    if (atomic_load(&srv.stopping) || atomic_load(&srv.upgraded)) { snprintf(msg, msglen, "shutting down"); goto out; }
+    const mr_config_t *cfg = srv.cfg;
+    size_t cap = (size_t)srv.nworkers * (size_t)cfg->nlisten * 96 + sizeof ENV_INHERIT + 2, len = 0;
+    if (!(inherit = malloc(cap))) { snprintf(msg, msglen, "out of memory"); goto out; }
+    len = (size_t)snprintf(inherit, cap, ENV_INHERIT "=");
+    for (int w = 0; w < srv.nworkers; w++)
+        for (int i = 0; i < cfg->nlisten; i++)
+            if (srv.lfds[w] && srv.lfds[w][i] >= 0)
+                len += (size_t)snprintf(inherit + len, cap - len, "%s%d,%d,%s", len > sizeof ENV_INHERIT ? ";" : "",
+                                        srv.lfds[w][i], w, cfg->listen[i].addr);
+    if (pipe2(ready, O_CLOEXEC) < 0) { snprintf(msg, msglen, "pipe: %s", strerror(errno)); goto out; }
+    snprintf(readyenv, sizeof readyenv, ENV_READY "=%d", ready[1]);
+    extern char **environ;
+    size_t nenv = 0;
+    while (environ[nenv]) nenv++;
+    if (!(envp = calloc(nenv + 3, sizeof *envp))) { snprintf(msg, msglen, "out of memory"); goto out; }
+    size_t e = 0;
+    for (size_t i = 0; i < nenv; i++)
+        if (strncmp(environ[i], ENV_INHERIT "=", sizeof ENV_INHERIT) != 0 &&
+            strncmp(environ[i], ENV_READY "=", sizeof ENV_READY) != 0)
+            envp[e++] = environ[i];
+    envp[e++] = inherit;
+    envp[e++] = readyenv;
+    mr_notice("upgrade: starting %s", srv.exe);
+    child = fork();
+    if (child < 0) { snprintf(msg, msglen, "fork: %s", strerror(errno)); goto out; }
+    if (child == 0) {
+        /* Only async-signal-safe calls between fork and exec: this process has threads. */
+        for (int w = 0; w < srv.nworkers; w++)
+            for (int i = 0; i < cfg->nlisten; i++)
+                if (srv.lfds[w] && srv.lfds[w][i] >= 0) fcntl(srv.lfds[w][i], F_SETFD, 0);
+        fcntl(ready[1], F_SETFD, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(srv.exe, srv.argv, envp);
+        _exit(127);
+    }
+    close(ready[1]);
+    ready[1] = -1;
+    /* The new process loads its config, starts its workers, then writes one byte; EOF means it
+     * died first (its own log lines say why). */
+    struct pollfd p = { .fd = ready[0], .events = POLLIN };
+    char byte = 0;
+    int r = poll(&p, 1, 60000);
+    ssize_t n = r > 0 ? read(ready[0], &byte, 1) : 0;
+    if (n == 1 && byte == 'R') {
+        pid = child;
+        atomic_store(&srv.upgraded, true);
+        mr_notice("upgrade: new process %d is serving; this one stops accepting and drains", (int)pid);
+        goto out;
+    }
+    int st = 0;
+    if (r == 0) {
+        kill(child, SIGKILL);
+        snprintf(msg, msglen, "new process %d was not ready within 60 s; killed it", (int)child);
+        waitpid(child, &st, 0);
+    } else if (waitpid(child, &st, 0) == child && WIFEXITED(st)) {
+        snprintf(msg, msglen, "new process %d exited with code %d before it was ready%s", (int)child,
+                 WEXITSTATUS(st), WEXITSTATUS(st) == 127 ? " (exec failed)" : "");
+    } else {
+        snprintf(msg, msglen, "new process %d died (signal %d) before it was ready", (int)child,
+                 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+out:
+    if (!pid && msg[0]) mr_error("upgrade failed, this process keeps serving: %s", msg);
+    if (ready[0] >= 0) close(ready[0]);
+    if (ready[1] >= 0) close(ready[1]);
+    free(envp);
+    free(inherit);
+    pthread_mutex_unlock(&srv.lock);
+    return pid;
 }
 
 static void json_escape(char *out, size_t cap, const char *in)
@@ -312,6 +464,19 @@ static void *admin_main(void *arg)
                 snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
                 admin_reply(fd, 500, body);
             }
+        } else if (strcmp(target, "/-/upgrade") == 0 && strcmp(method, "POST") == 0) {
+            char msg[2048] = "", esc[4200], body[4400];
+            pid_t pid = server_upgrade(msg, sizeof msg);
+            if (pid) {
+                snprintf(body, sizeof body, "{\"pid\":%d}\n", (int)pid);
+                admin_reply(fd, 200, body);
+                close(fd);
+                kill(getpid(), SIGTERM); /* the main thread drains and exits */
+                continue;
+            }
+            json_escape(esc, sizeof esc, msg);
+            snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
+            admin_reply(fd, 500, body);
         } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
             char body[256];
             pthread_mutex_lock(&srv.lock);
@@ -320,7 +485,7 @@ static void *admin_main(void *arg)
             pthread_mutex_unlock(&srv.lock);
             admin_reply(fd, 200, body);
         } else {
-            admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload or GET /-/status\"}\n");
+            admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload, POST /-/upgrade or GET /-/status\"}\n");
         }
         close(fd);
     }
@@ -337,15 +502,81 @@ static bool is_loopback(const mr_addr_t *a)
     return false;
 }
 
-int mr_server_run(const char *path)
+/* An upgrade's inherited listening sockets (see ENV_INHERIT). */
+typedef struct {
+    int fd, worker;
+    char addr[64];
+    bool used;
+} inherited_t;
+
+static int parse_inherited(inherited_t **out, int *ready_fd)
+{
+    const char *env = getenv(ENV_INHERIT), *rfd = getenv(ENV_READY);
+    int n = 0;
+    *out = NULL;
+    *ready_fd = rfd ? atoi(rfd) : -1;
+    if (*ready_fd >= 0) fcntl(*ready_fd, F_SETFD, FD_CLOEXEC);
+    if (env && *env) {
+        for (const char *p = env; *p; p++) n += *p == ';';
+        inherited_t *t = calloc((size_t)n + 1, sizeof *t);
+        n = 0;
+        for (const char *p = env; t && p && *p;) {
+            int fd, worker, used = 0;
+            if (sscanf(p, "%d,%d,%n", &fd, &worker, &used) == 2 && used > 0) {
+                const char *a = p + used, *end = strchr(a, ';');
+                size_t alen = end ? (size_t)(end - a) : strlen(a);
+                if (alen < sizeof t[n].addr && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0) {
+                    t[n].fd = fd;
+                    t[n].worker = worker;
+                    memcpy(t[n].addr, a, alen);
+                    n++;
+                }
+            }
+            p = strchr(p, ';');
+            if (p) p++;
+        }
+        *out = t;
+    }
+    /* Not for our own children (a later upgrade builds its own). */
+    unsetenv(ENV_INHERIT);
+    unsetenv(ENV_READY);
+    return n;
+}
+
+/* Fills srv.lfds from each worker's list; before the workers start, so nothing races. */
+static int record_listeners(mr_worker_t *workers, int nworkers, const mr_config_t *cfg)
+{
+    srv.lfds = calloc((size_t)nworkers, sizeof *srv.lfds);
+    if (!srv.lfds) return -ENOMEM;
+    for (int w = 0; w < nworkers; w++) {
+        srv.lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **srv.lfds);
+        if (!srv.lfds[w]) return -ENOMEM;
+        for (int i = 0; i < cfg->nlisten; i++) {
+            srv.lfds[w][i] = -1;
+            for (mr_listener_t *l = workers[w].listeners; l; l = l->next)
+                if (strcmp(l->addr, cfg->listen[i].addr) == 0) srv.lfds[w][i] = l->fd;
+        }
+    }
+    return 0;
+}
+
+int mr_server_run(const char *path, const mr_server_opts_t *opts)
 {
     char err[2048];
     mr_config_t *cfg = NULL;
     int exit_code = 1;
     mr_worker_t *workers = NULL;
-    int nstarted = 0;
-    if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
+    int nstarted = 0, sfd = -1, ready_fd = -1;
+    inherited_t *inh = NULL;
+    int ninh = parse_inherited(&inh, &ready_fd);
+    mr_config_sources_t src = { 0 };
+    srv.argv = opts ? opts->argv : NULL;
+    ssize_t elen = readlink("/proc/self/exe", srv.exe, sizeof srv.exe - 1);
+    srv.exe[elen > 0 ? elen : 0] = 0;
+    if (mr_config_load_traced(path, &cfg, err, sizeof err, opts && opts->watch ? &src : NULL) < 0) {
         fprintf(stderr, "moonring: configuration %s is invalid: %s\n", path, err);
+        mr_config_sources_free(&src);
+        free(inh);
         return 1;
     }
     int rc = mr_log_open(cfg->error_log, (mr_log_level_t)cfg->log_level);
@@ -390,12 +621,28 @@ int mr_server_run(const char *path)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sfd < 0) { mr_error("signalfd: %s", strerror(errno)); goto done; }
+
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     workers = calloc((size_t)cfg->workers, sizeof *workers);
+    int *adopt = calloc((size_t)cfg->nlisten + 1, sizeof *adopt);
+    if (!workers || !adopt) { free(adopt); goto done; }
     for (int i = 0; i < cfg->workers; i++) {
-        rc = mr_worker_prepare(&workers[i], cfg, i, ncpu > 0 ? (int)(i % ncpu) : -1);
-        if (rc < 0) goto stop;
+        for (int j = 0; j < cfg->nlisten; j++) {
+            adopt[j] = -1;
+            for (int k = 0; k < ninh && adopt[j] < 0; k++)
+                if (!inh[k].used && inh[k].worker == i && strcmp(inh[k].addr, cfg->listen[j].addr) == 0) {
+                    inh[k].used = true;
+                    adopt[j] = inh[k].fd;
+                }
+        }
+        rc = mr_worker_prepare(&workers[i], cfg, i, ncpu > 0 ? (int)(i % ncpu) : -1, adopt);
+        if (rc < 0) { free(adopt); goto stop; }
     }
+    free(adopt);
+    nstarted = 0;
+    if (record_listeners(workers, cfg->workers, cfg) < 0) goto stop;
     for (int i = 0; i < cfg->workers; i++) {
         rc = mr_worker_start(&workers[i]);
         if (rc < 0) { mr_error("cannot start worker %d: %s", i, strerror(-rc)); goto stop; }
@@ -429,14 +676,61 @@ int mr_server_run(const char *path)
         admin_running = true;
         mr_notice("admin endpoint on %s (POST /-/reload, GET /-/status)", cfg->admin_addr);
     }
+    /* Inherited sockets no worker adopted (fewer workers or listeners now) close only once
+     * this process serves: until then the old process may still need them. */
+    for (int k = 0; k < ninh; k++)
+        if (!inh[k].used) { close(inh[k].fd); inh[k].used = true; }
+    if (ninh) mr_notice("upgrade: adopted %d inherited listening sockets", ninh);
     if (cfg->pid && write_pid(cfg->pid) < 0) mr_warn("cannot write pid file %s: %s", cfg->pid, strerror(errno));
     for (int i = 0; i < cfg->nlisten; i++) mr_notice("listening on %s", cfg->listen[i].addr);
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
-
+    if (ready_fd >= 0) {
+        ssize_t wr = write(ready_fd, "R", 1);
+        (void)wr;
+        close(ready_fd);
+        ready_fd = -1;
+    }
     int cmd = MR_CMD_STOP;
+    if (opts && opts->watch) {
+        rc = mr_watch_new(&srv.watch);
+        if (rc < 0) { mr_error("--watch: inotify: %s", strerror(-rc)); goto stop_running; }
+        pthread_mutex_lock(&srv.lock);
+        watch_update(&src, true);
+        pthread_mutex_unlock(&srv.lock);
+        mr_notice("watching %d files for changes", srv.watched.n);
+    }
+
+    bool pending = false;
+    uint64_t due = 0;
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
+        struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = srv.watch ? mr_watch_fd(srv.watch) : -1, .events = POLLIN } };
+        int timeout = -1;
+        if (pending) {
+            uint64_t t = now_us();
+            timeout = t >= due ? 0 : (int)((due - t + 999) / 1000);
+        }
+        if (poll(p, 2, timeout) < 0 && errno != EINTR) { mr_error("poll: %s", strerror(errno)); usleep(100000); continue; }
+        if (p[1].revents & POLLIN) {
+            char changed[4200] = "";
+            pthread_mutex_lock(&srv.lock);
+            int hit = mr_watch_read(srv.watch, changed, sizeof changed);
+            pthread_mutex_unlock(&srv.lock);
+            if (hit > 0) {
+                /* Debounced: an editor's save is several events (truncate, write, rename). */
+                if (!pending) mr_notice("watch: %s changed", changed);
+                pending = true;
+                due = now_us() + 150000;
+            }
+        }
+        if (pending && now_us() >= due) {
+            char msg[2048] = "";
+            pending = false;
+            server_reload(msg, sizeof msg);
+        }
+        if (!(p[0].revents & POLLIN)) continue;
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si) continue;
+        int sig = (int)si.ssi_signo;
         if (sig == SIGTERM || sig == SIGINT) { mr_notice("signal %d: graceful stop", sig); cmd = MR_CMD_STOP; break; }
         if (sig == SIGQUIT) { mr_notice("SIGQUIT: stopping now"); cmd = MR_CMD_QUIT; break; }
         if (sig == SIGHUP) {
@@ -444,7 +738,13 @@ int mr_server_run(const char *path)
             mr_notice("SIGHUP: reloading %s", path);
             server_reload(msg, sizeof msg);
         }
+        if (sig == SIGUSR2) {
+            char msg[2048] = "";
+            mr_notice("SIGUSR2: upgrading the binary");
+            if (server_upgrade(msg, sizeof msg)) { cmd = MR_CMD_STOP; break; }
+        }
     }
+stop_running:
     atomic_store(&srv.stopping, true);
     if (admin_running) pthread_join(admin_thread, NULL);
     pthread_mutex_lock(&srv.lock); /* no reload may be half-way through while workers stop */
@@ -454,7 +754,7 @@ int mr_server_run(const char *path)
     for (int i = 0; i < nstarted; i++) mr_worker_command(&workers[i], cmd);
     for (int i = 0; i < nstarted; i++) mr_worker_join(&workers[i]);
     nstarted = 0;
-    if (cfg->pid) unlink(cfg->pid);
+    if (cfg->pid && !atomic_load(&srv.upgraded)) unlink(cfg->pid);
     mr_notice("stopped");
     goto done;
 
@@ -464,6 +764,18 @@ stop:
     }
     for (int i = 0; i < nstarted; i++) mr_worker_join(&workers[i]);
 done:
+    /* Inherited sockets never adopted are the old process's to keep serving on; ours to close. */
+    for (int k = 0; k < ninh; k++)
+        if (!inh[k].used) close(inh[k].fd);
+    free(inh);
+    if (ready_fd >= 0) close(ready_fd);
+    if (sfd >= 0) close(sfd);
+    mr_config_sources_free(&src);
+    mr_config_sources_free(&srv.watched);
+    mr_watch_free(srv.watch);
+    srv.watch = NULL;
+    free_lfds(srv.lfds, srv.nworkers ? srv.nworkers : (cfg ? cfg->workers : 0));
+    srv.lfds = NULL;
     free(workers);
     mr_config_unref(cfg);
     return exit_code;

@@ -58,8 +58,9 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     mr_listener_t *l = (mr_listener_t *)op;
     mr_worker_t *w = l->w;
     if (res >= 0) {
-        if (w->draining || l->closing) close(res);
-        else mr_proxy_accept(w, res);
+        /* Even while draining: the kernel already took this connection off the queue, so closing
+         * it would reset a client (the proxy answers it with Connection: close). */
+        mr_proxy_accept(w, res);
     } else if (res != -ECANCELED) {
         mr_warn("accept on %s: %s", l->addr, strerror(-res));
     }
@@ -172,7 +173,7 @@ static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     if (res >= 0 || res == -EINTR) mr_loop_read(loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
 }
 
-int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu)
+int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, const int *inherited)
 {
     memset(w, 0, sizeof *w);
     w->id = id;
@@ -183,7 +184,7 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu)
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
     for (int i = cfg->nlisten - 1; i >= 0; i--) {
-        int fd = mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
+        int fd = inherited && inherited[i] >= 0 ? inherited[i] : mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
         if (fd < 0) {
             mr_error("listen %s: %s", cfg->listen[i].addr, strerror(-fd));
             return fd;

@@ -73,8 +73,10 @@ struct mr_worker {
     atomic_int reload_state;      /* 0 pending, 1 done, -1 failed */
 };
 
-/* Creates the worker's listening sockets (main thread, so bind errors surface at start). */
-int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu);
+/* Creates the worker's listening sockets (main thread, so bind errors surface at start).
+ * inherited (or NULL): per cfg->listen entry, a socket handed over by a binary upgrade to adopt
+ * instead of binding, or -1; the worker owns adopted sockets. */
+int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, const int *inherited);
 /* Main thread: hands the worker a new config (and new sockets); returns at once. Poll
  * reload_state for the outcome. */
 void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds);
