@@ -608,6 +608,10 @@ local admin = S.record({
   return { addr = a.addr, host = a.host, port = a.port }
 end)
 
+local reload = S.record({
+  { "drain_timeout", S.duration(1), default = "60s", out = "drain_timeout_ms" },
+})
+
 local top = S.record({
   { "workers", workers, default = "auto" },
   { "pid", S.string_or_false, default = false },
@@ -620,6 +624,7 @@ local top = S.record({
   { "shutdown_timeout", S.duration(), default = "10s", out = "shutdown_timeout_ms" },
   { "listen", listen, required = true },
   { "admin", admin },
+  { "reload", reload, default = {} },
   { "upstreams", upstreams, default = {} },
   { "routes", S.list(route, { what = "list of routes" }) },
   { "router", S.func },

@@ -91,6 +91,7 @@ typedef struct {
     bool xff, xfp, via;
     uint32_t buffer_size;
     uint32_t shutdown_timeout_ms;
+    uint32_t drain_timeout_ms;  /* reload.drain_timeout: how long a retired generation may live */
     char **shared_names;        /* shared dicts: name and size in bytes */
     size_t *shared_sizes;
     int nshared;

@@ -111,6 +111,37 @@ static void begin_drain(mr_worker_t *w, bool now)
     mr_worker_client_gone(w);
 }
 
+static void drain_deadline(mr_loop_t *loop, mr_timer_t *t)
+{
+    (void)loop;
+    mr_gen_t *g = (mr_gen_t *)((char *)t - offsetof(mr_gen_t, drain_timer));
+    mr_worker_t *w = g->drain_worker;
+    int tunnels = 0;
+    mr_gen_ref(g); /* closing clients may drop the last reference; not inside our own timer */
+    int closed = mr_proxy_close_gen(w, g, &tunnels);
+    if (g->refs > 1 && g->lua) {
+        /* Only tunnels hold it now, and they were detached from the VM. */
+        mr_lua_vm_free(g->lua);
+        g->lua = NULL;
+    }
+    mr_warn("reload: generation %llu still in use after reload.drain_timeout (%u ms): closed %d requests%s, "
+            "VM freed", (unsigned long long)g->id, w->cfg->drain_timeout_ms, closed,
+            tunnels ? " (WebSocket/upgrade tunnels kept)" : "");
+    mr_gen_unref(g);
+}
+
+/* Called once per generation a reload replaces, before the worker drops its own reference:
+ * arms the drain deadline if requests still hold it. The place for anything else that must
+ * happen when a generation stops taking new work (e.g. its timers). */
+static void gen_retired(mr_worker_t *w, mr_gen_t *old)
+{
+    if (old->refs <= 1) return; /* nothing in flight: freed right away */
+    old->drain_loop = w->loop;
+    old->drain_worker = w;
+    old->drain_timer.fn = drain_deadline;
+    mr_timer_set(w->loop, &old->drain_timer, w->cfg->drain_timeout_ms);
+}
+
 /* Builds the new generation on this thread (VMs are thread-affine) and switches to it between
  * loop turns: requests in flight keep the generation they hold; the old one is freed when the
  * last of them ends. Listening sockets the new config keeps are never touched. */
@@ -131,6 +162,7 @@ static void apply_reload(mr_worker_t *w)
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
+    gen_retired(w, old);
     mr_gen_unref(old);
     for (mr_listener_t *l = w->listeners; l; l = l->next) {
         bool kept = false;

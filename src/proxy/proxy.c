@@ -1443,6 +1443,27 @@ void mr_proxy_shutdown(mr_worker_t *w)
         while (sv->idle) up_close(sv->idle);
 }
 
+int mr_proxy_close_gen(mr_worker_t *w, mr_gen_t *g, int *tunnels)
+{
+    int closed = 0;
+    *tunnels = 0;
+    for (mr_client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->gen != g || c->s.closing) continue;
+        if (c->tunnel) {
+            /* A tunnel only relays bytes: it gives up its Lua state (and its on_log, which would
+             * need the VM) and keeps running. */
+            lua_release(c);
+            c->route_flags &= (uint8_t)~MR_RF_LOG;
+            (*tunnels)++;
+            continue;
+        }
+        client_close(c);
+        closed++;
+    }
+    return closed;
+}
+
 void mr_proxy_close_all(mr_worker_t *w)
 {
     while (w->clients) client_close(w->clients);
