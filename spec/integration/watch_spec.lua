@@ -18,7 +18,7 @@ local function write_by_rename(path, s)
 end
 
 describe("--watch", function()
-  local port, mr, mod, mod_path
+  local port, mr, mod, mod_path, lazy, lazy_path
 
   local function handler(v) return ("return function(req) return 200, %q end\n"):format(v) end
 
@@ -30,10 +30,11 @@ return {
   listen = { "127.0.0.1:%d" },
   routes = {
     { path = "/version", handler = h },
+    { path = "/lazy", handler = function(req) return 200, require(%q) end },
     %s
   },
 }
-]]):format(mod, port, extra or "")
+]]):format(mod, port, lazy, extra or "")
   end
 
   local function get(path)
@@ -47,12 +48,17 @@ return {
     mod = "mrwatch" .. port
     mod_path = helpers.tmp .. "/" .. mod .. ".lua"
     write(mod_path, handler("v1"))
+    -- Required only when /lazy is first requested, by the worker, not by validation.
+    lazy = "mrlazy" .. port
+    lazy_path = helpers.tmp .. "/" .. lazy .. ".lua"
+    write(lazy_path, 'return "lazy1"\n')
     mr = helpers.start_moonring(config(), { wait_port = port, args = "--watch" })
   end)
 
   teardown(function()
     helpers.stop_all()
     os.remove(mod_path)
+    os.remove(lazy_path)
   end)
 
   it("reloads when a required handler file is renamed over", function()
@@ -87,6 +93,17 @@ return {
     local _, reloads = mr.log():sub(log0):gsub("serving in every worker", "")
     -- Five writes within a few ms: debounced into one reload (two if a write straddled the delay).
     assert.is_true(reloads >= 1 and reloads <= 2, mr.log():sub(log0))
+  end)
+
+  it("also follows a module a handler required at request time", function()
+    -- Each worker requires it on its first /lazy request; a handful of requests reach both.
+    for _ = 1, 8 do assert.equal("lazy1", get("/lazy")) end
+    assert.truthy(helpers.eventually(function()
+      return mr.log():find("also watching " .. lazy_path, 1, true) ~= nil
+    end, 5), mr.log())
+    write(lazy_path, 'return "lazy2"\n')
+    -- Only a reload (a new VM) can drop the cached module.
+    assert.truthy(helpers.eventually(function() return get("/lazy") == "lazy2" end, 5), mr.log())
   end)
 
   it("ignores changes to files it did not load", function()

@@ -184,6 +184,7 @@ static struct {
     int **lfds;
     mr_watch_t *watch;            /* --watch, or NULL */
     mr_config_sources_t watched;  /* the files behind watch */
+    mr_config_sources_t lazy;     /* modules workers required at request time: always watched */
     char exe[4096];               /* this binary, resolved at start, for upgrades */
     char **argv;
     atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
@@ -213,6 +214,14 @@ static void watch_update(mr_config_sources_t *src, bool replace)
         srv.watched = *src;
         src->files = NULL;
         src->n = 0;
+        if (srv.lazy.n) {
+            mr_config_sources_t lazy = { .files = calloc((size_t)srv.lazy.n + 1, sizeof (char *)), .n = 0 };
+            for (int i = 0; lazy.files && i < srv.lazy.n; i++)
+                if ((lazy.files[lazy.n] = strdup(srv.lazy.files[i]))) lazy.n++;
+            watch_update(&lazy, false);
+            mr_config_sources_free(&lazy);
+            return;
+        }
     } else {
         char **files = realloc(srv.watched.files, ((size_t)srv.watched.n + (size_t)src->n + 1) * sizeof *files);
         if (!files) return;
@@ -584,6 +593,13 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         fprintf(stderr, "moonring: error_log %s: %s\n", cfg->error_log, strerror(-rc));
         goto done;
     }
+    if (opts && opts->watch) {
+        /* Before the listeners open: whoever waits for the port may edit a file right away. */
+        rc = mr_watch_new(&srv.watch);
+        if (rc < 0) { mr_error("--watch: inotify: %s", strerror(-rc)); goto done; }
+        watch_update(&src, true);
+        mr_notice("watching %d files for changes", srv.watched.n);
+    }
     mr_loop_backend_t want, got;
     const char *want_src, *want_val;
     if (wanted_backend(cfg->loop, &want, &want_src, &want_val) < 0) {
@@ -691,25 +707,36 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         ready_fd = -1;
     }
     int cmd = MR_CMD_STOP;
-    if (opts && opts->watch) {
-        rc = mr_watch_new(&srv.watch);
-        if (rc < 0) { mr_error("--watch: inotify: %s", strerror(-rc)); goto stop_running; }
-        pthread_mutex_lock(&srv.lock);
-        watch_update(&src, true);
-        pthread_mutex_unlock(&srv.lock);
-        mr_notice("watching %d files for changes", srv.watched.n);
-    }
 
     bool pending = false;
     uint64_t due = 0;
     for (;;) {
-        struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = srv.watch ? mr_watch_fd(srv.watch) : -1, .events = POLLIN } };
+        struct pollfd p[3] = { { .fd = sfd, .events = POLLIN },
+                               { .fd = srv.watch ? mr_watch_fd(srv.watch) : -1, .events = POLLIN },
+                               { .fd = mr_watch_note_fd(srv.watch), .events = POLLIN } };
         int timeout = -1;
         if (pending) {
             uint64_t t = now_us();
             timeout = t >= due ? 0 : (int)((due - t + 999) / 1000);
         }
-        if (poll(p, 2, timeout) < 0 && errno != EINTR) { mr_error("poll: %s", strerror(errno)); usleep(100000); continue; }
+        if (poll(p, 3, timeout) < 0 && errno != EINTR) { mr_error("poll: %s", strerror(errno)); usleep(100000); continue; }
+        if (p[2].revents & POLLIN) {
+            mr_config_sources_t lazy = { 0 };
+            mr_watch_take_notes(srv.watch, &lazy.files, &lazy.n);
+            pthread_mutex_lock(&srv.lock);
+            for (int i = 0; i < lazy.n; i++) {
+                bool dup = false;
+                for (int j = 0; j < srv.lazy.n && !dup; j++) dup = strcmp(srv.lazy.files[j], lazy.files[i]) == 0;
+                char **grown = dup ? NULL : realloc(srv.lazy.files, ((size_t)srv.lazy.n + 1) * sizeof *grown);
+                if (!grown) continue;
+                srv.lazy.files = grown;
+                srv.lazy.files[srv.lazy.n++] = strdup(lazy.files[i]);
+                mr_notice("watch: also watching %s (required at request time)", lazy.files[i]);
+            }
+            watch_update(&lazy, false);
+            pthread_mutex_unlock(&srv.lock);
+            mr_config_sources_free(&lazy);
+        }
         if (p[1].revents & POLLIN) {
             char changed[4200] = "";
             pthread_mutex_lock(&srv.lock);
@@ -744,7 +771,6 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
             if (server_upgrade(msg, sizeof msg)) { cmd = MR_CMD_STOP; break; }
         }
     }
-stop_running:
     atomic_store(&srv.stopping, true);
     if (admin_running) pthread_join(admin_thread, NULL);
     pthread_mutex_lock(&srv.lock); /* no reload may be half-way through while workers stop */
@@ -772,6 +798,7 @@ done:
     if (sfd >= 0) close(sfd);
     mr_config_sources_free(&src);
     mr_config_sources_free(&srv.watched);
+    mr_config_sources_free(&srv.lazy);
     mr_watch_free(srv.watch);
     srv.watch = NULL;
     free_lfds(srv.lfds, srv.nworkers ? srv.nworkers : (cfg ? cfg->workers : 0));

@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
@@ -21,8 +24,18 @@ typedef struct {
     char *name;   /* last component */
 } watch_file_t;
 
+/* Lazy-require notes, from worker threads. Bounded: a module set is small, and a runaway
+ * script must not grow this without end. */
+#define MAX_NOTES 1024
+static pthread_mutex_t notes_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *notes[MAX_NOTES];
+static int nnotes, nseen;
+static char *seen[MAX_NOTES];
+static atomic_int notes_fd = -1;
+
 struct mr_watch {
     int fd;
+    int note_fd;
     watch_dir_t *dirs;
     int ndirs;
     watch_file_t *files;
@@ -37,11 +50,14 @@ int mr_watch_new(mr_watch_t **out)
     mr_watch_t *w = calloc(1, sizeof *w);
     if (!w) return -ENOMEM;
     w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (w->fd < 0) {
+    w->note_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->fd < 0 || w->note_fd < 0) {
         int rc = -errno;
+        if (w->fd >= 0) close(w->fd);
         free(w);
         return rc;
     }
+    atomic_store(&notes_fd, w->note_fd);
     *out = w;
     return 0;
 }
@@ -65,8 +81,15 @@ static void clear(mr_watch_t *w, watch_dir_t *keep, int nkeep)
 void mr_watch_free(mr_watch_t *w)
 {
     if (!w) return;
+    atomic_store(&notes_fd, -1);
     clear(w, NULL, 0);
     close(w->fd);
+    close(w->note_fd);
+    pthread_mutex_lock(&notes_lock);
+    for (int i = 0; i < nnotes; i++) free(notes[i]);
+    for (int i = 0; i < nseen; i++) free(seen[i]);
+    nnotes = nseen = 0;
+    pthread_mutex_unlock(&notes_lock);
     free(w);
 }
 
@@ -134,4 +157,65 @@ int mr_watch_read(mr_watch_t *w, char *changed, size_t len)
             }
         }
     }
+}
+
+void mr_watch_note(const char *path)
+{
+    int fd = atomic_load(&notes_fd);
+    if (fd < 0 || !path) return;
+    bool added = false;
+    pthread_mutex_lock(&notes_lock);
+    bool dup = false;
+    for (int i = 0; i < nseen && !dup; i++) dup = strcmp(seen[i], path) == 0;
+    if (!dup && nseen < MAX_NOTES) {
+        char *a = strdup(path), *b = strdup(path);
+        if (a && b) {
+            seen[nseen++] = a;
+            notes[nnotes++] = b;
+            added = true;
+        } else {
+            free(a);
+            free(b);
+        }
+    }
+    pthread_mutex_unlock(&notes_lock);
+    if (added) {
+        uint64_t one = 1;
+        ssize_t n = write(fd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+int mr_watch_note_fd(const mr_watch_t *w) { return w ? w->note_fd : -1; }
+
+/* Absolute form of path without resolving the last component (it may be renamed over). */
+static char *absolute(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096], real[4096];
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (!realpath(dir, real)) return strdup(path);
+    const char *base = slash ? slash + 1 : path;
+    size_t n = strlen(real) + strlen(base) + 2;
+    char *out = malloc(n);
+    if (out) snprintf(out, n, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+    return out;
+}
+
+void mr_watch_take_notes(mr_watch_t *w, char ***files, int *n)
+{
+    uint64_t v;
+    ssize_t r = read(w->note_fd, &v, sizeof v);
+    (void)r;
+    pthread_mutex_lock(&notes_lock);
+    *files = calloc((size_t)nnotes + 1, sizeof **files);
+    *n = 0;
+    for (int i = 0; i < nnotes; i++) {
+        if (*files && ((*files)[*n] = absolute(notes[i]))) (*n)++;
+        free(notes[i]);
+    }
+    nnotes = 0;
+    pthread_mutex_unlock(&notes_lock);
 }

@@ -21,4 +21,14 @@ int mr_watch_set(mr_watch_t *w, char *const *files, int n);
  * 0 when none did, or -errno. */
 int mr_watch_read(mr_watch_t *w, char *changed, size_t len);
 
+/* Lua files a worker VM required lazily (at request time, from disk, not from the validated
+ * snapshot): any thread may note one; the main thread collects them with mr_watch_take_notes
+ * when mr_watch_note_fd turns readable. Noting is a no-op unless a watch exists. */
+void mr_watch_note(const char *path);
+/* eventfd to poll (-1 without a watch). */
+int mr_watch_note_fd(const mr_watch_t *w);
+/* Moves the noted paths (absolute, deduplicated, first 1024) into *files and *n, owned by the
+ * caller (free each and the array). Main thread. */
+void mr_watch_take_notes(mr_watch_t *w, char ***files, int *n);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/watch.h"
 #include "log/log.h"
 
 #define MR_EXPORT __attribute__((visibility("default"), used))
@@ -19,6 +20,13 @@ struct mr_lua_vm {
     uint8_t *route_flags;
     int nroutes;
 };
+
+/* Snapshot loader's report of a module read from disk at request time (see core/watch.h). */
+static int note_source(lua_State *L)
+{
+    mr_watch_note(lua_tostring(L, 1));
+    return 0;
+}
 
 static int traceback(lua_State *L)
 {
@@ -53,7 +61,7 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     if (cfg->nsrcs > 0) {
         /* Serve what validation read (cfg->srcs) before the disk; see mr_config_t. */
         static const char snap_lua[] =
-            "local snap = ...\n"
+            "local snap, note = ...\n"
             "local function load_snap(key)\n"
             "  local e = snap[key]\n"
             "  if e then return assert(loadstring(e[2], '@' .. e[1])) end\n"
@@ -61,6 +69,13 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
             "table.insert(package.loaders, 2, function(name)\n"
             "  return load_snap('m:' .. name) or ('\\n\\tno validated copy of ' .. name)\n"
             "end)\n"
+            /* A module required lazily comes from disk: --watch should follow it too. */
+            "local searchpath, disk = package.searchpath, package.loaders[3]\n"
+            "package.loaders[3] = function(name)\n"
+            "  local f = searchpath(name, package.path)\n"
+            "  if f then note(f) end\n"
+            "  return disk(name)\n"
+            "end\n"
             "local lf = loadfile\n"
             "loadfile = function(f, ...)\n"
             "  local fn = type(f) == 'string' and snap['f:' .. f]\n"
@@ -78,7 +93,8 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
             lua_rawseti(L, -2, 2);
             lua_setfield(L, -2, cfg->srcs[i].key);
         }
-        if (lua_pcall(L, 1, 0, 1) != 0) goto fail;
+        lua_pushcfunction(L, note_source);
+        if (lua_pcall(L, 2, 0, 1) != 0) goto fail;
     }
     lua_getglobal(L, "require");
     lua_pushstring(L, "moonring.runtime");
