@@ -534,7 +534,12 @@ static int parse_inherited(inherited_t **out, int *ready_fd)
             if (sscanf(p, "%d,%d,%n", &fd, &worker, &used) == 2 && used > 0) {
                 const char *a = p + used, *end = strchr(a, ';');
                 size_t alen = end ? (size_t)(end - a) : strlen(a);
-                if (alen < sizeof t[n].addr && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0) {
+                int listening = 0;
+                socklen_t optlen = sizeof listening;
+                /* Only a listening socket is adopted: anything else under that number is a bug
+                 * on the other side, and accepting on it would be worse. */
+                if (alen < sizeof t[n].addr && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 &&
+                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &optlen) == 0 && listening) {
                     t[n].fd = fd;
                     t[n].worker = worker;
                     memcpy(t[n].addr, a, alen);
