@@ -662,7 +662,6 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         if (rc < 0) { free(adopt); goto stop; }
     }
     free(adopt);
-    nstarted = 0;
     if (record_listeners(workers, cfg->workers, cfg) < 0) goto stop;
     for (int i = 0; i < cfg->workers; i++) {
         rc = mr_worker_start(&workers[i]);
