@@ -151,3 +151,83 @@ return {
     assert.equal("v4", get())
   end)
 end)
+
+describe("binary upgrade to a new binary on disk", function()
+  local port, admin, pid_path, bin, mr
+  local pids = {}
+
+  local function current_pid() return tonumber(read(pid_path) or "") end
+
+  -- Replaces the binary the way a package manager or `make install` does: a new file renamed
+  -- over the old path. The running process's /proc/self/exe then names a deleted file.
+  local function install(script)
+    write(bin .. ".new", script)
+    assert(os.execute("chmod +x '" .. bin .. ".new'") == 0)
+    assert(os.rename(bin .. ".new", bin))
+  end
+
+  setup(function()
+    port, admin = helpers.free_port(), helpers.free_port()
+    pid_path = helpers.tmpname("upgrade-bin", ".pid")
+    bin = helpers.tmpname("moonring-copy", "")
+    assert(os.execute(("cp '%s' '%s'"):format(helpers.moonring_bin, bin)) == 0)
+    local conf = ([[
+return {
+  workers = 2,
+  pid = %q,
+  listen = { "127.0.0.1:%d" },
+  admin = { listen = "127.0.0.1:%d" },
+  routes = { { path = "/", handler = function() return 200, "ok" end } },
+}
+]]):format(pid_path, port, admin)
+    local conf_path = helpers.tmpname("moonring", ".lua")
+    write(conf_path, conf)
+    local h = helpers.spawn(("'%s' -c '%s'"):format(bin, conf_path))
+    h.is_moonring = true
+    mr = h
+    assert.truthy(helpers.eventually(function()
+      return helpers.http("GET", ("http://127.0.0.1:%d/-/status"):format(admin))
+    end, 10), h.log())
+    mr.conf_path = conf_path
+  end)
+
+  teardown(function()
+    local p = current_pid()
+    if p then pids[#pids + 1] = p end
+    for _, pid in ipairs(pids) do
+      if pid ~= mr.pid and alive(pid) then helpers.kill(pid, "TERM") end
+    end
+    for _, pid in ipairs(pids) do helpers.eventually(function() return not alive(pid) end, 10) end
+    helpers.stop_all()
+    os.remove(bin)
+  end)
+
+  local function upgrade()
+    local res = assert(helpers.http("POST", ("http://127.0.0.1:%d/-/upgrade"):format(admin), { timeout = 90 }))
+    return res.status, res.body
+  end
+
+  it("reports a new binary that dies before it is ready, and keeps serving", function()
+    local serving = current_pid()
+    install("#!/bin/sh\necho 'broken build starting' >&2\nexit 3\n")
+    local status, body = upgrade()
+    assert.equal(500, status, body)
+    assert.matches("exited with code 3 before it was ready", body, 1, true)
+    assert.truthy(mr.log():find("broken build starting", 1, true))
+    assert.equal(serving, current_pid())
+    assert.equal("ok", assert(helpers.http("GET", ("http://127.0.0.1:%d/"):format(port))).body)
+  end)
+
+  it("execs the file now at the binary's path, not the one it was started from", function()
+    local serving = current_pid()
+    install(("#!/bin/sh\necho 'new build starting' >&2\nexec '%s' \"$@\"\n"):format(helpers.moonring_bin))
+    local status, body = upgrade()
+    assert.equal(200, status, body)
+    local new = tonumber(body:match('"pid":(%d+)'))
+    pids[#pids + 1] = new
+    assert.equal(new, current_pid())
+    assert.truthy(mr.log():find("new build starting", 1, true))
+    assert.truthy(helpers.eventually(function() return not alive(serving) end, 15))
+    assert.equal("ok", assert(helpers.http("GET", ("http://127.0.0.1:%d/"):format(port))).body)
+  end)
+end)
