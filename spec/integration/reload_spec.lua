@@ -167,6 +167,27 @@ return {
     for k, v in pairs(w.errors) do assert.equal(0, v, k .. " errors: " .. wrk.log()) end
   end)
 
+  it("coalesces a storm of concurrent reload requests into a few reloads", function()
+    write(conf_path, config("storm"))
+    local log0 = #mr.log()
+    local urls = {}
+    for i = 1, 30 do urls[i] = ("http://127.0.0.1:%d/-/reload"):format(admin) end
+    local out, rc = helpers.run("curl -s --parallel --parallel-immediate --parallel-max 30 -X POST -w '\n' "
+      .. table.concat(urls, " "))
+    assert.equal(0, rc, out)
+    local answers, gens = 0, {}
+    for g in out:gmatch('{"generation":(%d+)}') do answers = answers + 1; gens[g] = true end
+    assert.equal(30, answers, out)
+    local _, reloads = mr.log():sub(log0):gsub("serving in every worker", "")
+    local distinct = 0
+    for _ in pairs(gens) do distinct = distinct + 1 end
+    -- Every answer names a generation that a reload really built; requests that waited for a
+    -- running reload share the next one instead of queueing one each.
+    assert.equal(reloads, distinct, mr.log():sub(log0))
+    assert.is_true(reloads < 30, ("%d reloads for 30 requests"):format(reloads))
+    assert.equal("storm", version())
+  end)
+
   it("keeps RSS and fd count flat over 300 reloads", function()
     write(conf_path, config("flat"))
     for _ = 1, 20 do reload() end

@@ -188,6 +188,9 @@ static struct {
     char exe[4096];               /* this binary, resolved at start, for upgrades */
     char **argv;
     atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
+    atomic_uint_fast64_t reloads_started; /* see server_reload */
+    uint64_t last_reload_gen;     /* outcome of the last reload (under lock) */
+    char last_reload_err[2048];
 } srv = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 /* Upgrade hand-over, between an old process and the new one it execs (see docs/reload.md):
@@ -252,8 +255,19 @@ static uint64_t server_reload(char *msg, size_t msglen)
     int **fds = NULL;
     mr_config_t *cfg = NULL;
     mr_config_sources_t src = { 0 };
+    /* A reload that starts after this request reads the files as they are now or newer, so
+     * its outcome answers this request too: a storm of N requests runs at most two reloads. */
+    uint64_t want = atomic_load(&srv.reloads_started) + 1;
     pthread_mutex_lock(&srv.lock);
     if (atomic_load(&srv.stopping)) { snprintf(msg, msglen, "shutting down"); goto out; }
+    if (atomic_load(&srv.reloads_started) >= want) {
+        snprintf(msg, msglen, "%s", srv.last_reload_err);
+        gen = srv.last_reload_gen;
+        pthread_mutex_unlock(&srv.lock);
+        if (gen) mr_info("reload: coalesced into generation %llu", (unsigned long long)gen);
+        return gen;
+    }
+    atomic_fetch_add(&srv.reloads_started, 1);
     if (mr_config_load_traced(srv.path, &cfg, msg, msglen, srv.watch ? &src : NULL) < 0) goto out;
     if (cfg->workers != srv.cfg->workers)
         mr_warn("reload: workers changed from %d to %d; that takes a restart, keeping %d", srv.cfg->workers,
@@ -318,6 +332,8 @@ out:
     watch_update(&src, gen != 0);
     mr_config_sources_free(&src);
     if (!gen && msg[0]) mr_error("reload refused, the current generation keeps serving: %s", msg);
+    srv.last_reload_gen = gen;
+    snprintf(srv.last_reload_err, sizeof srv.last_reload_err, "%s", gen ? "" : msg);
     if (fds)
         for (int w = 0; w < srv.nworkers; w++) free(fds[w]);
     free(fds);
@@ -436,69 +452,99 @@ static void admin_reply(int fd, int status, const char *body)
     }
 }
 
-/* The admin endpoint runs on its own thread with plain blocking sockets: it serves operators,
- * not traffic, and must be able to wait for a reload to finish. */
+/* One admin connection, on its own thread: a reload request waits in server_reload while
+ * others arrive, which is what lets a storm of them share reloads (see server_reload). */
+static atomic_int admin_inflight;
+#define ADMIN_MAX_THREADS 32
+
+static void admin_serve(int fd)
+{
+    struct timeval tv = { .tv_sec = 2 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[8192];
+    size_t len = 0;
+    while (len < sizeof req - 1) {
+        ssize_t r = read(fd, req + len, sizeof req - 1 - len);
+        if (r <= 0) break;
+        len += (size_t)r;
+        req[len] = 0;
+        if (strstr(req, "\r\n\r\n")) break;
+    }
+    req[len] = 0;
+    char method[16] = "", target[256] = "";
+    if (sscanf(req, "%15s %255s", method, target) != 2) {
+        admin_reply(fd, 400, "{\"error\":\"bad request\"}\n");
+    } else if (strcmp(target, "/-/reload") == 0 && strcmp(method, "POST") == 0) {
+        char msg[2048] = "", esc[4200], body[4400];
+        uint64_t gen = server_reload(msg, sizeof msg);
+        if (gen) {
+            snprintf(body, sizeof body, "{\"generation\":%llu}\n", (unsigned long long)gen);
+            admin_reply(fd, 200, body);
+        } else {
+            json_escape(esc, sizeof esc, msg);
+            snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
+            admin_reply(fd, 500, body);
+        }
+    } else if (strcmp(target, "/-/upgrade") == 0 && strcmp(method, "POST") == 0) {
+        char msg[2048] = "", esc[4200], body[4400];
+        pid_t pid = server_upgrade(msg, sizeof msg);
+        if (pid) {
+            snprintf(body, sizeof body, "{\"pid\":%d}\n", (int)pid);
+            admin_reply(fd, 200, body);
+            close(fd);
+            kill(getpid(), SIGTERM); /* the main thread drains and exits */
+            return;
+        }
+        json_escape(esc, sizeof esc, msg);
+        snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
+        admin_reply(fd, 500, body);
+    } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
+        char body[256];
+        pthread_mutex_lock(&srv.lock);
+        snprintf(body, sizeof body, "{\"generation\":%llu,\"workers\":%d,\"pid\":%d}\n",
+                 (unsigned long long)srv.generation, srv.nworkers, (int)getpid());
+        pthread_mutex_unlock(&srv.lock);
+        admin_reply(fd, 200, body);
+    } else {
+        admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload, POST /-/upgrade or GET /-/status\"}\n");
+    }
+    close(fd);
+}
+
+static void *admin_conn_main(void *arg)
+{
+    mr_log_set_thread_tag("admin");
+    admin_serve((int)(intptr_t)arg);
+    atomic_fetch_sub(&admin_inflight, 1);
+    return NULL;
+}
+
+/* The admin endpoint uses plain blocking sockets and threads: it serves operators, not
+ * traffic, and must be able to wait for a reload to finish. */
 static void *admin_main(void *arg)
 {
     int lfd = (int)(intptr_t)arg;
     mr_log_set_thread_tag("admin");
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (!atomic_load(&srv.stopping)) {
         struct pollfd p = { .fd = lfd, .events = POLLIN };
         if (poll(&p, 1, 200) <= 0) continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) continue;
-        struct timeval tv = { .tv_sec = 2 };
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        char req[8192];
-        size_t len = 0;
-        while (len < sizeof req - 1) {
-            ssize_t r = read(fd, req + len, sizeof req - 1 - len);
-            if (r <= 0) break;
-            len += (size_t)r;
-            req[len] = 0;
-            if (strstr(req, "\r\n\r\n")) break;
+        pthread_t t;
+        if (atomic_fetch_add(&admin_inflight, 1) >= ADMIN_MAX_THREADS ||
+            pthread_create(&t, &attr, admin_conn_main, (void *)(intptr_t)fd) != 0) {
+            atomic_fetch_sub(&admin_inflight, 1);
+            admin_serve(fd); /* over the cap: inline, as before */
         }
-        req[len] = 0;
-        char method[16] = "", target[256] = "";
-        if (sscanf(req, "%15s %255s", method, target) != 2) {
-            admin_reply(fd, 400, "{\"error\":\"bad request\"}\n");
-        } else if (strcmp(target, "/-/reload") == 0 && strcmp(method, "POST") == 0) {
-            char msg[2048] = "", esc[4200], body[4400];
-            uint64_t gen = server_reload(msg, sizeof msg);
-            if (gen) {
-                snprintf(body, sizeof body, "{\"generation\":%llu}\n", (unsigned long long)gen);
-                admin_reply(fd, 200, body);
-            } else {
-                json_escape(esc, sizeof esc, msg);
-                snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
-                admin_reply(fd, 500, body);
-            }
-        } else if (strcmp(target, "/-/upgrade") == 0 && strcmp(method, "POST") == 0) {
-            char msg[2048] = "", esc[4200], body[4400];
-            pid_t pid = server_upgrade(msg, sizeof msg);
-            if (pid) {
-                snprintf(body, sizeof body, "{\"pid\":%d}\n", (int)pid);
-                admin_reply(fd, 200, body);
-                close(fd);
-                kill(getpid(), SIGTERM); /* the main thread drains and exits */
-                continue;
-            }
-            json_escape(esc, sizeof esc, msg);
-            snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
-            admin_reply(fd, 500, body);
-        } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
-            char body[256];
-            pthread_mutex_lock(&srv.lock);
-            snprintf(body, sizeof body, "{\"generation\":%llu,\"workers\":%d,\"pid\":%d}\n",
-                     (unsigned long long)srv.generation, srv.nworkers, (int)getpid());
-            pthread_mutex_unlock(&srv.lock);
-            admin_reply(fd, 200, body);
-        } else {
-            admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload, POST /-/upgrade or GET /-/status\"}\n");
-        }
-        close(fd);
     }
+    pthread_attr_destroy(&attr);
     close(lfd);
+    /* Connection threads see srv.stopping at their next reload and end within their 2 s read
+     * timeout otherwise; wait for them so none outlives the workers. */
+    for (int i = 0; i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
     return NULL;
 }
 
