@@ -188,6 +188,34 @@ return {
     assert.equal("storm", version())
   end)
 
+  it("switches every worker or none when one worker fails to build the generation", function()
+    assert.equal("storm", version())
+    -- Fails in exactly one evaluation: the third since arming (validation is the first, then one
+    -- per worker, in parallel). O_APPEND makes each writer's offset a unique counter.
+    local arm = helpers.tmpname("arm", "")
+    local trap = ([[
+do
+  local armed = io.open(%q, "r")
+  if armed then
+    armed:close()
+    local f = io.open(%q, "a"); f:write("x"); f:flush()
+    local n = f:seek(); f:close()
+    if n == 3 then error("boom in one worker") end
+  end
+end
+]]):format(arm, arm)
+    write(conf_path, trap .. config("split"))
+    write(arm, "")
+    local status, body = reload()
+    os.remove(arm)
+    assert.equal(500, status, body)
+    assert.matches("boom in one worker", body, 1, true)
+    assert.truthy(mr.log():find("none switched", 1, true), mr.log())
+    for _ = 1, 20 do assert.equal("storm", version()) end
+    assert.equal(200, (reload())) -- disarmed: the same config now loads everywhere
+    for _ = 1, 20 do assert.equal("split", version()) end
+  end)
+
   it("keeps RSS and fd count flat over 300 reloads", function()
     write(conf_path, config("flat"))
     for _ = 1, 20 do reload() end

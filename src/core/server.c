@@ -305,12 +305,16 @@ static uint64_t server_reload(char *msg, size_t msglen)
         if (atomic_load(&srv.workers[w].reload_state) < 0 && !failed++)
             snprintf(msg, msglen, "worker %d: %s", w, srv.workers[w].reload_err);
     }
-    srv.generation = id;
+    /* All or none: a worker that could not build keeps every worker on the old generation. */
+    for (int w = 0; w < srv.nworkers; w++) mr_worker_reload_finish(&srv.workers[w], !failed);
+    for (int w = 0; w < srv.nworkers; w++)
+        while (atomic_load(&srv.workers[w].reload_state) != 2) usleep(200);
     if (failed) {
-        mr_error("reload: %d of %d workers failed to switch to generation %llu", failed, srv.nworkers,
-                 (unsigned long long)id);
+        mr_error("reload: %d of %d workers failed to build generation %llu; none switched", failed,
+                 srv.nworkers, (unsigned long long)id);
         goto out;
     }
+    srv.generation = id;
     int **lfds = calloc((size_t)(unsigned)srv.nworkers, sizeof *lfds);
     for (int w = 0; lfds && w < srv.nworkers; w++) {
         lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **lfds);

@@ -142,22 +142,40 @@ static void gen_retired(mr_worker_t *w, mr_gen_t *old)
     mr_timer_set(w->loop, &old->drain_timer, w->cfg->drain_timeout_ms);
 }
 
-/* Builds the new generation on this thread (VMs are thread-affine) and switches to it between
- * loop turns: requests in flight keep the generation they hold; the old one is freed when the
- * last of them ends. Listening sockets the new config keeps are never touched. */
-static void apply_reload(mr_worker_t *w)
+/* Reloads are two-phase so that every worker switches or none does. Phase one (MR_CMD_RELOAD)
+ * builds the new generation on this thread (VMs are thread-affine) while the old one serves;
+ * phase two (MR_CMD_RELOAD_COMMIT or _ABORT, once every worker has built) switches to it
+ * between loop turns, or drops it. Requests in flight keep the generation they hold; the old
+ * one is freed when the last of them ends. Listening sockets the new config keeps are never
+ * touched. */
+static void build_reload(mr_worker_t *w)
 {
-    mr_config_t *cfg = w->reload_cfg;
-    mr_gen_t *g = NULL;
-    if (mr_gen_new(cfg, w->reload_id, &w->servers, &g, w->reload_err, sizeof w->reload_err) < 0) {
-        for (int i = 0; i < cfg->nlisten; i++)
-            if (w->reload_fds[i] >= 0) close(w->reload_fds[i]);
+    w->reload_gen = NULL;
+    if (mr_gen_new(w->reload_cfg, w->reload_id, &w->servers, &w->reload_gen, w->reload_err, sizeof w->reload_err) < 0) {
+        w->reload_gen = NULL;
         mr_error("reload to generation %llu failed: %s", (unsigned long long)w->reload_id, w->reload_err);
         atomic_store(&w->reload_state, -1);
         return;
     }
+    atomic_store(&w->reload_state, 1);
+}
+
+static void abort_reload(mr_worker_t *w)
+{
+    mr_config_t *cfg = w->reload_cfg;
+    if (w->reload_gen) mr_gen_unref(w->reload_gen);
+    w->reload_gen = NULL;
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (w->reload_fds[i] >= 0) close(w->reload_fds[i]);
+    atomic_store(&w->reload_state, 2);
+}
+
+static void commit_reload(mr_worker_t *w)
+{
+    mr_config_t *cfg = w->reload_cfg;
     mr_gen_t *old = w->gen;
-    w->gen = g;
+    w->gen = w->reload_gen;
+    w->reload_gen = NULL;
     w->cfg = cfg;
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
@@ -181,7 +199,7 @@ static void apply_reload(mr_worker_t *w)
         if (l->closing && !l->op.active) listener_free(w, l);
     }
     if (w->accepting && !w->accept_paused) arm_accepts(w);
-    atomic_store(&w->reload_state, 1);
+    atomic_store(&w->reload_state, 2);
 }
 
 void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds)
@@ -194,6 +212,11 @@ void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds)
     mr_worker_command(w, MR_CMD_RELOAD);
 }
 
+void mr_worker_reload_finish(mr_worker_t *w, bool commit)
+{
+    mr_worker_command(w, commit ? MR_CMD_RELOAD_COMMIT : MR_CMD_RELOAD_ABORT);
+}
+
 static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)flags;
@@ -201,7 +224,9 @@ static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     int cmd = atomic_exchange(&w->cmd, MR_CMD_NONE);
     if (cmd == MR_CMD_STOP) begin_drain(w, false);
     else if (cmd == MR_CMD_QUIT) begin_drain(w, true);
-    else if (cmd == MR_CMD_RELOAD) apply_reload(w);
+    else if (cmd == MR_CMD_RELOAD) build_reload(w);
+    else if (cmd == MR_CMD_RELOAD_COMMIT) commit_reload(w);
+    else if (cmd == MR_CMD_RELOAD_ABORT) abort_reload(w);
     if (res >= 0 || res == -EINTR) mr_loop_read(loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
 }
 
