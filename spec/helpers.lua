@@ -64,10 +64,13 @@ end
 
 local my_pid = (read_file("/proc/self/stat") or ""):match("^(%d+)") or "0"
 local seq = 0
--- A fresh path under <repo>/tmp/ (nothing is created).
+-- A fresh path under <repo>/tmp/ (nothing is created). busted insulates spec files, so this
+-- module (and seq) starts afresh in each file of one run: the microsecond clock keeps names of two
+-- files in the same second apart (a reused origin log once handed start_origin a stale port).
 function helpers.tmpname(prefix, ext)
   seq = seq + 1
-  return ("%s/%s-%s-%d-%d%s"):format(helpers.tmp, prefix or "f", my_pid, os.time(), seq, ext or "")
+  return ("%s/%s-%s-%d-%d%s"):format(helpers.tmp, prefix or "f", my_pid, math.floor(socket.gettime() * 1e6), seq,
+    ext or "")
 end
 
 function helpers.sleep(seconds)

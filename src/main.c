@@ -7,10 +7,12 @@
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: moonring [-c FILE] [-t] [-s stop|quit|reload] [-v]\n"
+            "usage: moonring [-c FILE] [-t] [-s stop|quit|reload|upgrade] [--watch] [-v]\n"
             "  -c FILE   configuration file (default conf/moonring.lua)\n"
             "  -t        check the configuration and exit\n"
-            "  -s SIG    send stop, quit or reload to the running instance (via its pid file)\n"
+            "  -s SIG    send stop, quit, reload or upgrade to the running instance (via its\n"
+            "            admin endpoint for reload/upgrade if it has one, else its pid file)\n"
+            "  --watch   development mode: reload when the config or a Lua file it loaded changes\n"
             "  -v        print the version, the io_uring features found, and the loop backend\n"
             "            the config (with -c) would get\n");
 }
@@ -19,10 +21,11 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     const char *conf = "conf/moonring.lua", *sig = NULL;
-    int check = 0, version = 0, conf_given = 0;
+    int check = 0, version = 0, conf_given = 0, watch = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) { conf = argv[++i]; conf_given = 1; }
         else if (strcmp(argv[i], "-t") == 0) check = 1;
+        else if (strcmp(argv[i], "--watch") == 0) watch = 1;
         else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) sig = argv[++i];
         else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) version = 1;
         else { usage(); return 2; }
@@ -30,6 +33,7 @@ int main(int argc, char **argv)
     if (version) return mr_server_version(conf_given ? conf : NULL);
     if (check) return mr_server_check(conf);
     if (sig) return mr_server_signal(conf, sig);
-    return mr_server_run(conf);
+    mr_server_opts_t opts = { .watch = watch != 0, .argv = argv };
+    return mr_server_run(conf, &opts);
 }
 #endif

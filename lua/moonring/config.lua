@@ -615,6 +615,10 @@ local admin = S.record({
   return { addr = a.addr, host = a.host, port = a.port }
 end)
 
+local reload = S.record({
+  { "drain_timeout", S.duration(1), default = "60s", out = "drain_timeout_ms" },
+})
+
 local top = S.record({
   { "workers", workers, default = "auto" },
   { "pid", S.string_or_false, default = false },
@@ -627,6 +631,7 @@ local top = S.record({
   { "shutdown_timeout", S.duration(), default = "10s", out = "shutdown_timeout_ms" },
   { "listen", listen, required = true },
   { "admin", admin },
+  { "reload", reload, default = {} },
   { "upstreams", upstreams, default = {} },
   { "routes", S.list(route, { what = "list of routes" }) },
   { "router", S.func },
@@ -924,6 +929,9 @@ function M.load(path, opts)
   package.path = saved
   if not ok then
     if type(res) ~= "string" then res = "error: " .. describe(res) end
+    -- A module that fails to compile: its own file:line is on the second line.
+    local mod, inner = res:match("^error loading module '([^']*)' from file [^\n]*\n%s*([^\n]+)")
+    if mod then res = inner .. " (module '" .. mod .. "' required by " .. path .. ")" end
     -- error(msg, 0) and non-string errors carry no position; keep the file at least.
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
     return nil, (res:gsub("\n.*", ""))

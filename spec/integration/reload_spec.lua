@@ -167,6 +167,55 @@ return {
     for k, v in pairs(w.errors) do assert.equal(0, v, k .. " errors: " .. wrk.log()) end
   end)
 
+  it("coalesces a storm of concurrent reload requests into a few reloads", function()
+    write(conf_path, config("storm"))
+    local log0 = #mr.log()
+    local urls = {}
+    for i = 1, 30 do urls[i] = ("http://127.0.0.1:%d/-/reload"):format(admin) end
+    local out, rc = helpers.run("curl -s --parallel --parallel-immediate --parallel-max 30 -X POST -w '\n' "
+      .. table.concat(urls, " "))
+    assert.equal(0, rc, out)
+    local answers, gens = 0, {}
+    for g in out:gmatch('{"generation":(%d+)}') do answers = answers + 1; gens[g] = true end
+    assert.equal(30, answers, out)
+    local _, reloads = mr.log():sub(log0):gsub("serving in every worker", "")
+    local distinct = 0
+    for _ in pairs(gens) do distinct = distinct + 1 end
+    -- Every answer names a generation that a reload really built; requests that waited for a
+    -- running reload share the next one instead of queueing one each.
+    assert.equal(reloads, distinct, mr.log():sub(log0))
+    assert.is_true(reloads < 30, ("%d reloads for 30 requests"):format(reloads))
+    assert.equal("storm", version())
+  end)
+
+  it("switches every worker or none when one worker fails to build the generation", function()
+    assert.equal("storm", version())
+    -- Fails in exactly one evaluation: the third since arming (validation is the first, then one
+    -- per worker, in parallel). O_APPEND makes each writer's offset a unique counter.
+    local arm = helpers.tmpname("arm", "")
+    local trap = ([[
+do
+  local armed = io.open(%q, "r")
+  if armed then
+    armed:close()
+    local f = io.open(%q, "a"); f:write("x"); f:flush()
+    local n = f:seek(); f:close()
+    if n == 3 then error("boom in one worker") end
+  end
+end
+]]):format(arm, arm)
+    write(conf_path, trap .. config("split"))
+    write(arm, "")
+    local status, body = reload()
+    os.remove(arm)
+    assert.equal(500, status, body)
+    assert.matches("boom in one worker", body, 1, true)
+    assert.truthy(mr.log():find("none switched", 1, true), mr.log())
+    for _ = 1, 20 do assert.equal("storm", version()) end
+    assert.equal(200, (reload())) -- disarmed: the same config now loads everywhere
+    for _ = 1, 20 do assert.equal("split", version()) end
+  end)
+
   it("keeps RSS and fd count flat over 300 reloads", function()
     write(conf_path, config("flat"))
     for _ = 1, 20 do reload() end

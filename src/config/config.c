@@ -225,6 +225,10 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     l->keepalive_requests = getu32(L, t, "keepalive_requests", 1000);
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "reload");
+    cfg->drain_timeout_ms = getu32(L, lua_gettop(L), "drain_timeout_ms", 60000);
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "proxy");
     t = lua_gettop(L);
     cfg->xff = getbool(L, t, "x_forwarded_for", true);
@@ -309,9 +313,129 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* Records every Lua file require() reads from disk (and dofile/loadfile), for two reasons:
+ * --watch must know what to watch (a module that fails to compile is recorded too: its fix must
+ * trigger a reload), and workers must run exactly what was validated: they get these texts
+ * (cfg->srcs) instead of re-reading files that an editor may be changing during the reload. */
+static const char trace_lua[] =
+    "local files, seen, snap = {}, {}, {}\n"
+    "local function rec(f) if type(f) == 'string' and not seen[f] then seen[f] = true; files[#files + 1] = f end end\n"
+    "local function readall(f)\n"
+    "  local h = io.open(f, 'rb'); if not h then return nil end\n"
+    "  local s = h:read('*a'); h:close()\n"
+    "  return s and (s:gsub('^#[^\\n]*', ''))\n" /* loadfile skips a #! line too */
+    "end\n"
+    "local searchpath, orig = package.searchpath, package.loaders[2]\n"
+    "package.loaders[2] = function(name)\n"
+    "  local f = searchpath(name, package.path)\n"
+    "  rec(f)\n"
+    "  local src = f and readall(f)\n"
+    "  if not src then return orig(name) end\n"
+    "  local fn, err = loadstring(src, '@' .. f)\n"
+    "  if not fn then error(('error loading module \\'%s\\' from file \\'%s\\':\\n\\t%s'):format(name, f, err), 0) end\n"
+    "  snap[#snap + 1] = { 'm:' .. name, f, src }\n"
+    "  return fn\n"
+    "end\n"
+    "local lf = loadfile\n"
+    "loadfile = function(f, ...)\n"
+    "  if type(f) ~= 'string' then return lf(f, ...) end\n"
+    "  rec(f)\n"
+    "  local src = readall(f)\n"
+    "  if not src then return lf(f, ...) end\n"
+    "  local fn, err = loadstring(src, '@' .. f)\n"
+    "  if fn then snap[#snap + 1] = { 'f:' .. f, f, src } end\n"
+    "  return fn, err\n"
+    "end\n"
+    "dofile = function(f) return assert(loadfile(f))() end\n"
+    "return { files = files, snap = snap }\n";
+
+/* Absolute form of path without resolving its last component (it may be renamed over or
+ * briefly missing while an editor saves). */
+static char *absolute_path(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096], real[4096];
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (!realpath(dir, real)) return strdup(path);
+    const char *base = slash ? slash + 1 : path;
+    size_t n = strlen(real) + strlen(base) + 2;
+    char *out = malloc(n);
+    if (out) snprintf(out, n, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+    return out;
+}
+
+static char *dup_field(lua_State *L, int t, int i, size_t *len)
+{
+    lua_rawgeti(L, t, i);
+    size_t n = 0;
+    const char *s = lua_tolstring(L, -1, &n);
+    char *out = s ? malloc(n + 1) : NULL;
+    if (out) { memcpy(out, s, n); out[n] = 0; }
+    if (len) *len = n;
+    lua_pop(L, 1);
+    return out;
+}
+
+static int collect_snapshot(lua_State *L, int ref, mr_config_t *cfg)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_getfield(L, -1, "snap");
+    int n = (int)lua_objlen(L, -1);
+    cfg->srcs = calloc((size_t)n + 1, sizeof *cfg->srcs);
+    if (!cfg->srcs) { lua_pop(L, 2); return -1; }
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        int e = lua_gettop(L);
+        mr_config_src_t *x = &cfg->srcs[cfg->nsrcs++];
+        x->key = dup_field(L, e, 1, NULL);
+        x->file = dup_field(L, e, 2, NULL);
+        x->text = dup_field(L, e, 3, &x->len);
+        lua_pop(L, 1);
+        if (!x->key || !x->file || !x->text) { lua_pop(L, 2); return -1; }
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
+static void collect_sources(lua_State *L, int ref, const char *file, mr_config_sources_t *src)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_getfield(L, -1, "files");
+    lua_remove(L, -2);
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    src->files = calloc((size_t)n + 2, sizeof *src->files);
+    src->n = 0;
+    if (src->files && (src->files[0] = absolute_path(file))) src->n = 1;
+    for (int i = 1; src->files && i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        char *p = lua_isstring(L, -1) ? absolute_path(lua_tostring(L, -1)) : NULL;
+        lua_pop(L, 1);
+        if (!p) continue;
+        bool dup = false;
+        for (int j = 0; j < src->n && !dup; j++) dup = strcmp(src->files[j], p) == 0;
+        if (dup) free(p);
+        else src->files[src->n++] = p;
+    }
+    lua_pop(L, 1);
+}
+
+void mr_config_sources_free(mr_config_sources_t *src)
+{
+    for (int i = 0; src && i < src->n; i++) free(src->files[i]);
+    if (src) free(src->files);
+    if (src) { src->files = NULL; src->n = 0; }
+}
+
 int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen)
 {
-    int rc = -1;
+    return mr_config_load_traced(file, out, err, errlen, NULL);
+}
+
+int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t errlen, mr_config_sources_t *src)
+{
+    int rc = -1, trace_ref = LUA_NOREF;
     mr_config_t *cfg = calloc(1, sizeof *cfg);
     if (cfg) atomic_init(&cfg->refs, 1);
     lua_State *L = luaL_newstate();
@@ -325,6 +449,11 @@ int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
+    if (luaL_loadbuffer(L, trace_lua, sizeof trace_lua - 1, "=trace") != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+        snprintf(err, errlen, "cannot trace loaded files: %s", lua_tostring(L, -1));
+        goto done;
+    }
+    trace_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getglobal(L, "require");
     lua_pushstring(L, "moonring.config");
     if (lua_pcall(L, 1, 1, 0) != 0) {
@@ -376,10 +505,12 @@ int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen
     }
     lua_pop(L, 1);
     if (read_config(L, cfg, err, errlen) < 0) goto done;
+    if (collect_snapshot(L, trace_ref, cfg) < 0) { snprintf(err, errlen, "out of memory"); goto done; }
     *out = cfg;
     cfg = NULL;
     rc = 0;
 done:
+    if (src && L && trace_ref != LUA_NOREF) collect_sources(L, trace_ref, file, src);
     if (L) lua_close(L);
     if (cfg) mr_config_free(cfg);
     return rc;
@@ -409,6 +540,8 @@ void mr_config_free(mr_config_t *cfg)
     free(cfg->listen); free(cfg->upstreams); free(cfg->routes);
     free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
     free(cfg->access_log); free(cfg->loop); free(cfg->admin_addr);
+    for (int i = 0; i < cfg->nsrcs; i++) { free(cfg->srcs[i].key); free(cfg->srcs[i].file); free(cfg->srcs[i].text); }
+    free(cfg->srcs);
     for (int i = 0; i < cfg->nshared; i++) free(cfg->shared_names[i]);
     free(cfg->shared_names); free(cfg->shared_sizes);
     free(cfg);

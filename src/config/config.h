@@ -63,6 +63,12 @@ typedef struct {
     uint32_t max_connections_per_ip;   /* per worker; 0 = no limit */
 } mr_limits_t;
 
+/* One file as validation read it: key "m:<module>" (require) or "f:<path>" (loadfile). */
+typedef struct {
+    char *key, *file, *text;
+    size_t len;
+} mr_config_src_t;
+
 typedef struct {
     atomic_int refs;            /* main thread + every worker generation using it */
     char *file;                 /* path as given */
@@ -86,9 +92,15 @@ typedef struct {
     bool xff, xfp, via;
     uint32_t buffer_size;
     uint32_t shutdown_timeout_ms;
+    uint32_t drain_timeout_ms;  /* reload.drain_timeout: how long a retired generation may live */
     char **shared_names;        /* shared dicts: name and size in bytes */
     size_t *shared_sizes;
     int nshared;
+    /* Every Lua file validation read, as read: worker VMs load these rather than the disk, so
+     * each generation runs exactly the code that was validated, whatever an editor does to the
+     * files meanwhile. Modules required lazily (at request time) still come from disk. */
+    mr_config_src_t *srcs;
+    int nsrcs;
     char *admin_addr;           /* admin listener "host:port", or NULL */
     mr_addr_t admin_sa;
 } mr_config_t;
@@ -97,6 +109,18 @@ typedef struct {
  * line and key into err. Main thread only (resolution blocks). */
 int mr_config_load(const char *file, mr_config_t **out, char *err, size_t errlen);
 void mr_config_free(mr_config_t *cfg);
+
+/* The files a load read from disk: the config file first, then every Lua file required (or
+ * dofile'd) while validating, as absolute paths (last component not resolved). Owned by the
+ * caller; free with mr_config_sources_free. */
+typedef struct {
+    char **files;
+    int n;
+} mr_config_sources_t;
+/* mr_config_load that also fills *src (when non-NULL), on success and on failure alike: a
+ * module that failed to compile is listed, so a watcher sees its fix. */
+int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t errlen, mr_config_sources_t *src);
+void mr_config_sources_free(mr_config_sources_t *src);
 /* Shared read-only across threads; the last unref (any thread) frees it. */
 void mr_config_ref(mr_config_t *cfg);
 void mr_config_unref(mr_config_t *cfg);

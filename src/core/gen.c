@@ -32,6 +32,7 @@ fail:
 void mr_gen_unref(mr_gen_t *g)
 {
     if (--g->refs) return;
+    if (g->drain_loop) mr_timer_stop(g->drain_loop, &g->drain_timer);
     if (g->lua) mr_lua_vm_free(g->lua);
     if (g->ups)
         for (int i = 0; i < g->cfg->nupstreams; i++) mr_upstream_free(&g->ups[i]);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "loop/loop.h"
 #include "upstream/upstream.h"
 
 typedef struct mr_lua_vm mr_lua_vm_t;
@@ -22,6 +23,11 @@ typedef struct mr_gen {
     mr_upstream_t *ups;         /* one per cfg->upstreams */
     mr_upstream_t *adhoc;       /* one per route (routes with upstream = "host:port") */
     uint32_t refs;
+    /* Set once a reload retires this generation while requests still hold it (core/worker.c):
+     * the drain deadline timer, armed on the owning worker's loop. */
+    mr_loop_t *drain_loop;
+    mr_timer_t drain_timer;
+    mr_worker_t *drain_worker;
 } mr_gen_t;
 
 /* Builds a generation on the calling worker thread (evaluates the config in a new VM). Takes a

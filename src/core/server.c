@@ -7,7 +7,10 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +21,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/watch.h"
 #include "core/worker.h"
 #include "log/log.h"
 #include "net/net.h"
@@ -51,8 +55,8 @@ int mr_server_check(const char *path)
 int mr_server_signal(const char *path, const char *what)
 {
     int sig = strcmp(what, "stop") == 0 ? SIGTERM : strcmp(what, "quit") == 0 ? SIGQUIT
-            : strcmp(what, "reload") == 0 ? SIGHUP : 0;
-    if (!sig) { fprintf(stderr, "moonring: -s takes stop, quit or reload, not '%s'\n", what); return 2; }
+            : strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "upgrade") == 0 ? SIGUSR2 : 0;
+    if (!sig) { fprintf(stderr, "moonring: -s takes stop, quit, reload or upgrade, not '%s'\n", what); return 2; }
     char err[2048];
     mr_config_t *cfg = NULL;
     if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
@@ -60,20 +64,22 @@ int mr_server_signal(const char *path, const char *what)
         return 1;
     }
     int rc = 1;
-    if (sig == SIGHUP && cfg->admin_addr) {
-        /* With an admin endpoint, -s reload waits for the outcome and reports it. */
+    if ((sig == SIGHUP || sig == SIGUSR2) && cfg->admin_addr) {
+        /* With an admin endpoint, -s reload|upgrade waits for the outcome and reports it. */
         int fd = socket(cfg->admin_sa.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct timeval tv = { .tv_sec = 30 };
+        struct timeval tv = { .tv_sec = 90 }; /* an upgrade waits up to 60 s for the new process */
         if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         if (fd < 0 || connect(fd, (struct sockaddr *)&cfg->admin_sa.sa, cfg->admin_sa.len) < 0) {
             fprintf(stderr, "moonring: cannot reach the admin endpoint %s: %s\n", cfg->admin_addr, strerror(errno));
             if (fd >= 0) close(fd);
             goto done;
         }
-        static const char req[] = "POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        char req[128];
+        int reqlen = snprintf(req, sizeof req, "POST /-/%s HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n", what);
         char buf[8192];
         size_t len = 0;
-        if (write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) {
+        if (write(fd, req, (size_t)reqlen) == reqlen) {
             ssize_t r;
             while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
         }
@@ -174,7 +180,66 @@ static struct {
     uint64_t generation;
     const char *path;
     atomic_bool stopping;
+    /* [worker][index in cfg->listen]: each worker's listening socket, kept here so an upgrade
+     * can hand them over without asking the workers (their lists change on their threads). */
+    int **lfds;
+    mr_watch_t *watch;            /* --watch, or NULL */
+    mr_config_sources_t watched;  /* the files behind watch */
+    mr_config_sources_t lazy;     /* modules workers required at request time: always watched */
+    char exe[4096];               /* this binary, resolved at start, for upgrades */
+    char **argv;
+    atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
+    atomic_uint_fast64_t reloads_started; /* see server_reload */
+    uint64_t last_reload_gen;     /* outcome of the last reload (under lock) */
+    char last_reload_err[2048];
 } srv = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* Upgrade hand-over, between an old process and the new one it execs (see docs/reload.md):
+ * MOONRING_INHERIT="fd,worker,addr;..." names each listening socket left open across exec,
+ * MOONRING_READY_FD the pipe on which the new process writes one byte once it serves. */
+#define ENV_INHERIT "MOONRING_INHERIT"
+#define ENV_READY "MOONRING_READY_FD"
+
+static void free_lfds(int **t, int nworkers)
+{
+    if (!t) return;
+    for (int w = 0; w < nworkers; w++) free(t[w]);
+    free(t);
+}
+
+/* --watch: after a load, watch what it read. A failed load adds its files to the set instead
+ * of replacing it, so both the broken file and everything the serving generation uses stay
+ * watched. Called with srv.lock held. */
+static void watch_update(mr_config_sources_t *src, bool replace)
+{
+    if (!srv.watch || !src->files) return;
+    if (replace) {
+        mr_config_sources_free(&srv.watched);
+        srv.watched = *src;
+        src->files = NULL;
+        src->n = 0;
+        if (srv.lazy.n) {
+            mr_config_sources_t lazy = { .files = calloc((size_t)srv.lazy.n + 1, sizeof (char *)), .n = 0 };
+            for (int i = 0; lazy.files && i < srv.lazy.n; i++)
+                if ((lazy.files[lazy.n] = strdup(srv.lazy.files[i]))) lazy.n++;
+            watch_update(&lazy, false);
+            mr_config_sources_free(&lazy);
+            return;
+        }
+    } else {
+        char **files = realloc(srv.watched.files, ((size_t)srv.watched.n + (size_t)src->n + 1) * sizeof *files);
+        if (!files) return;
+        srv.watched.files = files;
+        for (int i = 0; i < src->n; i++) {
+            bool dup = false;
+            for (int j = 0; j < srv.watched.n && !dup; j++) dup = strcmp(files[j], src->files[i]) == 0;
+            if (dup) continue;
+            files[srv.watched.n++] = src->files[i];
+            src->files[i] = NULL;
+        }
+    }
+    mr_watch_set(srv.watch, srv.watched.files, srv.watched.n);
+}
 
 static uint64_t now_us(void)
 {
@@ -190,9 +255,21 @@ static uint64_t server_reload(char *msg, size_t msglen)
     uint64_t gen = 0, t0 = now_us();
     int **fds = NULL;
     mr_config_t *cfg = NULL;
+    mr_config_sources_t src = { 0 };
+    /* A reload that starts after this request reads the files as they are now or newer, so
+     * its outcome answers this request too: a storm of N requests runs at most two reloads. */
+    uint64_t want = atomic_load(&srv.reloads_started) + 1;
     pthread_mutex_lock(&srv.lock);
     if (atomic_load(&srv.stopping)) { snprintf(msg, msglen, "shutting down"); goto out; }
-    if (mr_config_load(srv.path, &cfg, msg, msglen) < 0) goto out;
+    if (atomic_load(&srv.reloads_started) >= want) {
+        snprintf(msg, msglen, "%s", srv.last_reload_err);
+        gen = srv.last_reload_gen;
+        pthread_mutex_unlock(&srv.lock);
+        if (gen) mr_info("reload: coalesced into generation %llu", (unsigned long long)gen);
+        return gen;
+    }
+    atomic_fetch_add(&srv.reloads_started, 1);
+    if (mr_config_load_traced(srv.path, &cfg, msg, msglen, srv.watch ? &src : NULL) < 0) goto out;
     if (cfg->workers != srv.cfg->workers)
         mr_warn("reload: workers changed from %d to %d; that takes a restart, keeping %d", srv.cfg->workers,
                 cfg->workers, srv.cfg->workers);
@@ -229,12 +306,27 @@ static uint64_t server_reload(char *msg, size_t msglen)
         if (atomic_load(&srv.workers[w].reload_state) < 0 && !failed++)
             snprintf(msg, msglen, "worker %d: %s", w, srv.workers[w].reload_err);
     }
-    srv.generation = id;
+    /* All or none: a worker that could not build keeps every worker on the old generation. */
+    for (int w = 0; w < srv.nworkers; w++) mr_worker_reload_finish(&srv.workers[w], !failed);
+    for (int w = 0; w < srv.nworkers; w++)
+        while (atomic_load(&srv.workers[w].reload_state) != 2) usleep(200);
     if (failed) {
-        mr_error("reload: %d of %d workers failed to switch to generation %llu", failed, srv.nworkers,
-                 (unsigned long long)id);
+        mr_error("reload: %d of %d workers failed to build generation %llu; none switched", failed,
+                 srv.nworkers, (unsigned long long)id);
         goto out;
     }
+    srv.generation = id;
+    int **lfds = calloc((size_t)(unsigned)srv.nworkers, sizeof *lfds);
+    for (int w = 0; lfds && w < srv.nworkers; w++) {
+        lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **lfds);
+        for (int i = 0; lfds[w] && i < cfg->nlisten; i++) {
+            lfds[w][i] = fds[w][i];
+            for (int j = 0; j < srv.cfg->nlisten && lfds[w][i] < 0; j++)
+                if (strcmp(srv.cfg->listen[j].addr, cfg->listen[i].addr) == 0) lfds[w][i] = srv.lfds[w][j];
+        }
+    }
+    free_lfds(srv.lfds, srv.nworkers);
+    srv.lfds = lfds;
     mr_config_unref(srv.cfg);
     srv.cfg = cfg;
     cfg = NULL;
@@ -242,13 +334,102 @@ static uint64_t server_reload(char *msg, size_t msglen)
     mr_notice("reload: generation %llu serving in every worker after %.1f ms", (unsigned long long)gen,
               (double)(now_us() - t0) / 1000.0);
 out:
+    watch_update(&src, gen != 0);
+    mr_config_sources_free(&src);
     if (!gen && msg[0]) mr_error("reload refused, the current generation keeps serving: %s", msg);
+    srv.last_reload_gen = gen;
+    snprintf(srv.last_reload_err, sizeof srv.last_reload_err, "%s", gen ? "" : msg);
     if (fds)
         for (int w = 0; w < srv.nworkers; w++) free(fds[w]);
     free(fds);
     mr_config_unref(cfg);
     pthread_mutex_unlock(&srv.lock);
     return gen;
+}
+
+/* Binary upgrade: execs srv.exe with the same arguments and every listening socket inherited,
+ * and waits until the new process serves. Returns its pid, or 0 with msg filled (this process
+ * keeps serving; the new one, if it started, is gone). On success the caller stops this
+ * process: it stops accepting and drains, while the new one accepts on the same sockets. */
+static pid_t server_upgrade(char *msg, size_t msglen)
+{
+    pid_t pid = 0, child = -1;
+    int ready[2] = { -1, -1 };
+    char **envp = NULL, *inherit = NULL;
+    char readyenv[64];
+    pthread_mutex_lock(&srv.lock);
+    if (atomic_load(&srv.stopping) || atomic_load(&srv.upgraded)) { snprintf(msg, msglen, "shutting down"); goto out; }
+    const mr_config_t *cfg = srv.cfg;
+    size_t cap = (size_t)srv.nworkers * (size_t)cfg->nlisten * 96 + sizeof ENV_INHERIT + 2, len = 0;
+    if (!(inherit = malloc(cap))) { snprintf(msg, msglen, "out of memory"); goto out; }
+    len = (size_t)snprintf(inherit, cap, ENV_INHERIT "=");
+    for (int w = 0; w < srv.nworkers; w++)
+        for (int i = 0; i < cfg->nlisten; i++)
+            if (srv.lfds[w] && srv.lfds[w][i] >= 0)
+                len += (size_t)snprintf(inherit + len, cap - len, "%s%d,%d,%s", len > sizeof ENV_INHERIT ? ";" : "",
+                                        srv.lfds[w][i], w, cfg->listen[i].addr);
+    if (pipe2(ready, O_CLOEXEC) < 0) { snprintf(msg, msglen, "pipe: %s", strerror(errno)); goto out; }
+    snprintf(readyenv, sizeof readyenv, ENV_READY "=%d", ready[1]);
+    extern char **environ;
+    size_t nenv = 0;
+    while (environ[nenv]) nenv++;
+    if (!(envp = calloc(nenv + 3, sizeof *envp))) { snprintf(msg, msglen, "out of memory"); goto out; }
+    size_t e = 0;
+    for (size_t i = 0; i < nenv; i++)
+        if (strncmp(environ[i], ENV_INHERIT "=", sizeof ENV_INHERIT) != 0 &&
+            strncmp(environ[i], ENV_READY "=", sizeof ENV_READY) != 0)
+            envp[e++] = environ[i];
+    envp[e++] = inherit;
+    envp[e++] = readyenv;
+    mr_notice("upgrade: starting %s", srv.exe);
+    child = fork();
+    if (child < 0) { snprintf(msg, msglen, "fork: %s", strerror(errno)); goto out; }
+    if (child == 0) {
+        /* Only async-signal-safe calls between fork and exec: this process has threads. */
+        for (int w = 0; w < srv.nworkers; w++)
+            for (int i = 0; i < cfg->nlisten; i++)
+                if (srv.lfds[w] && srv.lfds[w][i] >= 0) fcntl(srv.lfds[w][i], F_SETFD, 0);
+        fcntl(ready[1], F_SETFD, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(srv.exe, srv.argv, envp);
+        _exit(127);
+    }
+    close(ready[1]);
+    ready[1] = -1;
+    /* The new process loads its config, starts its workers, then writes one byte; EOF means it
+     * died first (its own log lines say why). */
+    struct pollfd p = { .fd = ready[0], .events = POLLIN };
+    char byte = 0;
+    int r = poll(&p, 1, 60000);
+    ssize_t n = r > 0 ? read(ready[0], &byte, 1) : 0;
+    if (n == 1 && byte == 'R') {
+        pid = child;
+        atomic_store(&srv.upgraded, true);
+        mr_notice("upgrade: new process %d is serving; this one stops accepting and drains", (int)pid);
+        goto out;
+    }
+    int st = 0;
+    if (r == 0) {
+        kill(child, SIGKILL);
+        snprintf(msg, msglen, "new process %d was not ready within 60 s; killed it", (int)child);
+        waitpid(child, &st, 0);
+    } else if (waitpid(child, &st, 0) == child && WIFEXITED(st)) {
+        snprintf(msg, msglen, "new process %d exited with code %d before it was ready%s", (int)child,
+                 WEXITSTATUS(st), WEXITSTATUS(st) == 127 ? " (exec failed)" : "");
+    } else {
+        snprintf(msg, msglen, "new process %d died (signal %d) before it was ready", (int)child,
+                 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+out:
+    if (!pid && msg[0]) mr_error("upgrade failed, this process keeps serving: %s", msg);
+    if (ready[0] >= 0) close(ready[0]);
+    if (ready[1] >= 0) close(ready[1]);
+    free(envp);
+    free(inherit);
+    pthread_mutex_unlock(&srv.lock);
+    return pid;
 }
 
 static void json_escape(char *out, size_t cap, const char *in)
@@ -276,56 +457,99 @@ static void admin_reply(int fd, int status, const char *body)
     }
 }
 
-/* The admin endpoint runs on its own thread with plain blocking sockets: it serves operators,
- * not traffic, and must be able to wait for a reload to finish. */
+/* One admin connection, on its own thread: a reload request waits in server_reload while
+ * others arrive, which is what lets a storm of them share reloads (see server_reload). */
+static atomic_int admin_inflight;
+#define ADMIN_MAX_THREADS 32
+
+static void admin_serve(int fd)
+{
+    struct timeval tv = { .tv_sec = 2 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[8192];
+    size_t len = 0;
+    while (len < sizeof req - 1) {
+        ssize_t r = read(fd, req + len, sizeof req - 1 - len);
+        if (r <= 0) break;
+        len += (size_t)r;
+        req[len] = 0;
+        if (strstr(req, "\r\n\r\n")) break;
+    }
+    req[len] = 0;
+    char method[16] = "", target[256] = "";
+    if (sscanf(req, "%15s %255s", method, target) != 2) {
+        admin_reply(fd, 400, "{\"error\":\"bad request\"}\n");
+    } else if (strcmp(target, "/-/reload") == 0 && strcmp(method, "POST") == 0) {
+        char msg[2048] = "", esc[4200], body[4400];
+        uint64_t gen = server_reload(msg, sizeof msg);
+        if (gen) {
+            snprintf(body, sizeof body, "{\"generation\":%llu}\n", (unsigned long long)gen);
+            admin_reply(fd, 200, body);
+        } else {
+            json_escape(esc, sizeof esc, msg);
+            snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
+            admin_reply(fd, 500, body);
+        }
+    } else if (strcmp(target, "/-/upgrade") == 0 && strcmp(method, "POST") == 0) {
+        char msg[2048] = "", esc[4200], body[4400];
+        pid_t pid = server_upgrade(msg, sizeof msg);
+        if (pid) {
+            snprintf(body, sizeof body, "{\"pid\":%d}\n", (int)pid);
+            admin_reply(fd, 200, body);
+            close(fd);
+            kill(getpid(), SIGTERM); /* the main thread drains and exits */
+            return;
+        }
+        json_escape(esc, sizeof esc, msg);
+        snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
+        admin_reply(fd, 500, body);
+    } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
+        char body[256];
+        pthread_mutex_lock(&srv.lock);
+        snprintf(body, sizeof body, "{\"generation\":%llu,\"workers\":%d,\"pid\":%d}\n",
+                 (unsigned long long)srv.generation, srv.nworkers, (int)getpid());
+        pthread_mutex_unlock(&srv.lock);
+        admin_reply(fd, 200, body);
+    } else {
+        admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload, POST /-/upgrade or GET /-/status\"}\n");
+    }
+    close(fd);
+}
+
+static void *admin_conn_main(void *arg)
+{
+    mr_log_set_thread_tag("admin");
+    admin_serve((int)(intptr_t)arg);
+    atomic_fetch_sub(&admin_inflight, 1);
+    return NULL;
+}
+
+/* The admin endpoint uses plain blocking sockets and threads: it serves operators, not
+ * traffic, and must be able to wait for a reload to finish. */
 static void *admin_main(void *arg)
 {
     int lfd = (int)(intptr_t)arg;
     mr_log_set_thread_tag("admin");
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (!atomic_load(&srv.stopping)) {
         struct pollfd p = { .fd = lfd, .events = POLLIN };
         if (poll(&p, 1, 200) <= 0) continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) continue;
-        struct timeval tv = { .tv_sec = 2 };
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        char req[8192];
-        size_t len = 0;
-        while (len < sizeof req - 1) {
-            ssize_t r = read(fd, req + len, sizeof req - 1 - len);
-            if (r <= 0) break;
-            len += (size_t)r;
-            req[len] = 0;
-            if (strstr(req, "\r\n\r\n")) break;
+        pthread_t t;
+        if (atomic_fetch_add(&admin_inflight, 1) >= ADMIN_MAX_THREADS ||
+            pthread_create(&t, &attr, admin_conn_main, (void *)(intptr_t)fd) != 0) {
+            atomic_fetch_sub(&admin_inflight, 1);
+            admin_serve(fd); /* over the cap: inline, as before */
         }
-        req[len] = 0;
-        char method[16] = "", target[256] = "";
-        if (sscanf(req, "%15s %255s", method, target) != 2) {
-            admin_reply(fd, 400, "{\"error\":\"bad request\"}\n");
-        } else if (strcmp(target, "/-/reload") == 0 && strcmp(method, "POST") == 0) {
-            char msg[2048] = "", esc[4200], body[4400];
-            uint64_t gen = server_reload(msg, sizeof msg);
-            if (gen) {
-                snprintf(body, sizeof body, "{\"generation\":%llu}\n", (unsigned long long)gen);
-                admin_reply(fd, 200, body);
-            } else {
-                json_escape(esc, sizeof esc, msg);
-                snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
-                admin_reply(fd, 500, body);
-            }
-        } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
-            char body[256];
-            pthread_mutex_lock(&srv.lock);
-            snprintf(body, sizeof body, "{\"generation\":%llu,\"workers\":%d,\"pid\":%d}\n",
-                     (unsigned long long)srv.generation, srv.nworkers, (int)getpid());
-            pthread_mutex_unlock(&srv.lock);
-            admin_reply(fd, 200, body);
-        } else {
-            admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload or GET /-/status\"}\n");
-        }
-        close(fd);
     }
+    pthread_attr_destroy(&attr);
     close(lfd);
+    /* Connection threads see srv.stopping at their next reload and end within their 2 s read
+     * timeout otherwise; wait for them so none outlives the workers. */
+    for (int i = 0; i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
     return NULL;
 }
 
@@ -357,21 +581,99 @@ static void raise_nofile(const mr_config_t *cfg)
                 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
-int mr_server_run(const char *path)
+/* An upgrade's inherited listening sockets (see ENV_INHERIT). */
+typedef struct {
+    int fd, worker;
+    char addr[64];
+    bool used;
+} inherited_t;
+
+static int parse_inherited(inherited_t **out, int *ready_fd)
+{
+    const char *env = getenv(ENV_INHERIT), *rfd = getenv(ENV_READY);
+    int n = 0;
+    *out = NULL;
+    *ready_fd = rfd ? atoi(rfd) : -1;
+    if (*ready_fd >= 0) fcntl(*ready_fd, F_SETFD, FD_CLOEXEC);
+    if (env && *env) {
+        for (const char *p = env; *p; p++) n += *p == ';';
+        inherited_t *t = calloc((size_t)n + 1, sizeof *t);
+        n = 0;
+        for (const char *p = env; t && p && *p;) {
+            int fd, worker, used = 0;
+            if (sscanf(p, "%d,%d,%n", &fd, &worker, &used) == 2 && used > 0) {
+                const char *a = p + used, *end = strchr(a, ';');
+                size_t alen = end ? (size_t)(end - a) : strlen(a);
+                int listening = 0;
+                socklen_t optlen = sizeof listening;
+                /* Only a listening socket is adopted: anything else under that number is a bug
+                 * on the other side, and accepting on it would be worse. */
+                if (alen < sizeof t[n].addr && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 &&
+                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &optlen) == 0 && listening) {
+                    t[n].fd = fd;
+                    t[n].worker = worker;
+                    memcpy(t[n].addr, a, alen);
+                    n++;
+                }
+            }
+            p = strchr(p, ';');
+            if (p) p++;
+        }
+        *out = t;
+    }
+    /* Not for our own children (a later upgrade builds its own). */
+    unsetenv(ENV_INHERIT);
+    unsetenv(ENV_READY);
+    return n;
+}
+
+/* Fills srv.lfds from each worker's list; before the workers start, so nothing races. */
+static int record_listeners(mr_worker_t *workers, int nworkers, const mr_config_t *cfg)
+{
+    srv.lfds = calloc((size_t)nworkers, sizeof *srv.lfds);
+    if (!srv.lfds) return -ENOMEM;
+    for (int w = 0; w < nworkers; w++) {
+        srv.lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **srv.lfds);
+        if (!srv.lfds[w]) return -ENOMEM;
+        for (int i = 0; i < cfg->nlisten; i++) {
+            srv.lfds[w][i] = -1;
+            for (mr_listener_t *l = workers[w].listeners; l; l = l->next)
+                if (strcmp(l->addr, cfg->listen[i].addr) == 0) srv.lfds[w][i] = l->fd;
+        }
+    }
+    return 0;
+}
+
+int mr_server_run(const char *path, const mr_server_opts_t *opts)
 {
     char err[2048];
     mr_config_t *cfg = NULL;
     int exit_code = 1;
     mr_worker_t *workers = NULL;
-    int nstarted = 0;
-    if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
+    int nstarted = 0, sfd = -1, ready_fd = -1;
+    inherited_t *inh = NULL;
+    int ninh = parse_inherited(&inh, &ready_fd);
+    mr_config_sources_t src = { 0 };
+    srv.argv = opts ? opts->argv : NULL;
+    ssize_t elen = readlink("/proc/self/exe", srv.exe, sizeof srv.exe - 1);
+    srv.exe[elen > 0 ? elen : 0] = 0;
+    if (mr_config_load_traced(path, &cfg, err, sizeof err, opts && opts->watch ? &src : NULL) < 0) {
         fprintf(stderr, "moonring: configuration %s is invalid: %s\n", path, err);
+        mr_config_sources_free(&src);
+        free(inh);
         return 1;
     }
     int rc = mr_log_open(cfg->error_log, (mr_log_level_t)cfg->log_level);
     if (rc < 0) {
         fprintf(stderr, "moonring: error_log %s: %s\n", cfg->error_log, strerror(-rc));
         goto done;
+    }
+    if (opts && opts->watch) {
+        /* Before the listeners open: whoever waits for the port may edit a file right away. */
+        rc = mr_watch_new(&srv.watch);
+        if (rc < 0) { mr_error("--watch: inotify: %s", strerror(-rc)); goto done; }
+        watch_update(&src, true);
+        mr_notice("watching %d files for changes", srv.watched.n);
     }
     mr_loop_backend_t want, got;
     const char *want_src, *want_val;
@@ -412,12 +714,27 @@ int mr_server_run(const char *path)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sfd < 0) { mr_error("signalfd: %s", strerror(errno)); goto done; }
+
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     workers = calloc((size_t)cfg->workers, sizeof *workers);
+    int *adopt = calloc((size_t)cfg->nlisten + 1, sizeof *adopt);
+    if (!workers || !adopt) { free(adopt); goto done; }
     for (int i = 0; i < cfg->workers; i++) {
-        rc = mr_worker_prepare(&workers[i], cfg, i, ncpu > 0 ? (int)(i % ncpu) : -1);
-        if (rc < 0) goto stop;
+        for (int j = 0; j < cfg->nlisten; j++) {
+            adopt[j] = -1;
+            for (int k = 0; k < ninh && adopt[j] < 0; k++)
+                if (!inh[k].used && inh[k].worker == i && strcmp(inh[k].addr, cfg->listen[j].addr) == 0) {
+                    inh[k].used = true;
+                    adopt[j] = inh[k].fd;
+                }
+        }
+        rc = mr_worker_prepare(&workers[i], cfg, i, ncpu > 0 ? (int)(i % ncpu) : -1, adopt);
+        if (rc < 0) { free(adopt); goto stop; }
     }
+    free(adopt);
+    if (record_listeners(workers, cfg->workers, cfg) < 0) goto stop;
     for (int i = 0; i < cfg->workers; i++) {
         rc = mr_worker_start(&workers[i]);
         if (rc < 0) { mr_error("cannot start worker %d: %s", i, strerror(-rc)); goto stop; }
@@ -451,20 +768,83 @@ int mr_server_run(const char *path)
         admin_running = true;
         mr_notice("admin endpoint on %s (POST /-/reload, GET /-/status)", cfg->admin_addr);
     }
+    /* Inherited sockets no worker adopted (fewer workers or listeners now) close only once
+     * this process serves: until then the old process may still need them. */
+    for (int k = 0; k < ninh; k++)
+        if (!inh[k].used) { close(inh[k].fd); inh[k].used = true; }
+    if (ninh) mr_notice("upgrade: adopted %d inherited listening sockets", ninh);
     if (cfg->pid && write_pid(cfg->pid) < 0) mr_warn("cannot write pid file %s: %s", cfg->pid, strerror(errno));
     for (int i = 0; i < cfg->nlisten; i++) mr_notice("listening on %s", cfg->listen[i].addr);
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
-
+    if (ready_fd >= 0) {
+        ssize_t wr = write(ready_fd, "R", 1);
+        (void)wr;
+        close(ready_fd);
+        ready_fd = -1;
+    }
     int cmd = MR_CMD_STOP;
+
+    bool pending = false;
+    uint64_t due = 0;
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
+        struct pollfd p[3] = { { .fd = sfd, .events = POLLIN },
+                               { .fd = srv.watch ? mr_watch_fd(srv.watch) : -1, .events = POLLIN },
+                               { .fd = mr_watch_note_fd(srv.watch), .events = POLLIN } };
+        int timeout = -1;
+        if (pending) {
+            uint64_t t = now_us();
+            timeout = t >= due ? 0 : (int)((due - t + 999) / 1000);
+        }
+        if (poll(p, 3, timeout) < 0 && errno != EINTR) { mr_error("poll: %s", strerror(errno)); usleep(100000); continue; }
+        if (p[2].revents & POLLIN) {
+            mr_config_sources_t lazy = { 0 };
+            mr_watch_take_notes(srv.watch, &lazy.files, &lazy.n);
+            pthread_mutex_lock(&srv.lock);
+            for (int i = 0; i < lazy.n; i++) {
+                bool dup = false;
+                for (int j = 0; j < srv.lazy.n && !dup; j++) dup = strcmp(srv.lazy.files[j], lazy.files[i]) == 0;
+                char **grown = dup ? NULL : realloc(srv.lazy.files, ((size_t)srv.lazy.n + 1) * sizeof *grown);
+                if (!grown) continue;
+                srv.lazy.files = grown;
+                srv.lazy.files[srv.lazy.n++] = strdup(lazy.files[i]);
+                mr_notice("watch: also watching %s (required at request time)", lazy.files[i]);
+            }
+            watch_update(&lazy, false);
+            pthread_mutex_unlock(&srv.lock);
+            mr_config_sources_free(&lazy);
+        }
+        if (p[1].revents & POLLIN) {
+            char changed[4200] = "";
+            pthread_mutex_lock(&srv.lock);
+            int hit = mr_watch_read(srv.watch, changed, sizeof changed);
+            pthread_mutex_unlock(&srv.lock);
+            if (hit > 0) {
+                /* Debounced: an editor's save is several events (truncate, write, rename). */
+                if (!pending) mr_notice("watch: %s changed", changed);
+                pending = true;
+                due = now_us() + 150000;
+            }
+        }
+        if (pending && now_us() >= due) {
+            char msg[2048] = "";
+            pending = false;
+            server_reload(msg, sizeof msg);
+        }
+        if (!(p[0].revents & POLLIN)) continue;
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si) continue;
+        int sig = (int)si.ssi_signo;
         if (sig == SIGTERM || sig == SIGINT) { mr_notice("signal %d: graceful stop", sig); cmd = MR_CMD_STOP; break; }
         if (sig == SIGQUIT) { mr_notice("SIGQUIT: stopping now"); cmd = MR_CMD_QUIT; break; }
         if (sig == SIGHUP) {
             char msg[2048] = "";
             mr_notice("SIGHUP: reloading %s", path);
             server_reload(msg, sizeof msg);
+        }
+        if (sig == SIGUSR2) {
+            char msg[2048] = "";
+            mr_notice("SIGUSR2: upgrading the binary");
+            if (server_upgrade(msg, sizeof msg)) { cmd = MR_CMD_STOP; break; }
         }
     }
     atomic_store(&srv.stopping, true);
@@ -476,7 +856,7 @@ int mr_server_run(const char *path)
     for (int i = 0; i < nstarted; i++) mr_worker_command(&workers[i], cmd);
     for (int i = 0; i < nstarted; i++) mr_worker_join(&workers[i]);
     nstarted = 0;
-    if (cfg->pid) unlink(cfg->pid);
+    if (cfg->pid && !atomic_load(&srv.upgraded)) unlink(cfg->pid);
     mr_notice("stopped");
     goto done;
 
@@ -486,6 +866,19 @@ stop:
     }
     for (int i = 0; i < nstarted; i++) mr_worker_join(&workers[i]);
 done:
+    /* Inherited sockets never adopted are the old process's to keep serving on; ours to close. */
+    for (int k = 0; k < ninh; k++)
+        if (!inh[k].used) close(inh[k].fd);
+    free(inh);
+    if (ready_fd >= 0) close(ready_fd);
+    if (sfd >= 0) close(sfd);
+    mr_config_sources_free(&src);
+    mr_config_sources_free(&srv.watched);
+    mr_config_sources_free(&srv.lazy);
+    mr_watch_free(srv.watch);
+    srv.watch = NULL;
+    free_lfds(srv.lfds, srv.nworkers ? srv.nworkers : (cfg ? cfg->workers : 0));
+    srv.lfds = NULL;
     free(workers);
     mr_config_unref(cfg);
     return exit_code;

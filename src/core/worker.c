@@ -69,8 +69,9 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     mr_listener_t *l = (mr_listener_t *)op;
     mr_worker_t *w = l->w;
     if (res >= 0) {
-        if (w->draining || l->closing) close(res);
-        else mr_proxy_accept(w, res);
+        /* Even while draining: the kernel already took this connection off the queue, so closing
+         * it would reset a client (the proxy answers it with Connection: close). */
+        mr_proxy_accept(w, res);
     } else if (res != -ECANCELED) {
         mr_warn("accept on %s: %s", l->addr, strerror(-res));
     }
@@ -137,27 +138,83 @@ static void begin_drain(mr_worker_t *w, bool now)
     mr_worker_client_gone(w);
 }
 
-/* Builds the new generation on this thread (VMs are thread-affine) and switches to it between
- * loop turns: requests in flight keep the generation they hold; the old one is freed when the
- * last of them ends. Listening sockets the new config keeps are never touched. */
-static void apply_reload(mr_worker_t *w)
+static void drain_deadline(mr_loop_t *loop, mr_timer_t *t)
 {
-    mr_config_t *cfg = w->reload_cfg;
-    mr_gen_t *g = NULL;
-    if (mr_gen_new(cfg, w->reload_id, &w->servers, &g, w->reload_err, sizeof w->reload_err) < 0) {
-        for (int i = 0; i < cfg->nlisten; i++)
-            if (w->reload_fds[i] >= 0) close(w->reload_fds[i]);
+    (void)loop;
+    mr_gen_t *g = (mr_gen_t *)((char *)t - offsetof(mr_gen_t, drain_timer));
+    mr_worker_t *w = g->drain_worker;
+    int tunnels = 0;
+    mr_gen_ref(g); /* closing clients may drop the last reference; not inside our own timer */
+    int closed = mr_proxy_close_gen(w, g, &tunnels);
+    int fibers = g->lua ? mr_lua_vm_fibers(g->lua) : 0;
+    bool freed = false;
+    if (g->refs > 1 && g->lua && fibers == 0) {
+        /* Only tunnels hold it now, and they were detached from the VM. */
+        mr_lua_vm_free(g->lua);
+        g->lua = NULL;
+        freed = true;
+    }
+    /* Timers (after their premature run) and detached on_log tasks still run in the VM: it goes
+     * with the last of them, through the generation's reference count. */
+    mr_warn("reload: generation %llu still in use after reload.drain_timeout (%u ms): closed %d requests%s%s",
+            (unsigned long long)g->id, w->cfg->drain_timeout_ms, closed,
+            tunnels ? " (WebSocket/upgrade tunnels kept)" : "",
+            freed ? ", VM freed" : fibers ? ", VM kept for its running timers" : "");
+    mr_gen_unref(g);
+}
+
+/* Called once per generation a reload replaces, before the worker drops its own reference:
+ * arms the drain deadline if requests still hold it. The place for anything else that must
+ * happen when a generation stops taking new work (e.g. its timers). */
+static void gen_retired(mr_worker_t *w, mr_gen_t *old)
+{
+    if (old->refs <= 1) return; /* nothing in flight: freed right away */
+    old->drain_loop = w->loop;
+    old->drain_worker = w;
+    old->drain_timer.fn = drain_deadline;
+    mr_timer_set(w->loop, &old->drain_timer, w->cfg->drain_timeout_ms);
+}
+
+/* Reloads are two-phase so that every worker switches or none does. Phase one (MR_CMD_RELOAD)
+ * builds the new generation on this thread (VMs are thread-affine) while the old one serves;
+ * phase two (MR_CMD_RELOAD_COMMIT or _ABORT, once every worker has built) switches to it
+ * between loop turns, or drops it. Requests in flight keep the generation they hold; the old
+ * one is freed when the last of them ends. Listening sockets the new config keeps are never
+ * touched. */
+static void build_reload(mr_worker_t *w)
+{
+    w->reload_gen = NULL;
+    if (mr_gen_new(w->reload_cfg, w->reload_id, &w->servers, &w->reload_gen, w->reload_err, sizeof w->reload_err) < 0) {
+        w->reload_gen = NULL;
         mr_error("reload to generation %llu failed: %s", (unsigned long long)w->reload_id, w->reload_err);
         atomic_store(&w->reload_state, -1);
         return;
     }
+    atomic_store(&w->reload_state, 1);
+}
+
+static void abort_reload(mr_worker_t *w)
+{
+    mr_config_t *cfg = w->reload_cfg;
+    if (w->reload_gen) mr_gen_unref(w->reload_gen);
+    w->reload_gen = NULL;
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (w->reload_fds[i] >= 0) close(w->reload_fds[i]);
+    atomic_store(&w->reload_state, 2);
+}
+
+static void commit_reload(mr_worker_t *w)
+{
+    mr_config_t *cfg = w->reload_cfg;
     mr_gen_t *old = w->gen;
-    w->gen = g;
+    w->gen = w->reload_gen;
+    w->reload_gen = NULL;
     w->cfg = cfg;
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
     mr_lua_vm_retire(old->lua);
+    gen_retired(w, old);
     mr_gen_unref(old);
     for (mr_listener_t *l = w->listeners; l; l = l->next) {
         bool kept = false;
@@ -176,7 +233,7 @@ static void apply_reload(mr_worker_t *w)
         if (l->closing && !l->op.active) listener_free(w, l);
     }
     if (w->accepting && !w->accept_paused) arm_accepts(w);
-    atomic_store(&w->reload_state, 1);
+    atomic_store(&w->reload_state, 2);
 }
 
 void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds)
@@ -189,6 +246,11 @@ void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds)
     mr_worker_command(w, MR_CMD_RELOAD);
 }
 
+void mr_worker_reload_finish(mr_worker_t *w, bool commit)
+{
+    mr_worker_command(w, commit ? MR_CMD_RELOAD_COMMIT : MR_CMD_RELOAD_ABORT);
+}
+
 static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)flags;
@@ -196,11 +258,13 @@ static void event_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     int cmd = atomic_exchange(&w->cmd, MR_CMD_NONE);
     if (cmd == MR_CMD_STOP) begin_drain(w, false);
     else if (cmd == MR_CMD_QUIT) begin_drain(w, true);
-    else if (cmd == MR_CMD_RELOAD) apply_reload(w);
+    else if (cmd == MR_CMD_RELOAD) build_reload(w);
+    else if (cmd == MR_CMD_RELOAD_COMMIT) commit_reload(w);
+    else if (cmd == MR_CMD_RELOAD_ABORT) abort_reload(w);
     if (res >= 0 || res == -EINTR) mr_loop_read(loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
 }
 
-int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu)
+int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, const int *inherited)
 {
     memset(w, 0, sizeof *w);
     w->id = id;
@@ -211,7 +275,7 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu)
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
     for (int i = cfg->nlisten - 1; i >= 0; i--) {
-        int fd = mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
+        int fd = inherited && inherited[i] >= 0 ? inherited[i] : mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
         if (fd < 0) {
             mr_error("listen %s: %s", cfg->listen[i].addr, strerror(-fd));
             return fd;

@@ -20,7 +20,8 @@
 typedef struct mr_lua_vm mr_lua_vm_t;
 typedef struct mr_access_log mr_access_log_t;
 
-enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2, MR_CMD_RELOAD = 3 };
+enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2, MR_CMD_RELOAD = 3, MR_CMD_RELOAD_COMMIT = 4,
+       MR_CMD_RELOAD_ABORT = 5 };
 
 /* One listening socket of one worker. Heap-allocated so its accept op never moves while in
  * flight; freed after its last completion once it is closing. */
@@ -74,14 +75,20 @@ struct mr_worker {
     uint64_t reload_id;
     int *reload_fds;              /* per new listen entry: a new socket, or -1 to keep ours */
     char reload_err[1024];
-    atomic_int reload_state;      /* 0 pending, 1 done, -1 failed */
+    mr_gen_t *reload_gen;         /* built in phase one, switched to on commit */
+    atomic_int reload_state;      /* 0 building, 1 built, -1 build failed, 2 committed/aborted */
 };
 
-/* Creates the worker's listening sockets (main thread, so bind errors surface at start). */
-int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu);
-/* Main thread: hands the worker a new config (and new sockets); returns at once. Poll
- * reload_state for the outcome. */
+/* Creates the worker's listening sockets (main thread, so bind errors surface at start).
+ * inherited (or NULL): per cfg->listen entry, a socket handed over by a binary upgrade to adopt
+ * instead of binding, or -1; the worker owns adopted sockets. */
+int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, const int *inherited);
+/* Main thread, phase one: hands the worker a new config (and new sockets) to build a
+ * generation from; returns at once. Poll reload_state until it is 1 (built) or -1 (failed). */
 void mr_worker_reload(mr_worker_t *w, mr_config_t *cfg, uint64_t id, int *fds);
+/* Phase two, once every worker has built or failed: commit switches to the new generation and
+ * listeners; abort drops them and closes the new sockets. reload_state turns 2 when done. */
+void mr_worker_reload_finish(mr_worker_t *w, bool commit);
 int mr_worker_start(mr_worker_t *w);
 void mr_worker_command(mr_worker_t *w, int cmd);
 void mr_worker_join(mr_worker_t *w);

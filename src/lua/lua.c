@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/gen.h"
+#include "core/watch.h"
 #include "log/log.h"
 #include "lua/cosock.h"
 
@@ -24,6 +25,13 @@ struct mr_lua_vm {
     mr_gen_t *gen;
     bool retired;
 };
+
+/* Snapshot loader's report of a module read from disk at request time (see core/watch.h). */
+static int note_source(lua_State *L)
+{
+    mr_watch_note(lua_tostring(L, 1));
+    return 0;
+}
 
 static int traceback(lua_State *L)
 {
@@ -55,6 +63,44 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
     lua_pushcfunction(L, traceback);
+    if (cfg->nsrcs > 0) {
+        /* Serve what validation read (cfg->srcs) before the disk; see mr_config_t. */
+        static const char snap_lua[] =
+            "local snap, note = ...\n"
+            "local function load_snap(key)\n"
+            "  local e = snap[key]\n"
+            "  if e then return assert(loadstring(e[2], '@' .. e[1])) end\n"
+            "end\n"
+            "table.insert(package.loaders, 2, function(name)\n"
+            "  return load_snap('m:' .. name) or ('\\n\\tno validated copy of ' .. name)\n"
+            "end)\n"
+            /* A module required lazily comes from disk: --watch should follow it too. */
+            "local searchpath, disk = package.searchpath, package.loaders[3]\n"
+            "package.loaders[3] = function(name)\n"
+            "  local f = searchpath(name, package.path)\n"
+            "  if f then note(f) end\n"
+            "  return disk(name)\n"
+            "end\n"
+            "local lf = loadfile\n"
+            "loadfile = function(f, ...)\n"
+            "  local fn = type(f) == 'string' and snap['f:' .. f]\n"
+            "  if fn then return loadstring(fn[2], '@' .. fn[1]) end\n"
+            "  return lf(f, ...)\n"
+            "end\n"
+            "dofile = function(f) return assert(loadfile(f))() end\n";
+        if (luaL_loadbuffer(L, snap_lua, sizeof snap_lua - 1, "=snapshot") != 0) goto fail;
+        lua_createtable(L, 0, cfg->nsrcs);
+        for (int i = 0; i < cfg->nsrcs; i++) {
+            lua_createtable(L, 2, 0);
+            lua_pushstring(L, cfg->srcs[i].file);
+            lua_rawseti(L, -2, 1);
+            lua_pushlstring(L, cfg->srcs[i].text, cfg->srcs[i].len);
+            lua_rawseti(L, -2, 2);
+            lua_setfield(L, -2, cfg->srcs[i].key);
+        }
+        lua_pushcfunction(L, note_source);
+        if (lua_pcall(L, 2, 0, 1) != 0) goto fail;
+    }
     lua_getglobal(L, "require");
     lua_pushstring(L, "moonring.runtime");
     if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
@@ -343,6 +389,13 @@ MR_EXPORT void mr_lua_timer_cancel(void *p)
 }
 
 MR_EXPORT int mr_lua_timer_count(void) { return tls_nfibers; }
+
+int mr_lua_vm_fibers(const mr_lua_vm_t *vm)
+{
+    int n = 0;
+    for (const mr_lua_fiber_t *f = tls_fibers; f; f = f->next) n += f->vm == vm;
+    return n;
+}
 
 void mr_lua_vm_retire(mr_lua_vm_t *vm)
 {

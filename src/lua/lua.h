@@ -51,6 +51,9 @@ void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen);
 /* The generation stops being current (reload, shutdown): its pending timers fire once at once
  * with premature = true and are not rescheduled; new timers are refused. */
 void mr_lua_vm_retire(mr_lua_vm_t *vm);
+/* Timers and detached on_log tasks of this VM still alive on the calling worker: while any
+ * exists, the VM must not be freed (their coroutines and parked sockets live in it). */
+int mr_lua_vm_fibers(const mr_lua_vm_t *vm);
 /* Hands a parked on_log phase over to a fiber so the request can end (its req/res die now).
  * Returns 0, or -1 when it cannot (the rest of the phase is then dropped). */
 int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out);

@@ -22,6 +22,7 @@
 
 #define HEAD_LIMIT (256u * 1024u)
 #define SQ_RESERVE 4 /* entries a body piece may need: size line, data, CRLF, last-chunk */
+#define MR_DRAIN_IDLE_GRACE_MS 1000u /* see mr_proxy_shutdown */
 
 enum { P_NONE = 0, P_HEAD, P_DONE, P_BP };
 
@@ -1064,11 +1065,18 @@ static void request_finish(mr_client_t *c)
     c->active = false;
     c->route = NULL;
     c->upstream = NULL;
-    if (c->close_after || w->draining) { client_linger_close(c); return; }
+    if (c->close_after) { client_linger_close(c); return; }
     mr_http1_next(&c->req);
     c->pause_reason = P_NONE;
     mr_http1_resume(&c->req);
-    mr_timer_set(w->loop, &c->timer, c->s.nin ? w->cfg->limits.header_timeout_ms : w->cfg->limits.keepalive_timeout_ms);
+    uint32_t idle = c->s.nin ? w->cfg->limits.header_timeout_ms : w->cfg->limits.keepalive_timeout_ms;
+    if (w->draining) {
+        /* Draining began after this response's head promised keep-alive: the client may send
+         * its next request at any moment, so close only after the idle grace (see below). */
+        c->close_after = true;
+        if (idle > MR_DRAIN_IDLE_GRACE_MS) idle = MR_DRAIN_IDLE_GRACE_MS;
+    }
+    mr_timer_set(w->loop, &c->timer, idle);
     client_feed(c);
 }
 
@@ -1539,12 +1547,41 @@ void mr_proxy_shutdown(mr_worker_t *w)
     mr_client_t *c = w->clients;
     while (c) {
         mr_client_t *next = c->next;
-        if (!c->active && !c->s.nin) client_close(c);
-        else c->close_after = true;
+        /* A response already started without Connection: close keeps its promise: request_finish
+         * gives the connection the idle grace below instead of closing it under the client. */
+        if (!c->resp_started || c->tunnel) c->close_after = true;
+        /* An idle keep-alive connection is not closed at once: its client may have sent the next
+         * request already (a pipelining or busy client has no idle time on its side), and that
+         * request would be reset. It gets a short grace instead; a request arriving in it is
+         * answered with Connection: close. */
+        if (!c->active && !c->s.nin && !c->tunnel)
+            mr_timer_set(w->loop, &c->timer, w->cfg->limits.keepalive_timeout_ms < MR_DRAIN_IDLE_GRACE_MS
+                         ? w->cfg->limits.keepalive_timeout_ms : MR_DRAIN_IDLE_GRACE_MS);
         c = next;
     }
     for (mr_server_t *sv = w->servers.head; sv; sv = sv->next)
         while (sv->idle) up_close(sv->idle);
+}
+
+int mr_proxy_close_gen(mr_worker_t *w, mr_gen_t *g, int *tunnels)
+{
+    int closed = 0;
+    *tunnels = 0;
+    for (mr_client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->gen != g || c->s.closing) continue;
+        if (c->tunnel) {
+            /* A tunnel only relays bytes: it gives up its Lua state (and its on_log, which would
+             * need the VM) and keeps running. */
+            lua_release(c);
+            c->route_flags &= (uint8_t)~MR_RF_LOG;
+            (*tunnels)++;
+            continue;
+        }
+        client_close(c);
+        closed++;
+    }
+    return closed;
 }
 
 void mr_proxy_close_all(mr_worker_t *w)

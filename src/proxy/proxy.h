@@ -115,6 +115,10 @@ int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t 
 int mr_proxy_body_read(mr_client_t *c, int64_t max);
 void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
 void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
+/* Drain deadline of a retired generation: closes every client whose request still holds g,
+ * except tunnels, which are detached from its VM (no Lua runs for them again) and keep going;
+ * *tunnels counts those. Returns the number of clients closed. */
+int mr_proxy_close_gen(mr_worker_t *w, mr_gen_t *g, int *tunnels);
 /* Frees the worker's upstream registry and run-time upstreams (after the loop stopped). */
 void mr_proxy_worker_free(mr_worker_t *w);
 
