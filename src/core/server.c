@@ -337,6 +337,22 @@ static bool is_loopback(const mr_addr_t *a)
     return false;
 }
 
+/* The shortest ticket_rotation of the config's TLS listeners (0: no TLS listener). */
+static void rotate_ticket_keys_if_due(const mr_config_t *cfg, struct timespec *last)
+{
+    uint32_t every = 0;
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].tls && (!every || cfg->listen[i].ticket_rotation_ms < every))
+            every = cfg->listen[i].ticket_rotation_ms;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t elapsed = (int64_t)(now.tv_sec - last->tv_sec) * 1000 + (now.tv_nsec - last->tv_nsec) / 1000000;
+    if (!every || elapsed < (int64_t)every) return;
+    mr_tls_rotate_ticket_keys();
+    *last = now;
+    mr_info("TLS session ticket keys rotated");
+}
+
 int mr_server_run(const char *path)
 {
     char err[2048];
@@ -434,9 +450,18 @@ int mr_server_run(const char *path)
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
 
     int cmd = MR_CMD_STOP;
+    struct timespec last_rotation;
+    clock_gettime(CLOCK_MONOTONIC, &last_rotation);
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
+        /* Wake up once a minute to rotate the process-wide TLS ticket keys when due. */
+        struct timespec tick = { 60, 0 };
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig < 0) {
+            pthread_mutex_lock(&srv.lock);
+            rotate_ticket_keys_if_due(srv.cfg, &last_rotation);
+            pthread_mutex_unlock(&srv.lock);
+            continue;
+        }
         if (sig == SIGTERM || sig == SIGINT) { mr_notice("signal %d: graceful stop", sig); cmd = MR_CMD_STOP; break; }
         if (sig == SIGQUIT) { mr_notice("SIGQUIT: stopping now"); cmd = MR_CMD_QUIT; break; }
         if (sig == SIGHUP) {
