@@ -196,6 +196,27 @@ return {
     assert.equal("abcdefghijklmnopqrst" .. "1" .. "abcdefghij" .. "0", out) -- num_connects per URL
   end)
 
+  it("keeps memory bounded for slow TLS readers (backpressure through the engine)", function()
+    local before = mr.rss_kb()
+    local cmd = {}
+    for i = 1, 4 do
+      cmd[i] = ("curl -sk --limit-rate 1M --max-time 4 -o /dev/null -w '%%{size_download}\\n' https://127.0.0.1:%d/size/1000000000 &")
+        :format(port)
+    end
+    local h = helpers.spawn("sh -c " .. shq(table.concat(cmd, " ") .. " wait"))
+    local code, max_rss = helpers.watch_rss(h, mr)
+    assert.equal(0, code)
+    local n = 0
+    for got in h.log():gmatch("(%d+)\n") do
+      n = n + 1
+      assert.truthy(tonumber(got) > 1024 * 1024, "a slow reader got only " .. got .. " bytes")
+      assert.truthy(tonumber(got) < 100 * 1024 * 1024, "a slow reader got " .. got .. " bytes")
+    end
+    assert.equal(4, n, h.log())
+    -- an origin at full speed would have pushed gigabytes; held per connection: well under 1 MiB
+    assert.truthy(max_rss - before < 48 * 1024, ("RSS grew from %d to %d KiB"):format(before, max_rss))
+  end)
+
   it("requires a valid client certificate on an mTLS listener", function()
     local out, rc, err = curl("/who", ("--cert %s --key %s"):format(shq(path("client.pem")), shq(path("client.key"))), mport)
     assert.equal(0, rc, err)
