@@ -87,6 +87,8 @@ return {
     resume = { servers = { "https://127.0.0.1:%d" }, tls = { ca = %q }, keepalive = 0 },
     untrusted = { servers = { "https://127.0.0.1:%d" } },
     wrongname = { servers = { "https://127.0.0.1:%d" }, tls = { ca = %q, sni = "wrong.test" } },
+    -- localhost is not a name of the certificate: its handshakes fail and the request goes on
+    retry = { servers = { "https://localhost:%d", "https://127.0.0.1:%d" }, tls = { ca = %q } },
   },
   routes = {
     { path = "/who", handler = info },
@@ -96,12 +98,14 @@ return {
     { path = "/resume/", upstream = "resume", strip_prefix = true },
     { path = "/untrusted/", upstream = "untrusted", strip_prefix = true },
     { path = "/wrongname/", upstream = "wrongname", strip_prefix = true },
+    { path = "/retry/", upstream = "retry", strip_prefix = true },
     { path = "/", upstream = "origin" },
   },
 }
 ]]):format(port, path(cert .. ".pem"), path(cert .. ".key"), path("b.pem"), path("b.key"),
       mport, path("a.pem"), path("a.key"), path("ca.pem"),
-      plain, admin, origin.port, plain, port, path("ca.pem"), port, path("ca.pem"), port, port, path("ca.pem"))
+      plain, admin, origin.port, plain, port, path("ca.pem"), port, path("ca.pem"), port, port, path("ca.pem"),
+      port, port, path("ca.pem"))
   end
 
   setup(function()
@@ -280,6 +284,16 @@ return {
       local log = mr.log()
       return log:find(addr .. "TLS: certificate verify failed: unable to get local issuer certificate", 1, true)
          and log:find(addr .. "TLS: certificate verify failed: hostname mismatch", 1, true)
+    end, 5)
+  end)
+
+  it("retries another server after a failed upstream handshake", function()
+    for _ = 1, 6 do
+      local out = helpers.curl(("-w ' %%{http_code}' http://127.0.0.1:%d/retry/size/10"):format(plain))
+      assert.equal("abcdefghij 200", out)
+    end
+    helpers.eventually(function()
+      return mr.log():find("upstream https://localhost:" .. port .. ": TLS: certificate verify failed: hostname mismatch", 1, true)
     end, 5)
   end)
 
