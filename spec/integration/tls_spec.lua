@@ -61,6 +61,7 @@ end
 
 describe("TLS", function()
   local origin, port, mport, plain, admin, conf_path, mr
+  local access_log = helpers.tmpname("access", ".log")
 
   local function config(cert)
     return ([[
@@ -73,6 +74,7 @@ local info = function(req)
 end
 return {
   workers = 2,
+  access_log = %q, access_log_format = "json",
   limits = { header_timeout = "2s", client_max_body_size = "20m" },
   listen = {
     { addr = "127.0.0.1:%d", tls = { certs = { { cert = %q, key = %q }, { cert = %q, key = %q } } } },
@@ -102,7 +104,7 @@ return {
     { path = "/", upstream = "origin" },
   },
 }
-]]):format(port, path(cert .. ".pem"), path(cert .. ".key"), path("b.pem"), path("b.key"),
+]]):format(access_log, port, path(cert .. ".pem"), path(cert .. ".key"), path("b.pem"), path("b.key"),
       mport, path("a.pem"), path("a.key"), path("ca.pem"),
       plain, admin, origin.port, plain, port, path("ca.pem"), port, path("ca.pem"), port, port, path("ca.pem"),
       port, port, path("ca.pem"))
@@ -173,6 +175,21 @@ return {
     assert.equal("https", out)
     out = helpers.curl(("http://127.0.0.1:%d/via-plain/xfp"):format(plain))
     assert.equal("http", out)
+  end)
+
+  it("logs how TLS clients connected in JSON access log lines", function()
+    assert.equal(0, select(2, curl("/size/3?tls-log", ("--cert %s --key %s"):format(shq(path("client.pem")), shq(path("client.key"))), mport)))
+    helpers.curl(("http://127.0.0.1:%d/size/3?plain-log"):format(plain))
+    local line, plain_line
+    helpers.eventually(function()
+      local log = helpers.read_file(access_log) or ""
+      line = log:match("[^\n]*tls%-log[^\n]*")
+      plain_line = log:match("[^\n]*plain%-log[^\n]*")
+      return line and plain_line
+    end, 5)
+    assert.truthy(line:find('"tls_protocol":"TLSv1.3","tls_cipher":"TLS_', 1, true), line)
+    assert.truthy(line:find('"tls_reused":false,"tls_sni":"a.test","tls_client_subject":"CN=client,O=Example"}', 1, true), line)
+    assert.is_nil(plain_line:find("tls_", 1, true), plain_line)
   end)
 
   it("carries 5 MiB both ways byte-exact, and keeps the connection alive", function()
