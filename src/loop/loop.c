@@ -145,10 +145,20 @@ char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid)
 uint32_t mr_loop_buf_size(mr_loop_t *loop) { return loop->buf_size; }
 void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid) { loop->buf_refs[bid]++; }
 
+#define MR_LOOP_XKEEP 256 /* free extra buffers kept allocated (4 MiB at 16 KiB) */
+
 void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid)
 {
     if (--loop->buf_refs[bid] != 0) return;
-    if (bid >= loop->buf_count) { loop->xfree[loop->nxfree++] = bid; return; }
+    if (bid >= loop->buf_count) {
+        /* Keep a few for reuse; give the memory of the rest back after a burst. */
+        if (loop->nxfree >= MR_LOOP_XKEEP) {
+            free(loop->xbufs[bid - loop->buf_count]);
+            loop->xbufs[bid - loop->buf_count] = NULL;
+        }
+        loop->xfree[loop->nxfree++] = bid;
+        return;
+    }
     loop->ops->buf_release(loop, bid);
 }
 
@@ -173,7 +183,10 @@ int mr_loop_buf_get(mr_loop_t *loop)
         loop->xbufs[loop->nx] = b;
         loop->xfree[loop->nxfree++] = (uint16_t)(loop->buf_count + loop->nx++);
     }
-    uint16_t bid = loop->xfree[--loop->nxfree];
+    uint16_t bid = loop->xfree[loop->nxfree - 1];
+    char **b = &loop->xbufs[bid - loop->buf_count];
+    if (!*b && !(*b = malloc(loop->buf_size))) return -ENOMEM;
+    loop->nxfree--;
     loop->buf_refs[bid] = 1;
     return bid;
 }
