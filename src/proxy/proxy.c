@@ -546,9 +546,8 @@ static void up_fail(mr_upconn_t *up, int status, const char *why)
     snprintf(addr, sizeof addr, "%s", up->server->addr);
     /* Retry only where the request cannot have been acted on twice: the connect failed, or a
      * reused keep-alive connection turned out stale before any response byte, for an idempotent
-     * method (the upstream may have closed it just as we sent). */
-    /* A TLS handshake that failed is a connect failure too: no request byte left (the engine
-     * takes plaintext only once the handshake is done). */
+     * method (the upstream may have closed it just as we sent). A failed TLS handshake is a
+     * failed connect: no request byte left (the engine takes plaintext only once it is done). */
     bool tls_failed = up->s.tls && !mr_tls_handshake_done(up->s.tls);
     if (tls_failed) up->server->down_until = mr_loop_now(up->w->loop) + 1000;
     bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502 &&
