@@ -60,7 +60,7 @@ local function subject_of(out)
 end
 
 describe("TLS", function()
-  local origin, port, mport, plain, admin, conf_path, mr
+  local origin, port, mport, plain, admin, conf_path, mr, cport
   local access_log = helpers.tmpname("access", ".log")
 
   local function config(cert)
@@ -80,6 +80,7 @@ return {
     { addr = "127.0.0.1:%d", tls = { certs = { { cert = %q, key = %q }, { cert = %q, key = %q } } } },
     { addr = "127.0.0.1:%d", tls = { cert = %q, key = %q, client_verify = "require", client_ca = %q } },
     "127.0.0.1:%d",
+    { addr = "127.0.0.1:%d", tls = { cert = %q, key = %q, session_tickets = false, session_cache = "1m" } },
   },
   admin = { listen = "127.0.0.1:%d" },
   upstreams = {
@@ -106,16 +107,19 @@ return {
 }
 ]]):format(access_log, port, path(cert .. ".pem"), path(cert .. ".key"), path("b.pem"), path("b.key"),
       mport, path("a.pem"), path("a.key"), path("ca.pem"),
-      plain, admin, origin.port, plain, port, path("ca.pem"), port, path("ca.pem"), port, port, path("ca.pem"),
+      plain, cport, path("a.pem"), path("a.key"), admin, origin.port, plain, port, path("ca.pem"), port, path("ca.pem"), port, port, path("ca.pem"),
       port, port, path("ca.pem"))
   end
 
   setup(function()
     origin = helpers.start_origin()
     port, mport, plain, admin = helpers.free_port(), helpers.free_port(), helpers.free_port(), helpers.free_port()
+    cport = helpers.free_port()
     mr = helpers.start_moonring(config("a"), { wait_port = { plain } })
     conf_path = mr.conf_path
-    assert.truthy(helpers.eventually(function() return helpers.port_open(port) and helpers.port_open(mport) end, 5))
+    assert.truthy(helpers.eventually(function()
+      return helpers.port_open(port) and helpers.port_open(mport) and helpers.port_open(cport)
+    end, 5))
   end)
 
   teardown(function()
@@ -158,6 +162,21 @@ return {
         local again = s_client(port, ("-tls%s -servername a.test -sess_in %s"):format(v, shq(sess)))
         assert.truthy(again:find("Reused, TLSv", 1, true), again)
         assert.truthy(again:find("reused=true", 1, true), again)
+      end
+      os.remove(sess)
+    end
+  end)
+
+  it("resumes from the shared session cache when tickets are off", function()
+    for _, v in ipairs({ "1_2", "1_3" }) do
+      local sess = helpers.tmpname("sess")
+      local first = s_client(cport, ("-tls%s -servername a.test -sess_out %s"):format(v, shq(sess)))
+      assert.truthy(first:find("New, TLSv", 1, true), first)
+      -- (TLS 1.3 always sends NewSessionTicket; without tickets it only names the cached session)
+      if v == "1_2" then assert.is_nil(first:find("TLS session ticket:", 1, true), first) end
+      for _ = 1, 4 do -- either worker: the cache belongs to the listener's context
+        local again = s_client(cport, ("-tls%s -servername a.test -sess_in %s"):format(v, shq(sess)))
+        assert.truthy(again:find("Reused, TLSv", 1, true), again)
       end
       os.remove(sess)
     end
