@@ -219,6 +219,32 @@ local tables = table.concat({
   legend,
 }, "\n")
 
+-- HTTPS runs: handshakes.csv (openssl s_time), one row per variant and kind.
+local hs_path = dir .. "/handshakes.csv"
+local hs_file = meta.scheme == "https" and io.open(hs_path)
+if hs_file then
+  hs_file:close()
+  local rows = read_csv(hs_path)
+  local out = { "### Handshakes (openssl s_time, one small request per connection)", "",
+    "| variant | full: conn/s | full: CPU µs | resumed: conn/s | resumed: CPU µs |", "|---|---:|---:|---:|---:|" }
+  local by, order = {}, {}
+  for _, r in ipairs(rows) do
+    if not by[r.proxy] then by[r.proxy] = {}; order[#order + 1] = r.proxy end
+    local n, secs, cpu = tonumber(r.connections) or 0, tonumber(r.seconds) or 0, tonumber(r.cpu_ns) or 0
+    by[r.proxy][r.kind] = { rate = secs > 0 and n / secs or 0, cpu = n > 0 and cpu / 1000 / n or 0 }
+  end
+  local function f(x, fmt) return x and string.format(fmt, x) or "-" end
+  for _, p in ipairs(order) do
+    local new, reuse = by[p].new or {}, by[p].reuse or {}
+    out[#out + 1] = string.format("| %s | %s | %s | %s | %s |", p, f(new.rate, "%.0f"), f(new.cpu, "%.0f"),
+      f(reuse.rate, "%.0f"), f(reuse.cpu, "%.0f"))
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "conn/s is what the single-threaded client reached (it does as much crypto as the server); " ..
+    "CPU µs is the proxy's CPU per handshake, including the one proxied request."
+  tables = tables .. "\n\n" .. table.concat(out, "\n")
+end
+
 io.write(tables, "\n")
 if #notes > 0 then io.write("\nNot measured, not completely, or suspicious:\n", table.concat(notes, "\n"), "\n") end
 
@@ -355,6 +381,10 @@ do
     ". All variants keep an upstream keep-alive pool (256) except `relay`, which opens one origin connection ",
     "per client connection. Loopback HTTP/1.1 only. ", m("rounds"), " interleaved round(s) of ", m("duration"),
     " s per point and variant; the median is reported.\n\n")
+  if m("scheme") == "https" then
+    f:write("**HTTPS:** clients speak TLS to the proxies (", m("tls"), "); the origin is plain HTTP. ",
+      "`relay` and `direct` have no TLS.\n\n")
+  end
   f:write("Variants: `moonring` (plain route), `moonring-lua` (two-filter Lua chain: read a header, route on ",
     "a path prefix, set a request and a response header), `nginx` (proxy_pass + upstream keepalive), ",
     "`nginx-lua` (the same chain in access_by_lua + header_filter_by_lua), `haproxy` (http-reuse always), ",

@@ -389,6 +389,71 @@ local function workers(v, path)
   return v
 end
 
+-- TLS. Files are checked here (readable, named by key and file) so the common mistakes get a
+-- source line; the C engine then checks their contents (PEM, key matches certificate) and its
+-- messages get the line of the key they name (M.line_of). Relative paths are relative to the
+-- config file's directory.
+local function readable_file(v, path, ctx)
+  S.string(v, path)
+  if v:sub(1, 1) ~= "/" and ctx.dir then v = (ctx.dir == "/" and "" or ctx.dir) .. "/" .. v end
+  local f, err = io.open(v, "rb")
+  if not f then
+    fail(path, fmt("%s: cannot read (%s)", v, (tostring(err):gsub("^.-: ", ""))))
+  end
+  f:close()
+  return v
+end
+
+local tls_protocols = S.list(S.enum("TLSv1.2", "TLSv1.3"), { one = true, min = 1, what = "list of protocols" })
+
+local function protocol_range(out)
+  local has = {}
+  for _, p in ipairs(out.protocols) do has[p] = true end
+  out.min_protocol = has["TLSv1.2"] and "TLSv1.2" or "TLSv1.3"
+  out.max_protocol = has["TLSv1.3"] and "TLSv1.3" or "TLSv1.2"
+end
+
+local tls_cert = S.record({
+  { "cert", readable_file, required = true },
+  { "key", readable_file, required = true },
+})
+
+local listener_tls = S.record({
+  { "certs", S.list(tls_cert, { min = 1, what = "list of certificates" }) },
+  { "cert", readable_file },
+  { "key", readable_file },
+  { "protocols", tls_protocols, default = { "TLSv1.2", "TLSv1.3" } },
+  { "ciphers", S.string },
+  { "ciphersuites", S.string },
+  { "alpn", S.list(S.enum("http/1.1"), { one = true, min = 1, what = "list of protocols" }), default = { "http/1.1" } },
+  { "client_verify", S.enum("none", "optional", "require"), default = "none" },
+  { "client_ca", readable_file },
+  { "verify_depth", S.int(1, 100) },
+  { "session_cache", S.either(function(v, path)
+      if v == false then return 0 end
+      return S.size()(v, path)
+    end, S.table), default = false },
+  { "session_tickets", S.bool, default = true },
+  { "ticket_rotation", S.duration(60000), default = "12h", out = "ticket_rotation_ms" },
+}, function(out, raw, path)
+  if out.cert or out.key then
+    -- Shorthand for a single certificate.
+    if out.certs then fail(join(path, "cert"), "set either 'certs' or 'cert' and 'key', not both") end
+    if not out.cert then fail(join(path, "cert"), "required with 'key'") end
+    if not out.key then fail(join(path, "key"), "required with 'cert'") end
+    out.certs = { { cert = out.cert, key = out.key } }
+    out.cert, out.key = nil, nil
+  end
+  if not out.certs then fail(join(path, "certs"), "required (or 'cert' and 'key')") end
+  if type(out.session_cache) ~= "number" then expected(join(path, "session_cache"), "size or false", raw.session_cache) end
+  if out.client_verify ~= "none" and not out.client_ca then
+    fail(join(path, "client_ca"), "required when client_verify is " .. quote(out.client_verify))
+  end
+  protocol_range(out)
+  out.where = fmt_path(path)
+  return out
+end)
+
 local listener = S.either(
   function(v, path)
     local a = S.addr(true)(v, path)
@@ -398,7 +463,7 @@ local listener = S.either(
     { "addr", S.addr(true), required = true },
     { "backlog", S.int(1, 65535), default = 511 },
     { "name", S.string },
-    { "tls", S.table },
+    { "tls", listener_tls },
   }, function(out)
     local a = out.addr
     return { addr = a.addr, host = a.host, port = a.port, backlog = out.backlog,
@@ -420,19 +485,52 @@ local listen = S.list(listener, {
   end,
 })
 
+-- "https://host:port" makes the upstream TLS; "http://" is accepted and means plain TCP.
+local function server_addr(v, path)
+  local scheme
+  if type(v) == "string" then
+    local sch, rest = v:match("^(%a+)://(.*)$")
+    if sch then
+      sch = sch:lower()
+      if sch ~= "http" and sch ~= "https" then fail(path, "unsupported scheme " .. quote(sch) .. " (use http:// or https://)") end
+      scheme, v = sch, rest
+    end
+  end
+  local a = S.addr(false)(v, path)
+  a.scheme = scheme
+  return a
+end
+
 local server = S.either(
   function(v, path)
-    local a = S.addr(false)(v, path)
+    local a = server_addr(v, path)
     a.weight = 1
     return a
   end,
   S.record({
-    { "addr", S.addr(false), required = true },
+    { "addr", server_addr, required = true },
     { "weight", S.int(1, 1000), default = 1 },
   }, function(out)
     local a = out.addr
-    return { addr = a.addr, host = a.host, port = a.port, weight = out.weight }
+    return { addr = a.addr, host = a.host, port = a.port, weight = out.weight, scheme = a.scheme }
   end))
+
+local upstream_tls = S.record({
+  { "verify", S.bool, default = true },
+  { "ca", readable_file },
+  { "sni", S.string_or_false },
+  { "cert", readable_file },
+  { "key", readable_file },
+  { "protocols", tls_protocols, default = { "TLSv1.2", "TLSv1.3" } },
+  { "ciphers", S.string },
+  { "ciphersuites", S.string },
+}, function(out, raw, path)
+  if out.cert and not out.key then fail(join(path, "key"), "required with 'cert'") end
+  if out.key and not out.cert then fail(join(path, "cert"), "required with 'key'") end
+  protocol_range(out)
+  out.where = fmt_path(path)
+  return out
+end)
 
 local upstream = S.record({
   { "servers", S.list(server, { min = 1, what = "list of servers" }), required = true },
@@ -444,8 +542,35 @@ local upstream = S.record({
   { "read_timeout", S.duration(1), default = "60s", out = "read_timeout_ms" },
   { "send_timeout", S.duration(1), default = "60s", out = "send_timeout_ms" },
   { "tries", S.int(1), default = 3 },
-  { "tls", S.table },
-})
+  { "tls", upstream_tls },
+}, function(out, raw, path, ctx)
+  local https, plain
+  for i, sv in ipairs(out.servers) do
+    if sv.scheme == "https" then https = https or i elseif sv.scheme == "http" then plain = plain or i end
+  end
+  if https and plain then
+    fail(join(join(path, "servers"), plain), "mixes http:// and https:// servers (use one upstream for each)")
+  end
+  if out.tls and plain then
+    fail(join(join(path, "servers"), plain), "is http:// but the upstream has 'tls' set")
+  end
+  if https and not out.tls then out.tls = upstream_tls({}, join(path, "tls"), ctx) end
+  for _, sv in ipairs(out.servers) do
+    sv.scheme = nil
+    if out.tls then
+      local t = out.tls
+      sv.tls = true
+      local sni = t.sni
+      if sni == nil then sni = sv.host end
+      sv.sni = sni or nil
+      -- Pooled connections (and cached sessions) are shared only between upstreams that
+      -- would have made the same connection: same address and same TLS settings.
+      sv.tls_key = concat({ tostring(t.verify), t.ca or "", sv.sni or "", t.cert or "", t.key or "",
+                            t.min_protocol, t.max_protocol, t.ciphers or "", t.ciphersuites or "" }, "\0")
+    end
+  end
+  return out
+end)
 
 -- Sorted by name so upstream ids are stable across reloads of the same file.
 local upstreams = S.map(NAME_PAT, NAME_WHAT, upstream, function(out, keys, path, ctx)
@@ -937,6 +1062,18 @@ function M.load(path, opts)
     return nil, (res:gsub("\n.*", ""))
   end
   return M.normalise(res, path)
+end
+
+-- The source line of a key path written as in messages ("listen[2].tls.certs[1].key"), or nil:
+-- the C side uses it for errors it finds itself (e.g. a certificate file that is not PEM).
+function M.line_of(file, keypath)
+  local path = {}
+  for part in keypath:gmatch("[^.]+") do
+    local name, rest = part:match("^([^%[]*)(.*)$")
+    if name ~= "" then path[#path + 1] = name end
+    for idx in rest:gmatch("%[(%d+)%]") do path[#path + 1] = tonumber(idx) end
+  end
+  return source_line(file, path)
 end
 
 -- Exposed for the C side and tests that need the same parsing rules.

@@ -33,6 +33,7 @@ int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, 
 void *mr_req_waker(void *r);
 int mr_req_body_read(void *r, int64_t max);
 int mr_req_body_get(void *r, const char **p, size_t *n);
+int mr_req_tls(void *r, const char **v, int *reused);
 ]]
 
 local C = ffi.C
@@ -89,7 +90,27 @@ function req_getters.method(self) C.mr_req_method(live(self), pp, pn); return ff
 function req_getters.path(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(1, q - 1) or t end
 function req_getters.query(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(q + 1) or "" end
 function req_getters.host(self) local h = self:header("host"); return h and (h:gsub(":%d+$", "")):lower() or "" end
-function req_getters.scheme() return "http" end
+local tls_v = ffi.new("const char *[6]")
+local tls_reused = ffi.new("int[1]")
+local function opt_string(p) if p ~= nil then return ffi_string(p) end return nil end
+
+-- Cached per request object by __index (a plain connection caches false, shown as nil).
+local function tls_info(self)
+  local t = rawget(self, "_tls")
+  if t == nil then
+    t = false
+    if C.mr_req_tls(live(self), tls_v, tls_reused) == 0 then
+      t = { protocol = opt_string(tls_v[0]), cipher = opt_string(tls_v[1]), sni = opt_string(tls_v[2]),
+            alpn = opt_string(tls_v[3]), client_subject = opt_string(tls_v[4]),
+            client_fingerprint = opt_string(tls_v[5]), session_reused = tls_reused[0] ~= 0 }
+    end
+    rawset(self, "_tls", t)
+  end
+  return t
+end
+
+function req_getters.scheme(self) return tls_info(self) and "https" or "http" end
+function req_getters.tls(self) return tls_info(self) or nil end
 function req_getters.remote_addr(self) C.mr_req_remote_addr(live(self), pp, pn); return ffi_string(pp[0], pn[0]) end
 function req_getters.params() return {} end
 

@@ -362,6 +362,8 @@ function testing.request(opts)
   if not host_hdr then req._h.host = { req.host } end
   req.scheme = check_string(who, "scheme", opts.scheme, "http")
   req.remote_addr = check_string(who, "remote_addr", opts.remote_addr, "127.0.0.1")
+  if opts.tls ~= nil and type(opts.tls) ~= "table" then error(who .. ": tls must be a table or nil", 2) end
+  req.tls = opts.tls -- as the server's req.tls: protocol, cipher, sni, alpn, session_reused, client_*
   req.params = opts.params or {}
   req._body = check_string(who, "body", opts.body, "")
   req.responded = false

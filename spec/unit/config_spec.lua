@@ -175,14 +175,13 @@ describe("moonring.config", function()
   describe("listen", function()
     it("normalises string and table entries", function()
       local cfg = ok([[return {
-        listen = { "*:80", { addr = "[::1]:8443", backlog = 128, name = "v6", tls = { cert = "x" } },
+        listen = { "*:80", { addr = "[::1]:8443", backlog = 128, name = "v6" },
                    "localhost:8080" },
         routes = { { handler = function() end } },
       }]])
       assert.same({ addr = "0.0.0.0:80", host = "0.0.0.0", port = 80, backlog = 511, name = "0.0.0.0:80" },
         cfg.listen[1])
-      assert.same({ addr = "[::1]:8443", host = "::1", port = 8443, backlog = 128, name = "v6",
-                    tls = { cert = "x" } }, cfg.listen[2])
+      assert.same({ addr = "[::1]:8443", host = "::1", port = 8443, backlog = 128, name = "v6" }, cfg.listen[2])
       assert.equal("localhost", cfg.listen[3].host)
     end)
 
@@ -234,11 +233,17 @@ describe("moonring.config", function()
       assert.same({ "alpha", "zeta" }, { cfg.upstreams[1].name, cfg.upstreams[2].name })
       assert.same({ alpha = 1, zeta = 2 }, cfg.upstream_index)
       local z = cfg.upstreams[2]
-      assert.same({ { addr = "10.0.0.1:80", host = "10.0.0.1", port = 80, weight = 7 } }, z.servers)
+      assert.equal("10.0.0.1:80", z.servers[1].addr)
+      assert.equal(7, z.servers[1].weight)
+      assert.is_true(z.servers[1].tls)
+      assert.equal("10.0.0.1", z.servers[1].sni)
       assert.equal("least_conn", z.balance)
       assert.equal(0, z.keepalive)
       assert.equal(120000, z.read_timeout_ms)
-      assert.same({ verify = false }, z.tls)
+      assert.is_false(z.tls.verify)
+      assert.equal("upstreams.zeta.tls", z.tls.where)
+      assert.same({ { addr = "a.internal:81", host = "a.internal", port = 81, weight = 1 },
+                    { addr = "b.internal:82", host = "b.internal", port = 82, weight = 1 } }, cfg.upstreams[1].servers)
       assert.equal(2, cfg.routes[1].upstream_id)
       assert.equal(1, cfg.routes[2].upstream_id)
     end)
@@ -522,6 +527,90 @@ return t]]))
         'routes = { { handler = print } } }'):format(modname)))
       assert.equal(4242, cfg.listen[1].port)
       assert.equal(saved, package.path)
+    end)
+  end)
+
+  describe("tls", function()
+    -- Only readability is checked here; contents are the engine's (spec/unit/tls_spec.lua) and
+    -- the server's (spec/integration/tls_spec.lua) business.
+    local pem = write("not really a certificate\n")
+
+    it("normalises a listener's tls with defaults", function()
+      local cfg = ok(([[return {
+        listen = { { addr = "127.0.0.1:8443", tls = { cert = %q, key = %q } } },
+        routes = { { handler = function() end } },
+      }]]):format(pem, pem))
+      local t = cfg.listen[1].tls
+      assert.same({ { cert = pem, key = pem } }, t.certs)
+      assert.equal("TLSv1.2", t.min_protocol)
+      assert.equal("TLSv1.3", t.max_protocol)
+      assert.same({ "http/1.1" }, t.alpn)
+      assert.equal("none", t.client_verify)
+      assert.equal(0, t.session_cache)
+      assert.is_true(t.session_tickets)
+      assert.equal(12 * 3600 * 1000, t.ticket_rotation_ms)
+      assert.equal("listen[1].tls", t.where)
+    end)
+
+    it("names the key, the file and the line of an unreadable file", function()
+      local err = bad([[return {
+        listen = { { addr = "127.0.0.1:8443",
+                     tls = { certs = { { cert = "/nonexistent/c.pem",
+                                         key = "/nonexistent/k.pem" } } } } },
+        routes = { { handler = function() end } },
+      }]])
+      assert.equal("CFG:3: listen[1].tls.certs[1].cert: /nonexistent/c.pem: cannot read (No such file or directory)", err)
+    end)
+
+    it("requires certificates, and client_ca with client_verify", function()
+      assert.equal("CFG:2: listen[1].tls.certs: required (or 'cert' and 'key')", bad([[return {
+        listen = { { addr = "127.0.0.1:8443", tls = { protocols = "TLSv1.3" } } },
+        routes = { { handler = function() end } },
+      }]]))
+      assert.equal("CFG:2: listen[1].tls.client_ca: required when client_verify is \"require\"", bad(([[return {
+        listen = { { addr = "127.0.0.1:8443", tls = { cert = %q, key = %q, client_verify = "require" } } },
+        routes = { { handler = function() end } },
+      }]]):format(pem, pem)))
+      assert.equal('CFG:2: listen[1].tls.protocols[1]: expected one of "TLSv1.2", "TLSv1.3", got "TLSv1.0"', bad(([[return {
+        listen = { { addr = "127.0.0.1:8443", tls = { cert = %q, key = %q, protocols = { "TLSv1.0" } } } },
+        routes = { { handler = function() end } },
+      }]]):format(pem, pem)))
+    end)
+
+    it("turns https:// servers into a TLS upstream and refuses mixing schemes", function()
+      local cfg = ok([[return {
+        listen = { "127.0.0.1:8080" },
+        upstreams = { api = { servers = { "https://api.internal:443" } } },
+        routes = { { upstream = "api" } },
+      }]])
+      local u = cfg.upstreams[1]
+      assert.is_true(u.tls.verify)
+      assert.equal("api.internal:443", u.servers[1].addr)
+      assert.equal("api.internal", u.servers[1].sni)
+      assert.equal("CFG:3: upstreams.api.servers[2]: mixes http:// and https:// servers (use one upstream for each)", bad([[return {
+        listen = { "127.0.0.1:8080" },
+        upstreams = { api = { servers = { "https://a.internal:443", "http://b.internal:80" } } },
+        routes = { { upstream = "api" } },
+      }]]))
+      assert.equal("CFG:3: upstreams.api.tls.key: required with 'cert'", bad(([[return {
+        listen = { "127.0.0.1:8080" },
+        upstreams = { api = { servers = { "a.internal:443" }, tls = { cert = %q } } },
+        routes = { { upstream = "api" } },
+      }]]):format(pem)))
+    end)
+
+    it("finds the line of a key path for errors found in C", function()
+      local path = write([[return {
+  listen = {
+    "127.0.0.1:80",
+    { addr = "127.0.0.1:443",
+      tls = { certs = { { cert = "a", key = "b" },
+                        { cert = "c",
+                          key = "d" } } } },
+  },
+}]])
+      assert.equal(7, config.line_of(path, "listen[2].tls.certs[2].key"))
+      assert.equal(5, config.line_of(path, "listen[2].tls"))
     end)
   end)
 end)

@@ -71,6 +71,126 @@ static int method_bit(const char *name)
     return -1;
 }
 
+/* An error from the TLS engine starts with the key path it is about ("listen[2].tls.certs[1]:
+ * ..."): put the file and that key's source line in front, like the Lua validator does. */
+static void tls_error(lua_State *L, const char *file, const char *msg, char *err, size_t errlen)
+{
+    const char *colon = strstr(msg, ": ");
+    long line = 0;
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.config");
+    if (colon && lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "line_of");
+        lua_pushstring(L, file);
+        lua_pushlstring(L, msg, (size_t)(colon - msg));
+        if (lua_pcall(L, 2, 1, 0) == 0 && lua_isnumber(L, -1)) line = (long)lua_tonumber(L, -1);
+    }
+    lua_settop(L, top);
+    if (line > 0) snprintf(err, errlen, "%s:%ld: %s", file, line, msg);
+    else snprintf(err, errlen, "%s: %s", file, msg);
+}
+
+/* A list of strings at t[key], NULL-terminated (NULL when absent). */
+static char **dupstrs(lua_State *L, int t, const char *key, size_t *n)
+{
+    *n = 0;
+    lua_getfield(L, t, key);
+    if (!lua_istable(L, -1)) { lua_pop(L, 1); return NULL; }
+    size_t cnt = lua_objlen(L, -1);
+    char **v = calloc(cnt + 1, sizeof *v);
+    for (size_t i = 0; v && i < cnt; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        v[i] = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    *n = v ? cnt : 0;
+    return v;
+}
+
+static void freestrs(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++) free(v[i]);
+    free(v);
+}
+
+/* listen[i].tls (normalised by the validator) -> a server context. */
+static int read_listen_tls(lua_State *L, int t, const char *file, mr_listen_conf_t *ls, char *err, size_t errlen)
+{
+    mr_tls_server_conf_t sc = { 0 };
+    size_t nalpn = 0;
+    char *where = dupstr(L, t, "where"), *minp = dupstr(L, t, "min_protocol"), *maxp = dupstr(L, t, "max_protocol");
+    char *ciphers = dupstr(L, t, "ciphers"), *suites = dupstr(L, t, "ciphersuites"), *ca = dupstr(L, t, "client_ca");
+    char *verify = dupstr(L, t, "client_verify");
+    char **alpn = dupstrs(L, t, "alpn", &nalpn);
+    lua_getfield(L, t, "certs");
+    size_t ncerts = lua_objlen(L, -1);
+    mr_tls_cert_conf_t *certs = calloc(ncerts + 1, sizeof *certs);
+    for (size_t i = 0; certs && i < ncerts; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        certs[i].cert_path = dupstr(L, lua_gettop(L), "cert");
+        certs[i].key_path = dupstr(L, lua_gettop(L), "key");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    sc.where = where;
+    sc.certs = certs;
+    sc.ncerts = ncerts;
+    sc.min_protocol = minp;
+    sc.max_protocol = maxp;
+    sc.ciphers = ciphers;
+    sc.ciphersuites = suites;
+    sc.alpn = (const char *const *)alpn;
+    sc.nalpn = nalpn;
+    sc.client_verify = !verify || strcmp(verify, "none") == 0 ? MR_TLS_VERIFY_NONE
+                       : strcmp(verify, "optional") == 0  ? MR_TLS_VERIFY_OPTIONAL
+                                                          : MR_TLS_VERIFY_REQUIRE;
+    sc.client_ca = ca;
+    sc.verify_depth = (int)getint(L, t, "verify_depth", 0);
+    /* About 4000 sessions per MiB, as nginx counts its shared cache. */
+    long long cache = getint(L, t, "session_cache", 0);
+    sc.session_cache = cache > 0 ? (long)(cache * 4000 / (1024 * 1024)) + 1 : 0;
+    sc.no_tickets = !getbool(L, t, "session_tickets", true);
+    ls->ticket_rotation_ms = getu32(L, t, "ticket_rotation_ms", 43200000);
+    /* A session outlives at most one rotation (the previous key still decrypts). */
+    sc.session_timeout = (long)(ls->ticket_rotation_ms / 1000);
+    char msg[1024];
+    int rc = certs ? mr_tls_server_ctx_new(&sc, &ls->tls, msg, sizeof msg) : -1;
+    if (rc < 0) tls_error(L, file, certs ? msg : "out of memory", err, errlen);
+    for (size_t i = 0; certs && i < ncerts; i++) {
+        free((char *)certs[i].cert_path);
+        free((char *)certs[i].key_path);
+    }
+    free(certs);
+    freestrs(alpn);
+    free(where); free(minp); free(maxp); free(ciphers); free(suites); free(ca); free(verify);
+    return rc;
+}
+
+/* upstreams[i].tls -> a client context. */
+static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_conf_t *u, char *err, size_t errlen)
+{
+    mr_tls_client_conf_t cc = { 0 };
+    char *where = dupstr(L, t, "where"), *minp = dupstr(L, t, "min_protocol"), *maxp = dupstr(L, t, "max_protocol");
+    char *ciphers = dupstr(L, t, "ciphers"), *suites = dupstr(L, t, "ciphersuites"), *ca = dupstr(L, t, "ca");
+    char *cert = dupstr(L, t, "cert"), *key = dupstr(L, t, "key");
+    cc.where = where;
+    cc.verify = getbool(L, t, "verify", true);
+    cc.ca_file = ca;
+    cc.cert_path = cert;
+    cc.key_path = key;
+    cc.min_protocol = minp;
+    cc.max_protocol = maxp;
+    cc.ciphers = ciphers;
+    cc.ciphersuites = suites;
+    char msg[1024];
+    int rc = mr_tls_client_ctx_new(&cc, &u->tls, msg, sizeof msg);
+    if (rc < 0) tls_error(L, file, msg, err, errlen);
+    free(where); free(minp); free(maxp); free(ciphers); free(suites); free(ca); free(cert); free(key);
+    return rc;
+}
+
 static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char *file, char *err, size_t errlen)
 {
     lua_getfield(L, idx, "servers");
@@ -83,6 +203,21 @@ static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char
         mr_server_conf_t *s = &u->servers[j];
         s->addr = dupstr(L, t, "addr");
         s->weight = (int)getint(L, t, "weight", 1);
+        if (getbool(L, t, "tls", false) && s->addr) {
+            size_t n = strlen(s->addr) + 9;
+            char *a = malloc(n);
+            if (a) snprintf(a, n, "https://%s", s->addr);
+            free(s->addr);
+            s->addr = a;
+            s->sni = dupstr(L, t, "sni");
+            lua_getfield(L, t, "tls_key");
+            size_t kl = 0;
+            const char *k = lua_tolstring(L, -1, &kl);
+            uint64_t h = 14695981039346656037ull; /* FNV-1a */
+            for (size_t b = 0; k && b < kl; b++) h = (h ^ (unsigned char)k[b]) * 1099511628211ull;
+            s->tls_id = h ? h : 1;
+            lua_pop(L, 1);
+        }
         char *host = dupstr(L, t, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: upstreams.%s.servers[%d]", file, u->name, j + 1);
@@ -252,7 +387,9 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         snprintf(what, sizeof what, "%s: listen[%d]", cfg->file, i + 1);
         int rc = resolve(what, host, (int)getint(L, e, "port", 0), &ls->sa, err, errlen);
         free(host);
-        lua_pop(L, 1);
+        lua_getfield(L, e, "tls");
+        if (rc == 0 && lua_istable(L, -1)) rc = read_listen_tls(L, lua_gettop(L), cfg->file, ls, err, errlen);
+        lua_pop(L, 2);
         if (rc < 0) return -1;
     }
     lua_pop(L, 1);
@@ -268,7 +405,9 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         u->name = dupstr(L, e, "name");
         read_upstream_common(L, e, u);
         int rc = read_servers(L, e, u, cfg->file, err, errlen);
-        lua_pop(L, 1);
+        lua_getfield(L, e, "tls");
+        if (rc == 0 && lua_istable(L, -1)) rc = read_upstream_tls(L, lua_gettop(L), cfg->file, u, err, errlen);
+        lua_pop(L, 2);
         if (rc < 0) return -1;
     }
     lua_pop(L, 1);
@@ -519,9 +658,16 @@ done:
 void mr_config_free(mr_config_t *cfg)
 {
     if (!cfg) return;
-    for (int i = 0; i < cfg->nlisten; i++) free(cfg->listen[i].addr);
+    for (int i = 0; i < cfg->nlisten; i++) {
+        free(cfg->listen[i].addr);
+        if (cfg->listen[i].tls) mr_tls_ctx_unref(cfg->listen[i].tls);
+    }
     for (int i = 0; i < cfg->nupstreams; i++) {
-        for (int j = 0; j < cfg->upstreams[i].nservers; j++) free(cfg->upstreams[i].servers[j].addr);
+        if (cfg->upstreams[i].tls) mr_tls_ctx_unref(cfg->upstreams[i].tls);
+        for (int j = 0; j < cfg->upstreams[i].nservers; j++) {
+            free(cfg->upstreams[i].servers[j].addr);
+            free(cfg->upstreams[i].servers[j].sni);
+        }
         free(cfg->upstreams[i].servers);
         free(cfg->upstreams[i].name);
     }

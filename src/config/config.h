@@ -10,17 +10,25 @@
 #include <stdint.h>
 
 #include "net/net.h"
+#include "tls/tls.h"
 
 typedef struct {
     char *addr;
     mr_addr_t sa;
     int backlog;
+    /* TLS server context built at load (one reference, dropped with the config), or NULL.
+     * Connections take their own reference, so a reload may replace the certificates while
+     * established connections keep the old ones. */
+    mr_tls_ctx_t *tls;
+    uint32_t ticket_rotation_ms;
 } mr_listen_conf_t;
 
 typedef struct {
-    char *addr;
+    char *addr;                 /* "host:port", or "https://host:port" for a TLS server */
     mr_addr_t sa;
     int weight;
+    char *sni;                  /* TLS: name sent as SNI and verified (NULL: none) */
+    uint64_t tls_id;            /* TLS: hash of the upstream's TLS settings (0: plain TCP) */
 } mr_server_conf_t;
 
 enum { MR_BALANCE_RR = 0, MR_BALANCE_LEAST_CONN = 1 };
@@ -34,6 +42,7 @@ typedef struct {
     int keepalive_requests;
     int tries;
     uint32_t keepalive_timeout_ms, connect_timeout_ms, read_timeout_ms, send_timeout_ms;
+    mr_tls_ctx_t *tls;          /* TLS client context (one reference, dropped with the config), or NULL */
 } mr_upstream_conf_t;
 
 enum { MR_ROUTE_UPSTREAM = 0, MR_ROUTE_HANDLER = 1 };

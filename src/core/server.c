@@ -644,6 +644,22 @@ static int record_listeners(mr_worker_t *workers, int nworkers, const mr_config_
     return 0;
 }
 
+/* The shortest ticket_rotation of the config's TLS listeners (0: no TLS listener). */
+static void rotate_ticket_keys_if_due(const mr_config_t *cfg, struct timespec *last)
+{
+    uint32_t every = 0;
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].tls && (!every || cfg->listen[i].ticket_rotation_ms < every))
+            every = cfg->listen[i].ticket_rotation_ms;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t elapsed = (int64_t)(now.tv_sec - last->tv_sec) * 1000 + (now.tv_nsec - last->tv_nsec) / 1000000;
+    if (!every || elapsed < (int64_t)every) return;
+    mr_tls_rotate_ticket_keys();
+    *last = now;
+    mr_info("TLS session ticket keys rotated");
+}
+
 int mr_server_run(const char *path, const mr_server_opts_t *opts)
 {
     char err[2048];
@@ -784,18 +800,25 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     }
     int cmd = MR_CMD_STOP;
 
+    struct timespec last_rotation;
+    clock_gettime(CLOCK_MONOTONIC, &last_rotation);
     bool pending = false;
     uint64_t due = 0;
     for (;;) {
         struct pollfd p[3] = { { .fd = sfd, .events = POLLIN },
                                { .fd = srv.watch ? mr_watch_fd(srv.watch) : -1, .events = POLLIN },
                                { .fd = mr_watch_note_fd(srv.watch), .events = POLLIN } };
-        int timeout = -1;
+        /* At least once a minute: the process-wide TLS ticket keys rotate from here. */
+        int timeout = 60000;
         if (pending) {
             uint64_t t = now_us();
-            timeout = t >= due ? 0 : (int)((due - t + 999) / 1000);
+            int left = t >= due ? 0 : (int)((due - t + 999) / 1000);
+            if (left < timeout) timeout = left;
         }
         if (poll(p, 3, timeout) < 0 && errno != EINTR) { mr_error("poll: %s", strerror(errno)); usleep(100000); continue; }
+        pthread_mutex_lock(&srv.lock);
+        rotate_ticket_keys_if_due(srv.cfg, &last_rotation);
+        pthread_mutex_unlock(&srv.lock);
         if (p[2].revents & POLLIN) {
             mr_config_sources_t lazy = { 0 };
             mr_watch_take_notes(srv.watch, &lazy.files, &lazy.n);

@@ -63,6 +63,15 @@ static void accept_retry(mr_loop_t *loop, mr_timer_t *t)
     }
 }
 
+/* The TLS context of the listener in the current generation: a reload may have changed the
+ * certificates of an address it kept. */
+static mr_tls_ctx_t *listener_tls(mr_worker_t *w, mr_listener_t *l)
+{
+    for (int i = 0; i < w->cfg->nlisten; i++)
+        if (strcmp(w->cfg->listen[i].addr, l->addr) == 0) return w->cfg->listen[i].tls;
+    return NULL;
+}
+
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)loop;
@@ -70,8 +79,10 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     mr_worker_t *w = l->w;
     if (res >= 0) {
         /* Even while draining: the kernel already took this connection off the queue, so closing
-         * it would reset a client (the proxy answers it with Connection: close). */
-        mr_proxy_accept(w, res);
+         * it would reset a client (the proxy answers it with Connection: close). A listener a
+         * reload removed is the exception: its settings (TLS or not) went with it. */
+        if (l->closing) close(res);
+        else mr_proxy_accept(w, res, listener_tls(w, l));
     } else if (res != -ECANCELED) {
         mr_warn("accept on %s: %s", l->addr, strerror(-res));
     }

@@ -54,7 +54,8 @@ int mr_loop_base_init(mr_loop_t *loop, const mr_loop_opts_t *opts)
     loop->buf_count = opts->buf_count;
     loop->buf_size = opts->buf_size;
     loop->bufs = malloc((size_t)loop->buf_count * loop->buf_size);
-    loop->buf_refs = calloc(loop->buf_count, sizeof *loop->buf_refs);
+    /* Refcounts for every id a completion can carry, extra buffers included. */
+    loop->buf_refs = calloc(65536, sizeof *loop->buf_refs);
     loop->heap_cap = 1024;
     loop->heap = malloc(loop->heap_cap * sizeof *loop->heap);
     if (!loop->bufs || !loop->buf_refs || !loop->heap) {
@@ -67,6 +68,12 @@ int mr_loop_base_init(mr_loop_t *loop, const mr_loop_opts_t *opts)
 
 void mr_loop_base_free(mr_loop_t *loop)
 {
+    for (uint32_t i = 0; i < loop->nx; i++) free(loop->xbufs[i]);
+    free(loop->xbufs);
+    free(loop->xfree);
+    loop->xbufs = NULL;
+    loop->xfree = NULL;
+    loop->nx = loop->nxfree = loop->x_cap = 0;
     free(loop->bufs);
     free(loop->buf_refs);
     free(loop->heap);
@@ -130,14 +137,58 @@ int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target)
 
 /* ---- buffer pool: refcounts are shared, the free side belongs to the backend ---- */
 
-char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid) { return loop->bufs + (size_t)bid * loop->buf_size; }
+char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid)
+{
+    if (bid >= loop->buf_count) return loop->xbufs[bid - loop->buf_count];
+    return loop->bufs + (size_t)bid * loop->buf_size;
+}
 uint32_t mr_loop_buf_size(mr_loop_t *loop) { return loop->buf_size; }
 void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid) { loop->buf_refs[bid]++; }
+
+#define MR_LOOP_XKEEP 256 /* free extra buffers kept allocated (4 MiB at 16 KiB) */
 
 void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid)
 {
     if (--loop->buf_refs[bid] != 0) return;
+    if (bid >= loop->buf_count) {
+        /* Keep a few for reuse; give the memory of the rest back after a burst. */
+        if (loop->nxfree >= MR_LOOP_XKEEP) {
+            free(loop->xbufs[bid - loop->buf_count]);
+            loop->xbufs[bid - loop->buf_count] = NULL;
+        }
+        loop->xfree[loop->nxfree++] = bid;
+        return;
+    }
     loop->ops->buf_release(loop, bid);
+}
+
+int mr_loop_buf_get(mr_loop_t *loop)
+{
+    if (!loop->nxfree) {
+        uint32_t max = 65536 - loop->buf_count;
+        if (loop->nx == max) return -ENOBUFS;
+        if (loop->nx == loop->x_cap) {
+            uint32_t cap = loop->x_cap ? loop->x_cap * 2 : 64;
+            if (cap > max) cap = max;
+            char **xb = realloc(loop->xbufs, cap * sizeof *xb);
+            if (!xb) return -ENOMEM;
+            loop->xbufs = xb;
+            uint16_t *xf = realloc(loop->xfree, cap * sizeof *xf);
+            if (!xf) return -ENOMEM;
+            loop->xfree = xf;
+            loop->x_cap = cap;
+        }
+        char *b = malloc(loop->buf_size);
+        if (!b) return -ENOMEM;
+        loop->xbufs[loop->nx] = b;
+        loop->xfree[loop->nxfree++] = (uint16_t)(loop->buf_count + loop->nx++);
+    }
+    uint16_t bid = loop->xfree[loop->nxfree - 1];
+    char **b = &loop->xbufs[bid - loop->buf_count];
+    if (!*b && !(*b = malloc(loop->buf_size))) return -ENOMEM;
+    loop->nxfree--;
+    loop->buf_refs[bid] = 1;
+    return bid;
 }
 
 /* ---- timers: binary min-heap keyed on `key`; `due` may be pushed later without a heap move ---- */

@@ -116,6 +116,12 @@ char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid);
 void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid);
 void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid);
 uint32_t mr_loop_buf_size(mr_loop_t *loop);
+/* An extra buffer of mr_loop_buf_size bytes with one reference, for bytes the loop did not
+ * receive (decrypted TLS input): ids from buf_count up, never handed to the kernel, addressed and
+ * referenced like provided buffers; the last unref returns it to the loop's free list. Returns
+ * the id or -ENOBUFS / -ENOMEM. Up to 256 free extra buffers stay allocated for reuse; the memory
+ * of further ones goes back as they are released. */
+int mr_loop_buf_get(mr_loop_t *loop);
 
 /* Arms `t` to fire `ms` from now. Cheap when only pushed later (the common keep-alive case). */
 void mr_timer_set(mr_loop_t *loop, mr_timer_t *t, uint64_t ms);

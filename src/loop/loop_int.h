@@ -39,6 +39,12 @@ struct mr_loop {
     char *bufs;
     uint16_t *buf_refs;
     uint32_t buf_count, buf_size;
+    /* Extra buffers (bids buf_count..65535): loop-owned, never given to the kernel; a TLS socket
+     * puts decrypted bytes in them so they are addressed like received ones. */
+    char **xbufs;               /* by bid - buf_count; grown on demand */
+    uint32_t nx, x_cap;
+    uint16_t *xfree;            /* stack of free extra bids */
+    uint32_t nxfree;
     mr_timer_t **heap;
     uint32_t heap_len, heap_cap;
     mr_defer_t *defer_head, *defer_tail;

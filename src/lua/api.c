@@ -200,3 +200,22 @@ MR_EXPORT void *mr_req_waker(void *r)
     mr_client_t *c = r;
     return &c->lua_timer;
 }
+
+/* TLS state of the request's connection for req.tls: fills v[0..5] with protocol, cipher, SNI,
+ * ALPN, client certificate subject and fingerprint (NULL where absent; the client_* fields only
+ * for a presented and verified certificate) and *reused. -1 on a plain TCP connection. Strings
+ * stay valid for the connection's life; Lua copies them. */
+MR_EXPORT int mr_req_tls(void *r, const char **v, int *reused)
+{
+    mr_client_t *c = r;
+    mr_tls_conn_t *t = c->s.tls;
+    if (!t) return -1;
+    v[0] = mr_tls_protocol(t);
+    v[1] = mr_tls_cipher(t);
+    v[2] = mr_tls_sni(t);
+    v[3] = mr_tls_alpn(t);
+    v[4] = mr_tls_peer_subject(t);
+    v[5] = mr_tls_peer_fingerprint(t);
+    *reused = mr_tls_session_reused(t) ? 1 : 0;
+    return 0;
+}

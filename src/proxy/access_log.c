@@ -99,13 +99,27 @@ void mr_access_log_request(mr_access_log_t *al, mr_client_t *c)
     char *b = al->buf[al->cur] + al->len[al->cur];
     size_t room = AL_BUF - al->len[al->cur];
     if (room < 4096) return; /* both buffers full: drop rather than block */
+    /* JSON lines of TLS connections say how the client connected (absent on plain TCP). */
+    char tls[1024] = "";
+    if (al->json && c->s.tls) {
+        mr_tls_conn_t *t = c->s.tls;
+        const char *sni = mr_tls_sni(t), *subj = mr_tls_peer_subject(t);
+        char esni[300] = "", esubj[600] = "";
+        if (sni) json_str(esni, sizeof esni, sni, strlen(sni));
+        if (subj) json_str(esubj, sizeof esubj, subj, strlen(subj));
+        int k = snprintf(tls, sizeof tls, ",\"tls_protocol\":\"%s\",\"tls_cipher\":\"%s\",\"tls_reused\":%s",
+                         mr_tls_protocol(t), mr_tls_cipher(t), mr_tls_session_reused(t) ? "true" : "false");
+        if (sni && k > 0 && (size_t)k < sizeof tls) k += snprintf(tls + k, sizeof tls - (size_t)k, ",\"tls_sni\":\"%s\"", esni);
+        if (subj && k > 0 && (size_t)k < sizeof tls)
+            snprintf(tls + k, sizeof tls - (size_t)k, ",\"tls_client_subject\":\"%s\"", esubj);
+    }
     int n;
     if (al->json)
         n = snprintf(b, room,
                      "{\"time\":\"%s\",\"remote_addr\":\"%s\",\"method\":\"%s\",\"uri\":\"%s\",\"status\":%d,"
-                     "\"bytes\":%llu,\"referer\":\"%s\",\"user_agent\":\"%s\",\"request_time_ms\":%llu}\n",
+                     "\"bytes\":%llu,\"referer\":\"%s\",\"user_agent\":\"%s\",\"request_time_ms\":%llu%s}\n",
                      al->date, c->ip, mr_http1_method_str(m), url, c->status, (unsigned long long)c->resp_bytes,
-                     ref, ua, (unsigned long long)ms);
+                     ref, ua, (unsigned long long)ms, tls);
     else
         n = snprintf(b, room, "%s - - [%s] \"%s %s HTTP/1.%d\" %d %llu \"%s\" \"%s\" %llu\n", c->ip, al->date,
                      mr_http1_method_str(m), url, m->minor, c->status, (unsigned long long)c->resp_bytes, ref, ua,

@@ -298,7 +298,7 @@ int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n)
     d->conf.connect_timeout_ms = 5000;
     d->conf.read_timeout_ms = 60000;
     d->conf.send_timeout_ms = 60000;
-    d->srv[0] = mr_server_get(&w->servers, d->key, &addr);
+    d->srv[0] = mr_server_get(&w->servers, d->key, &addr, 0);
     if (!d->srv[0]) { free(d); return -2; }
     d->u.conf = &d->conf;
     d->u.servers = d->srv;
@@ -438,7 +438,7 @@ static int build_up_head(mr_client_t *c)
         rc |= mr_vec_str(v, c->ip, HEAD_LIMIT);
         rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
     }
-    if (cfg->xfp) rc |= mr_vec_lit(v, "X-Forwarded-Proto: http\r\n", HEAD_LIMIT);
+    if (cfg->xfp) rc |= mr_vec_str(v, c->s.tls ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n", HEAD_LIMIT);
     if (cfg->via) {
         if (via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: %.*s, 1.%d moonring\r\n", (int)via_len, via, m->minor);
         else if (m->minor) rc |= mr_vec_lit(v, "Via: 1.1 moonring\r\n", HEAD_LIMIT);
@@ -549,6 +549,16 @@ static bool method_idempotent(uint8_t m)
            m == HTTP_TRACE;
 }
 
+/* Why a socket failed: the TLS engine's reason when TLS failed, else the errno text. */
+static const char *sock_why(const mr_sock_t *s, int res, char *buf, size_t len)
+{
+    if (res == -EPROTO && s->tls && *mr_sock_tls_error(s)) {
+        snprintf(buf, len, "TLS: %s", mr_sock_tls_error(s));
+        return buf;
+    }
+    return strerror(-res);
+}
+
 static void up_fail(mr_upconn_t *up, int status, const char *why)
 {
     mr_client_t *c = up->client;
@@ -556,9 +566,12 @@ static void up_fail(mr_upconn_t *up, int status, const char *why)
     snprintf(addr, sizeof addr, "%s", up->server->addr);
     /* Retry only where the request cannot have been acted on twice: the connect failed, or a
      * reused keep-alive connection turned out stale before any response byte, for an idempotent
-     * method (the upstream may have closed it just as we sent). */
+     * method (the upstream may have closed it just as we sent). A failed TLS handshake is a
+     * failed connect: no request byte left (the engine takes plaintext only once it is done). */
+    bool tls_failed = up->s.tls && !mr_tls_handshake_done(up->s.tls);
+    if (tls_failed) up->server->down_until = mr_loop_now(up->w->loop) + 1000;
     bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502 &&
-                     (!up->connected || (up->requests > 1 && method_idempotent(c->req.method)));
+                     (!up->connected || tls_failed || (up->requests > 1 && method_idempotent(c->req.method)));
     up_close(up);
     if (!c) return;
     if (c->lua_phase == MR_PH_RESPONSE || c->lua_phase == MR_PH_BODY) lua_abandon(c);
@@ -586,12 +599,18 @@ static void up_connected(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         return;
     }
     up->connected = true;
+    if (up->s.tls && mr_sock_start_tls(&up->s, up->s.tls, true) < 0) {
+        char why[256];
+        up_fail(up, 502, sock_why(&up->s, -EPROTO, why, sizeof why));
+        return;
+    }
     mr_sock_start_recv(&up->s);
     if (up->client) up_send_head(up);
     else up_close(up); /* its request went away while connecting */
 }
 
-static int up_connect(mr_worker_t *w, mr_server_t *s, const mr_upstream_conf_t *uc, mr_upconn_t **out)
+static int up_connect(mr_worker_t *w, mr_server_t *s, const mr_upstream_conf_t *uc, const char *sni,
+                      mr_upconn_t **out)
 {
     int fd = mr_net_socket_for(&s->sa);
     if (fd < 0) return fd;
@@ -604,8 +623,20 @@ static int up_connect(mr_worker_t *w, mr_server_t *s, const mr_upstream_conf_t *
     up->timer.fn = up_timeout;
     up->connect_op.fn = up_connected;
     mr_http1_init(&up->resp, MR_HTTP1_RESPONSE, &w->h1limits, &resp_cbs, up);
+    if (uc->tls) {
+        /* Made now, while the config that names the SNI is surely alive; the handshake starts
+         * once the TCP connect completes. The socket owns it from here. */
+        up->s.tls = mr_tls_conn_new(uc->tls, false, sni);
+        if (!up->s.tls) { close(fd); up_free(up); return -ENOMEM; }
+        if (s->tls_sess) mr_tls_set_session(up->s.tls, s->tls_sess);
+    }
     int rc = mr_loop_connect(w->loop, &up->connect_op, fd, (const struct sockaddr *)&s->sa.sa, s->sa.len);
-    if (rc < 0) { close(fd); up_free(up); return rc; }
+    if (rc < 0) {
+        close(fd);
+        mr_tls_conn_free(up->s.tls);
+        up_free(up);
+        return rc;
+    }
     mr_timer_set(w->loop, &up->timer, uc->connect_timeout_ms);
     *out = up;
     return 0;
@@ -620,7 +651,7 @@ static void forward_start(mr_client_t *c)
     c->tries++;
     mr_upconn_t *up = pool_get(s);
     if (!up) {
-        int rc = up_connect(w, s, c->upstream->conf, &up);
+        int rc = up_connect(w, s, c->upstream->conf, c->upstream->conf->servers[pick].sni, &up);
         if (rc < 0) {
             mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
             if (!retry(c)) respond_error(c, 502, true);
@@ -667,7 +698,8 @@ static void up_on_recv(mr_sock_t *s, int res)
         if (mr_http1_finish(&up->resp) == 0 && c->resp_done) return;
     }
     if (c->resp_done) return;
-    up_fail(up, 502, res == 0 ? "closed the connection prematurely" : strerror(-res));
+    char why[256];
+    up_fail(up, 502, res == 0 ? "closed the connection prematurely" : sock_why(s, res, why, sizeof why));
 }
 
 static void up_on_sent(mr_sock_t *s, int res)
@@ -675,7 +707,8 @@ static void up_on_sent(mr_sock_t *s, int res)
     mr_upconn_t *up = up_of(s);
     mr_client_t *c = up->client;
     if (!c) return;
-    if (res < 0) { up_fail(up, 502, strerror(-res)); return; }
+    char why[256];
+    if (res < 0) { up_fail(up, 502, sock_why(s, res, why, sizeof why)); return; }
     if (c->tunnel) { tunnel_pump(c); return; }
     if (c->pause_reason == P_BP) {
         c->pause_reason = P_NONE;
@@ -856,6 +889,15 @@ static void up_release(mr_upconn_t *up)
     mr_timer_stop(up->w->loop, &up->timer);
     bool reuse = c->req_done && up->resp.keep_alive && c->out_mode != MR_OUT_CLOSE && !up->s.nin &&
                  !up->s.eof && !up->s.err;
+    if (up->s.tls && !mr_tls_session_reused(up->s.tls)) {
+        /* Keep the newest session for the next connection's handshake (taken after a whole
+         * exchange, so TLS 1.3 tickets, sent after the handshake, have arrived). */
+        mr_tls_session_t *sess = mr_tls_get_session(up->s.tls);
+        if (sess) {
+            if (up->server->tls_sess) mr_tls_session_free(up->server->tls_sess);
+            up->server->tls_sess = sess;
+        }
+    }
     c->up = NULL;
     if (reuse) {
         mr_http1_resume(&up->resp);
@@ -1007,7 +1049,7 @@ static void client_linger_close(mr_client_t *c)
     if (c->up) up_close(c->up);
     if (c->s.eof || c->s.err) { client_close(c); return; }
     c->lingering = true;
-    shutdown(c->s.fd, SHUT_WR);
+    mr_sock_shutdown_write(&c->s); /* TLS: close_notify first */
     mr_sock_consume(&c->s, (size_t)-1);
     mr_sock_resume(&c->s);
     mr_timer_set(c->w->loop, &c->timer, 2000);
@@ -1083,7 +1125,7 @@ static void request_finish(mr_client_t *c)
 static void client_check_finish(mr_client_t *c)
 {
     if (!c->active || c->s.closing) return;
-    if (!c->resp_done || c->s.sq_count) return;
+    if (!c->resp_done || mr_sock_sending(&c->s)) return;
     if (!c->req_done && !c->close_after && !c->discard_body) return;
     if (!c->req_done && c->discard_body && !c->close_after) return; /* still draining the body */
     if (!c->req_done) { client_linger_close(c); return; }
@@ -1503,35 +1545,50 @@ static int req_on_done(mr_http1_msg_t *m)
 static const mr_http1_cbs_t req_cbs = { req_on_head, req_on_body, req_on_done };
 static const mr_sock_ops_t client_ops = { client_on_recv, client_on_sent, client_on_closed };
 
-int mr_proxy_accept(mr_worker_t *w, int fd)
+int mr_proxy_accept(mr_worker_t *w, int fd, mr_tls_ctx_t *tls)
 {
+    char ip[sizeof ((mr_client_t *)0)->ip];
+    mr_net_peer_ip(fd, ip, sizeof ip);
+    uint32_t per_ip = w->cfg->limits.max_connections_per_ip;
+    if (per_ip && mr_iplimit_acquire(&w->iplimit, ip, per_ip) < 0) {
+        /* Refused at accept, before any memory, handshake or timer is spent on it; one log line
+         * per second at most, since this is what a flood looks like. */
+        uint64_t now = mr_loop_now(w->loop);
+        if (now - w->ip_refused_ms >= 1000) {
+            w->ip_refused_ms = now;
+            mr_warn("connection from %s refused: it has %u open already (limits.max_connections_per_ip)", ip,
+                    per_ip);
+        }
+        close(fd);
+        return -EBUSY;
+    }
     mr_client_t *c = calloc(1, sizeof *c);
-    if (!c) { close(fd); return -ENOMEM; }
+    if (!c) {
+        if (per_ip) mr_iplimit_release(&w->iplimit, ip);
+        close(fd);
+        return -ENOMEM;
+    }
+    memcpy(c->ip, ip, sizeof ip);
+    c->ip_counted = per_ip != 0;
     mr_net_set_nodelay(fd);
     mr_sock_init(&c->s, w->loop, fd, &client_ops);
+    if (tls) {
+        mr_tls_conn_t *t = mr_tls_conn_new(tls, true, NULL);
+        if (!t) {
+            if (per_ip) mr_iplimit_release(&w->iplimit, ip);
+            close(fd);
+            free(c);
+            return -ENOMEM;
+        }
+        /* A client that never finishes the handshake sends no request: the header timeout
+         * armed below closes it. */
+        mr_sock_start_tls(&c->s, t, false);
+    }
     c->w = w;
     c->timer.fn = client_timeout;
     c->lua_timer.fn = lua_timer_fired;
     mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
     mr_http1_init(&c->local, MR_HTTP1_RESPONSE, &w->h1limits, &req_cbs, c);
-    mr_net_peer_ip(fd, c->ip, sizeof c->ip);
-    uint32_t per_ip = w->cfg->limits.max_connections_per_ip;
-    if (per_ip) {
-        if (mr_iplimit_acquire(&w->iplimit, c->ip, per_ip) < 0) {
-            /* Refused at accept, before any buffer or timer is spent on it; one log line per
-             * second at most, since this is what a flood looks like. */
-            uint64_t now = mr_loop_now(w->loop);
-            if (now - w->ip_refused_ms >= 1000) {
-                w->ip_refused_ms = now;
-                mr_warn("connection from %s refused: it has %u open already (limits.max_connections_per_ip)",
-                        c->ip, per_ip);
-            }
-            close(fd);
-            free(c);
-            return -EBUSY;
-        }
-        c->ip_counted = true;
-    }
     c->next = w->clients;
     if (w->clients) w->clients->prev = c;
     w->clients = c;

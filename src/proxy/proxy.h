@@ -98,7 +98,8 @@ struct mr_client {
     mr_defer_t body_defer;
 };
 
-int mr_proxy_accept(mr_worker_t *w, int fd);
+/* tls: the listener's server context (NULL: plain TCP); the connection takes a reference. */
+int mr_proxy_accept(mr_worker_t *w, int fd, mr_tls_ctx_t *tls);
 /* req:set_upstream: an upstream name from the config or a numeric "ip:port". 0, -1 unknown, -2 bad. */
 int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n);
 /* Answers the current request locally (errors from C). Copies body and headers; sends now. */

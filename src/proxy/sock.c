@@ -8,7 +8,7 @@
 
 static void maybe_closed(mr_sock_t *s)
 {
-    if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued) return;
+    if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued || s->tls_pump.queued) return;
     close(s->fd);
     s->fd = -1;
     for (uint32_t i = 0; i < s->nin; i++)
@@ -25,7 +25,176 @@ static void maybe_closed(mr_sock_t *s)
         s->sq_count--;
     }
     s->sq_bytes = 0;
+    /* Only now: in-flight sends pointed into the engine's output chunks. */
+    mr_tls_conn_free(s->tls);
+    s->tls = NULL;
     s->ops->on_closed(s);
+}
+
+static bool in_grow(mr_sock_t *s)
+{
+    if (s->nin < s->in_cap) return true;
+    /* A multishot recv can post a burst before a pause lands; the loop's buffer ring bounds
+     * the total, so growing this list is bounded too. */
+    uint32_t cap = s->in_cap ? s->in_cap * 2 : 8;
+    mr_in_t *in = realloc(s->in, cap * sizeof *in);
+    if (!in) return false;
+    s->in = in;
+    s->in_cap = cap;
+    return true;
+}
+
+/* ---- TLS ---- */
+
+static void submit_send(mr_sock_t *s);
+
+static void release_head(mr_sock_t *s)
+{
+    mr_sq_ent_t *e = &s->ent[s->sq_head];
+    if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
+    free(e->owned);
+    e->owned = NULL;
+    s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
+    s->sq_count--;
+}
+
+/* Encrypts queued plaintext (as much as the engine takes) and sends pending ciphertext straight
+ * from the engine's chunks. Returns 1 if a send was submitted, 0 if there is nothing to send now,
+ * or -EPROTO. Only while no send is in flight. */
+static int tls_submit(mr_sock_t *s)
+{
+    while (s->sq_count) {
+        mr_sq_ent_t *e = &s->ent[s->sq_head];
+        size_t taken = 0;
+        int rc = mr_tls_write(s->tls, e->p, e->len, &taken);
+        if (rc == MR_TLS_ERR) return -EPROTO;
+        if (rc != MR_TLS_OK) break; /* handshake not done, or 256 KiB of ciphertext unsent */
+        /* The engine copied (encrypted) the bytes: the buffer reference can go now. */
+        e->p += taken;
+        e->len -= (uint32_t)taken;
+        s->sq_bytes -= taken;
+        if (e->len == 0) release_head(s);
+    }
+    int n = mr_tls_out_iov(s->tls, 0, s->iov, MR_SQ_IOV);
+    if (n <= 0) {
+        if (s->shut_wr && !s->shut_done && !s->sq_count) {
+            s->shut_done = true;
+            shutdown(s->fd, SHUT_WR);
+        }
+        return 0;
+    }
+    memset(&s->msg, 0, sizeof s->msg);
+    s->msg.msg_iov = s->iov;
+    s->msg.msg_iovlen = (size_t)n;
+    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &s->msg);
+    return 1;
+}
+
+/* Decrypts what the engine holds into extra buffers appended to the input list: while reading
+ * is not paused and fewer than MR_IN_MAX buffers are held, or everything (all, at EOF). Returns
+ * the plaintext bytes added, or -EPROTO / -ENOMEM; sets eof on close_notify. */
+static long tls_pump(mr_sock_t *s, bool all)
+{
+    uint32_t size = mr_loop_buf_size(s->loop);
+    long total = 0;
+    while (all || (!s->recv_paused && s->nin < MR_IN_MAX)) {
+        mr_in_t *last = s->nin ? &s->in[s->nin - 1] : NULL;
+        bool fresh = false;
+        /* Every input buffer of a TLS socket is an extra buffer of ours: fill the last one up
+         * (appending never moves bytes a send may reference). */
+        if (!last || last->off + last->len == size) {
+            if (!in_grow(s)) return -ENOMEM;
+            int bid = mr_loop_buf_get(s->loop);
+            if (bid < 0) return bid;
+            last = &s->in[s->nin++];
+            *last = (mr_in_t){ .bid = bid, .off = 0, .len = 0 };
+            fresh = true;
+        }
+        char *dst = mr_loop_buf_ptr(s->loop, (uint16_t)last->bid) + last->off + last->len;
+        size_t got = 0;
+        int rc = mr_tls_read(s->tls, dst, size - last->off - last->len, &got);
+        if (rc == MR_TLS_OK && got) {
+            last->len += (uint32_t)got;
+            total += (long)got;
+            continue;
+        }
+        if (fresh) {
+            mr_loop_buf_unref(s->loop, (uint16_t)last->bid);
+            s->nin--;
+        }
+        if (rc == MR_TLS_OK || rc == MR_TLS_WANT) break;
+        if (rc == MR_TLS_CLOSED) { s->eof = true; break; }
+        return -EPROTO;
+    }
+    return total;
+}
+
+/* After new ciphertext, a resume or a consume: decrypt, answer the handshake, tell the owner. */
+static void tls_after_input(mr_sock_t *s, bool all)
+{
+    long got = tls_pump(s, all);
+    if (!s->send_op.active) {
+        int rc = tls_submit(s);
+        if (rc < 0 && got >= 0) got = rc;
+    }
+    if (got < 0) {
+        if (!s->err) s->err = (int)got;
+        s->ops->on_recv(s, (int)got);
+        return;
+    }
+    if (got > 0) {
+        /* The EOF goes in a callback of its own, later: the owner may close (and free) the
+         * socket in this one, which the queued defer keeps from happening under our feet. */
+        if (s->eof) {
+            s->eof_pending = true;
+            mr_loop_defer(s->loop, &s->tls_pump);
+        }
+        s->ops->on_recv(s, got > INT32_MAX ? INT32_MAX : (int)got);
+    } else if (s->eof) {
+        s->ops->on_recv(s, 0);
+    }
+}
+
+static void tls_pump_deferred(mr_loop_t *loop, mr_defer_t *d)
+{
+    (void)loop;
+    mr_sock_t *s = (mr_sock_t *)((char *)d - offsetof(mr_sock_t, tls_pump));
+    if (s->closing) { maybe_closed(s); return; }
+    if (s->eof_pending) {
+        s->eof_pending = false;
+        s->ops->on_recv(s, 0);
+        return;
+    }
+    if (s->recv_paused || s->eof || s->err) return;
+    tls_after_input(s, false);
+}
+
+static void tls_pump_later(mr_sock_t *s)
+{
+    if (s->tls && !s->closing && !s->recv_paused && !s->eof && !s->err && s->nin < MR_IN_MAX &&
+        mr_tls_read_pending(s->tls))
+        mr_loop_defer(s->loop, &s->tls_pump);
+}
+
+int mr_sock_start_tls(mr_sock_t *s, mr_tls_conn_t *t, bool client)
+{
+    s->tls = t;
+    if (client && mr_tls_handshake(t) == MR_TLS_ERR) return -EPROTO;
+    if (!s->send_op.active && !s->closing) mr_loop_defer(s->loop, &s->flush);
+    return 0;
+}
+
+void mr_sock_shutdown_write(mr_sock_t *s)
+{
+    if (s->closing || s->shut_wr) return;
+    s->shut_wr = true;
+    if (!s->tls) {
+        s->shut_done = true;
+        shutdown(s->fd, SHUT_WR);
+        return;
+    }
+    mr_tls_shutdown(s->tls);
+    if (!s->send_op.active) mr_loop_defer(s->loop, &s->flush);
 }
 
 static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
@@ -36,21 +205,31 @@ static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         maybe_closed(s);
         return;
     }
+    if (res > 0 && s->tls) {
+        uint16_t bid = mr_op_bid(flags);
+        if (s->eof || s->err) { /* bytes after close_notify (or a failure) mean nothing */
+            mr_loop_buf_unref(loop, bid);
+            if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);
+            return;
+        }
+        int rc = mr_tls_feed(s->tls, mr_loop_buf_ptr(loop, bid), (size_t)res);
+        mr_loop_buf_unref(loop, bid); /* feed copied the bytes */
+        if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);
+        if (rc != MR_TLS_OK) {
+            if (!s->err) s->err = -EPROTO;
+            s->ops->on_recv(s, -EPROTO);
+            return;
+        }
+        tls_after_input(s, false);
+        return;
+    }
     if (res > 0) {
         uint16_t bid = mr_op_bid(flags);
-        if (s->nin == s->in_cap) {
-            /* A multishot recv can post a burst before a pause lands; the loop's buffer ring bounds
-             * the total, so growing this list is bounded too. */
-            uint32_t cap = s->in_cap ? s->in_cap * 2 : 8;
-            mr_in_t *in = realloc(s->in, cap * sizeof *in);
-            if (!in) {
-                mr_loop_buf_unref(loop, bid);
-                s->err = -ENOMEM;
-                s->ops->on_recv(s, -ENOMEM);
-                return;
-            }
-            s->in = in;
-            s->in_cap = cap;
+        if (!in_grow(s)) {
+            mr_loop_buf_unref(loop, bid);
+            s->err = -ENOMEM;
+            s->ops->on_recv(s, -ENOMEM);
+            return;
         }
         s->in[s->nin++] = (mr_in_t){ .bid = bid, .off = 0, .len = (uint32_t)res };
         if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);
@@ -60,6 +239,13 @@ static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     if (res == -ECANCELED) {
         /* Our own pause; if the owner resumed before the cancel landed, arm again. */
         if (!s->recv_paused && !s->eof) mr_loop_recv(loop, op, s->fd);
+        return;
+    }
+    if (res == 0 && s->tls && s->eof) return; /* close_notify came first and was reported */
+    if (res == 0 && s->tls) {
+        /* Hand over everything already received before the EOF, as a plain socket would. */
+        s->eof = true;
+        tls_after_input(s, true);
         return;
     }
     if (res == 0) s->eof = true;
@@ -77,6 +263,17 @@ static void send_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     if (res < 0) {
         if (!s->err) s->err = res;
         s->ops->on_sent(s, res);
+        return;
+    }
+    if (s->tls) {
+        mr_tls_out_consume(s->tls, (size_t)res);
+        int rc = tls_submit(s);
+        if (rc < 0) {
+            if (!s->err) s->err = rc;
+            s->ops->on_sent(s, rc);
+        } else if (rc == 0 && !s->sq_count) {
+            s->ops->on_sent(s, 0);
+        }
         return;
     }
     size_t n = (size_t)res;
@@ -99,8 +296,17 @@ static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
 {
     (void)loop;
     mr_sock_t *s = (mr_sock_t *)((char *)d - offsetof(mr_sock_t, flush));
-    if (s->closing) maybe_closed(s);
-    else if (!s->send_op.active && s->sq_count) submit_send(s);
+    if (s->closing) { maybe_closed(s); return; }
+    if (s->send_op.active) return;
+    if (s->tls) {
+        int rc = tls_submit(s);
+        if (rc < 0) {
+            if (!s->err) s->err = rc;
+            s->ops->on_sent(s, rc);
+        }
+        return;
+    }
+    if (s->sq_count) submit_send(s);
 }
 
 void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops)
@@ -112,6 +318,7 @@ void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *op
     s->recv_op.fn = recv_done;
     s->send_op.fn = send_done;
     s->flush.fn = flush_deferred;
+    s->tls_pump.fn = tls_pump_deferred;
 }
 
 int mr_sock_start_recv(mr_sock_t *s)
@@ -132,10 +339,12 @@ void mr_sock_resume(mr_sock_t *s)
     if (!s->recv_paused) return;
     s->recv_paused = false;
     if (!s->eof && !s->err && !s->closing && !s->recv_op.active) mr_loop_recv(s->loop, &s->recv_op, s->fd);
+    tls_pump_later(s);
 }
 
 static void submit_send(mr_sock_t *s)
 {
+    if (s->tls) { tls_submit(s); return; }
     uint32_t n = 0;
     for (uint32_t i = 0; i < s->sq_count && n < MR_SQ_IOV; i++) {
         mr_sq_ent_t *e = &s->ent[(s->sq_head + i) % MR_SQ_ENT];
@@ -197,6 +406,7 @@ void mr_sock_consume(mr_sock_t *s, size_t n)
         memmove(&s->in[0], &s->in[1], (s->nin - 1) * sizeof s->in[0]);
         s->nin--;
     }
+    tls_pump_later(s);
 }
 
 void mr_sock_close(mr_sock_t *s)

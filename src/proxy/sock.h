@@ -2,6 +2,14 @@
  * send queue of iovecs (zero-copy references into provided buffers, inline framing bytes, or
  * caller-owned memory that must outlive the send).
  *
+ * TLS is transparent here (mr_sock_start_tls): the owner keeps reading and queueing plaintext
+ * exactly as on a plain socket. Received ciphertext is fed to the engine (which copies it, so the
+ * provided buffer goes back at once) and the plaintext lands in loop "extra" buffers
+ * (mr_loop_buf_get), addressed and referenced by bid like received ones. Queued plaintext is
+ * encrypted as the queue flushes (entries are released once the engine took their bytes) and the
+ * ciphertext is sent straight from the engine's stable output chunks. on_sent reports an empty
+ * queue only when plaintext and ciphertext are both drained; mr_sock_sending says the same.
+ *
  * Lifetime rule: mr_sock_close cancels every in-flight op; the fd is closed and the owner's
  * on_closed fires only after the last completion arrived, so no buffer named in an SQE is ever
  * released early. Thread affinity: the owning worker's loop. Callbacks never fire synchronously
@@ -14,6 +22,7 @@
 #include <sys/socket.h>
 
 #include "loop/loop.h"
+#include "tls/tls.h"
 
 #define MR_SQ_ENT 32
 #define MR_SQ_IOV 16
@@ -59,7 +68,12 @@ struct mr_sock {
     bool recv_paused;   /* owner asked to stop reading (backpressure) */
     bool closing;
     bool eof;
-    int err;            /* first socket error seen */
+    int err;            /* first socket error seen (-EPROTO for TLS: see mr_sock_tls_error) */
+    /* TLS (NULL on plain TCP); owned, freed after the last completion. */
+    mr_tls_conn_t *tls;
+    mr_defer_t tls_pump;     /* decrypt what the engine holds after a resume/consume */
+    bool shut_wr, shut_done; /* write side: close_notify queued / shutdown(2) done */
+    bool eof_pending;        /* EOF (close_notify) to report after the data before it */
 };
 
 void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops);
@@ -78,6 +92,18 @@ static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT -
 /* Drop the first n bytes of held input (releasing buffers). */
 void mr_sock_consume(mr_sock_t *s, size_t n);
 void mr_sock_close(mr_sock_t *s);
+/* Makes the socket TLS (takes ownership of t, a fresh connection). A client side connection
+ * starts its handshake now (the ClientHello leaves at the end of the loop turn); plaintext queued
+ * meanwhile waits for the handshake. Handshake progress is invisible to the owner, except that a
+ * failure arrives as on_recv(-EPROTO) (or on_sent(-EPROTO)) with the reason in
+ * mr_sock_tls_error. Returns 0 or -EPROTO. */
+int mr_sock_start_tls(mr_sock_t *s, mr_tls_conn_t *t, bool client);
+static inline const char *mr_sock_tls_error(const mr_sock_t *s) { return s->tls ? mr_tls_error(s->tls) : ""; }
+/* Ends the write side after everything queued was sent: plain TCP shuts it down now; TLS queues
+ * close_notify and shuts down once the ciphertext is out. */
+void mr_sock_shutdown_write(mr_sock_t *s);
+/* True while queued bytes (plaintext or, on TLS, ciphertext) are not sent yet. */
+static inline bool mr_sock_sending(const mr_sock_t *s) { return s->sq_count || (s->tls && mr_tls_pending_out(s->tls)); }
 /* True while any op is in flight. */
 static inline bool mr_sock_busy(const mr_sock_t *s) { return s->recv_op.active || s->send_op.active; }
 

@@ -5,14 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa)
+mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa, uint64_t tls_id)
 {
+    /* The TLS and the plain endpoint of one address, or two TLS setups of it (other CA, SNI,
+     * client certificate), are different servers with their own pools and sessions. */
     for (mr_server_t *s = reg->head; s; s = s->next)
-        if (s->sa.len == sa->len && memcmp(&s->sa.sa, &sa->sa, sa->len) == 0) return s;
+        if (s->sa.len == sa->len && memcmp(&s->sa.sa, &sa->sa, sa->len) == 0 && s->tls_id == tls_id)
+            return s;
     mr_server_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     snprintf(s->addr, sizeof s->addr, "%s", addr);
     s->sa = *sa;
+    s->tls_id = tls_id;
     s->next = reg->head;
     reg->head = s;
     reg->count++;
@@ -24,6 +28,7 @@ void mr_server_registry_free(mr_server_registry_t *reg)
     while (reg->head) {
         mr_server_t *s = reg->head;
         reg->head = s->next;
+        if (s->tls_sess) mr_tls_session_free(s->tls_sess);
         free(s);
     }
     reg->count = 0;
@@ -38,7 +43,7 @@ int mr_upstream_init(mr_upstream_t *u, const mr_upstream_conf_t *conf, mr_server
     u->current_weight = calloc((size_t)u->nservers, sizeof *u->current_weight);
     if (!u->servers || !u->current_weight) goto fail;
     for (int i = 0; i < u->nservers; i++) {
-        u->servers[i] = mr_server_get(reg, conf->servers[i].addr, &conf->servers[i].sa);
+        u->servers[i] = mr_server_get(reg, conf->servers[i].addr, &conf->servers[i].sa, conf->servers[i].tls_id);
         if (!u->servers[i]) goto fail;
     }
     return 0;

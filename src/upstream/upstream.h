@@ -23,6 +23,8 @@ struct mr_server {
     int nidle;
     int active;                 /* connections bound to requests */
     uint64_t down_until;        /* ms; skipped by balancers until then after a connect failure */
+    uint64_t tls_id;            /* part of the key, with sa (see mr_server_get) */
+    mr_tls_session_t *tls_sess; /* TLS: the last session, offered by the next new connection */
     mr_server_t *next;
 };
 
@@ -39,7 +41,8 @@ typedef struct {
 } mr_server_registry_t;
 
 /* The registry entry for an address, created on first use. NULL on allocation failure. */
-mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa);
+/* tls_id: mr_server_conf_t.tls_id (0 for plain TCP). */
+mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa, uint64_t tls_id);
 void mr_server_registry_free(mr_server_registry_t *reg);
 
 /* Binds a group to registry servers. Returns 0 or -ENOMEM. */
