@@ -124,7 +124,6 @@ return {
 
   teardown(function()
     helpers.stop_all()
-    os.execute("rm -rf " .. shq(dir))
   end)
 
   local function curl(url_path, args, p)
@@ -407,5 +406,43 @@ return {
     assert.truthy(log:find("scheme=https", 1, true), log)
     assert.truthy(log:find("HTTP/1.1 200 OK.-\r\n\r\nabcde"), log)
     os.remove(fifo)
+  end)
+end)
+
+describe("TLS listener with limits.max_connections_per_ip", function()
+  local port
+  setup(function()
+    port = helpers.free_port()
+    helpers.start_moonring(([[
+return {
+  workers = 1,
+  listen = { { addr = "127.0.0.1:%d", tls = { cert = %q, key = %q } } },
+  routes = { { path = "/", handler = function(req) return 200, "ok\n" end } },
+  limits = { max_connections_per_ip = 2 },
+}
+]]):format(port, path("a.pem"), path("a.key")))
+    helpers.sleep(0.2) -- the start probe's connection closes on the proxy's side
+  end)
+  teardown(function()
+    helpers.stop_all()
+    os.execute("rm -rf " .. shq(dir))
+  end)
+
+  it("refuses the connection over the limit before its handshake, and serves within it", function()
+    local a = assert(helpers.connect(port))
+    local b = assert(helpers.connect(port))
+    helpers.sleep(0.2)
+    local c = assert(helpers.connect(port))
+    c:settimeout(3)
+    local data, err = c:receive(1)
+    assert.is_nil(data)
+    assert.truthy(err == "closed" or err:find("reset", 1, true), err)
+    c:close()
+    a:close()
+    b:close()
+    helpers.eventually(function()
+      return s_client(port, "-servername a.test", "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        :find("HTTP/1.1 200 OK", 1, true)
+    end, 5)
   end)
 end)
