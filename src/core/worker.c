@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "log/log.h"
@@ -72,6 +73,20 @@ static mr_tls_ctx_t *listener_tls(mr_worker_t *w, mr_listener_t *l)
     return NULL;
 }
 
+/* io_uring arms accept with an exclusive wait: a connection's wakeup goes to one waiter only.
+ * If it went to our accept just as the cancel took it away, nobody else is woken for that
+ * connection, and after a binary upgrade it would sit in the queue of the socket the new
+ * process shares until the next one arrives. So a draining worker takes what is queued itself,
+ * once its accept is gone, and serves it like any connection accepted while draining. */
+static void sweep_backlog(mr_worker_t *w, mr_listener_t *l)
+{
+    for (int n = 0; n < 1024; n++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        mr_proxy_accept(w, fd, listener_tls(w, l));
+    }
+}
+
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)loop;
@@ -89,7 +104,10 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     if (!(flags & MR_F_MORE) && (w->draining || l->closing)) {
         /* A draining worker, or a listener a reload removed, must not keep its socket: with
          * SO_REUSEPORT the kernel would go on queueing connections nobody accepts. */
+        bool sweep = w->draining && !l->closing;
+        if (sweep) sweep_backlog(w, l);
         listener_free(w, l);
+        if (sweep) mr_worker_client_gone(w); /* the loop may stop once the last listener is gone */
         return;
     }
     if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
@@ -122,7 +140,9 @@ void mr_worker_client_gone(mr_worker_t *w)
         w->accept_paused = false;
         arm_accepts(w);
     }
-    if (w->draining && w->nclients == 0 && w->nclosing == 0 && w->nupconns == 0) mr_loop_stop(w->loop);
+    /* Listeners go first: a draining worker sweeps each one's backlog once its accept is gone. */
+    if (w->draining && w->nclients == 0 && w->nclosing == 0 && w->nupconns == 0 && !w->listeners)
+        mr_loop_stop(w->loop);
 }
 
 static void drain_expired(mr_loop_t *loop, mr_timer_t *t)
@@ -139,6 +159,14 @@ static void begin_drain(mr_worker_t *w, bool now)
         w->draining = true;
         w->accepting = false;
         stop_accepts(w);
+        /* A listener without an accept in flight (paused at a limit) gets no completion to
+         * free it on: sweep and free it now. */
+        for (mr_listener_t *l = w->listeners, *next; l; l = next) {
+            next = l->next;
+            if (l->op.active) continue;
+            if (!l->closing) sweep_backlog(w, l);
+            listener_free(w, l);
+        }
         mr_proxy_shutdown(w);
         mr_lua_vm_retire(w->gen->lua);
         mr_cosock_thread_drain();
