@@ -286,6 +286,33 @@ function helpers.rss_kb(pid)
   return total
 end
 
+-- Inodes of the LISTEN sockets on port (IPv4, from /proc/net/tcp), sorted and comma-joined:
+-- the same string before and after means the same listening sockets.
+function helpers.listen_inodes(port)
+  local hex = ("%04X"):format(port)
+  local t = {}
+  for line in (read_file("/proc/net/tcp") or ""):gmatch("[^\n]+") do
+    local lport, st, inode = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x) .- %d+ +%d+ (%d+)")
+    if lport == hex and st == "0A" then t[#t + 1] = inode end
+  end
+  table.sort(t)
+  return table.concat(t, ",")
+end
+
+-- Open descriptors of a process (nil if it is gone).
+function helpers.fd_count(pid)
+  local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l")
+  local n = tonumber(p:read("*a"))
+  p:close()
+  return n
+end
+
+-- True while pid exists and is not a zombie.
+function helpers.pid_alive(pid)
+  local st = read_file("/proc/" .. pid .. "/status")
+  return st ~= nil and not st:match("State:%s*Z")
+end
+
 -- ------------------------------------------------------------------- ports
 
 function helpers.free_port()

@@ -6,11 +6,7 @@ package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = helpers.write_file
 
 describe("reload drain deadline", function()
   local origin, port, admin, mr

@@ -6,32 +6,13 @@ package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = helpers.write_file
 
 local read = helpers.read_file
 
--- inode of the LISTEN socket on port, from /proc/net/tcp (state 0A)
-local function listen_inodes(port)
-  local hex = ("%04X"):format(port)
-  local t = {}
-  for line in (read("/proc/net/tcp") or ""):gmatch("[^\n]+") do
-    local lport, st, inode = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x) .- %d+ +%d+ (%d+)")
-    if lport == hex and st == "0A" then t[#t + 1] = inode end
-  end
-  table.sort(t)
-  return table.concat(t, ",")
-end
+local listen_inodes = helpers.listen_inodes
 
-local function fd_count(pid)
-  local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l")
-  local n = tonumber(p:read("*a"))
-  p:close()
-  return n
-end
+local fd_count = helpers.fd_count
 
 describe("hot reload", function()
   local origin, port, admin, extra, conf_path, mr

@@ -5,30 +5,13 @@ local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integ
 package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = helpers.write_file
 
 local read = helpers.read_file
 
--- inodes of the LISTEN sockets on port, from /proc/net/tcp (state 0A)
-local function listen_inodes(port)
-  local hex = ("%04X"):format(port)
-  local t = {}
-  for line in (read("/proc/net/tcp") or ""):gmatch("[^\n]+") do
-    local lport, st, inode = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x) .- %d+ +%d+ (%d+)")
-    if lport == hex and st == "0A" then t[#t + 1] = inode end
-  end
-  table.sort(t)
-  return table.concat(t, ",")
-end
+local listen_inodes = helpers.listen_inodes
 
-local function alive(pid)
-  local st = read("/proc/" .. pid .. "/status")
-  return st ~= nil and not st:match("State:%s*Z")
-end
+local alive = helpers.pid_alive
 
 describe("binary upgrade", function()
   local origin, port, admin, pid_path, mr

@@ -5,11 +5,7 @@ local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integ
 package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
-local function write(path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local write = helpers.write_file
 
 -- The way vim and most IDEs save: a new file renamed over the old one (a new inode).
 local function write_by_rename(path, s)

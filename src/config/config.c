@@ -11,6 +11,7 @@
 
 #include "llhttp.h"
 #include "log/log.h"
+#include "util/path.h"
 #include "lua/shdict.h"
 
 const char *mr_config_lua_dir(void)
@@ -488,23 +489,6 @@ static const char trace_lua[] =
     "dofile = function(f) return assert(loadfile(f))() end\n"
     "return { files = files, snap = snap }\n";
 
-/* Absolute form of path without resolving its last component (it may be renamed over or
- * briefly missing while an editor saves). */
-static char *absolute_path(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char dir[4096], real[4096];
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == path) snprintf(dir, sizeof dir, "/");
-    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    if (!realpath(dir, real)) return strdup(path);
-    const char *base = slash ? slash + 1 : path;
-    size_t n = strlen(real) + strlen(base) + 2;
-    char *out = malloc(n);
-    if (out) snprintf(out, n, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
-    return out;
-}
-
 static char *dup_field(lua_State *L, int t, int i, size_t *len)
 {
     lua_rawgeti(L, t, i);
@@ -546,10 +530,10 @@ static void collect_sources(lua_State *L, int ref, const char *file, mr_config_s
     int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
     src->files = calloc((size_t)n + 2, sizeof *src->files);
     src->n = 0;
-    if (src->files && (src->files[0] = absolute_path(file))) src->n = 1;
+    if (src->files && (src->files[0] = mr_path_absolute(file))) src->n = 1;
     for (int i = 1; src->files && i <= n; i++) {
         lua_rawgeti(L, -1, i);
-        char *p = lua_isstring(L, -1) ? absolute_path(lua_tostring(L, -1)) : NULL;
+        char *p = lua_isstring(L, -1) ? mr_path_absolute(lua_tostring(L, -1)) : NULL;
         lua_pop(L, 1);
         if (!p) continue;
         bool dup = false;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log/log.h"
+#include "util/path.h"
 
 typedef struct {
     int wd;
@@ -188,22 +189,6 @@ void mr_watch_note(const char *path)
 
 int mr_watch_note_fd(const mr_watch_t *w) { return w ? w->note_fd : -1; }
 
-/* Absolute form of path without resolving the last component (it may be renamed over). */
-static char *absolute(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char dir[4096], real[4096];
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == path) snprintf(dir, sizeof dir, "/");
-    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    if (!realpath(dir, real)) return strdup(path);
-    const char *base = slash ? slash + 1 : path;
-    size_t n = strlen(real) + strlen(base) + 2;
-    char *out = malloc(n);
-    if (out) snprintf(out, n, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
-    return out;
-}
-
 void mr_watch_take_notes(mr_watch_t *w, char ***files, int *n)
 {
     uint64_t v;
@@ -213,7 +198,7 @@ void mr_watch_take_notes(mr_watch_t *w, char ***files, int *n)
     *files = calloc((size_t)nnotes + 1, sizeof **files);
     *n = 0;
     for (int i = 0; i < nnotes; i++) {
-        if (*files && ((*files)[*n] = absolute(notes[i]))) (*n)++;
+        if (*files && ((*files)[*n] = mr_path_absolute(notes[i]))) (*n)++;
         free(notes[i]);
     }
     nnotes = 0;
