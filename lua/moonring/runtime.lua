@@ -298,62 +298,8 @@ local function compile_route(r)
 end
 
 -- Routing in Lua, used when a route has headers/pattern/match predicates or the config has a
--- `router`; otherwise the core matches routes in C. Compiled once per VM.
-local lpeg_ok, lpeg = pcall(require, "lpeg")
-local re_ok, re = pcall(require, "re")
-
-local function compile_matcher(r)
-  local m = { route = r }
-  if r.method then m.methods = {} for _, x in ipairs(r.method) do m.methods[x] = true end end
-  m.hosts = r.host
-  m.path, m.exact = r.path, r.exact
-  if r.headers then
-    m.headers = {}
-    for k, v in pairs(r.headers) do
-      -- "~pattern" is a Lua pattern; anything else must match exactly
-      if v:sub(1, 1) == "~" then m.headers[k] = { pat = v:sub(2) } else m.headers[k] = { eq = v } end
-    end
-  end
-  if r.pattern then m.pattern = lpeg.Ct(re.compile(r.pattern)) end
-  m.match = r.match
-  return m
-end
-
-local function host_ok(hosts, host)
-  for _, h in ipairs(hosts) do
-    if h:sub(1, 2) == "*." then
-      local suffix = h:sub(2)
-      if #host > #suffix and host:sub(-#suffix) == suffix then return true end
-    elseif h == host then
-      return true
-    end
-  end
-  return false
-end
-
-local function matches(m, req)
-  if m.methods and not m.methods[req.method] then return false end
-  local path = req.path
-  if m.exact and path ~= m.exact then return false end
-  if m.path and path:sub(1, #m.path) ~= m.path then return false end
-  if m.hosts and not host_ok(m.hosts, req.host) then return false end
-  if m.headers then
-    for k, want in pairs(m.headers) do
-      local v = req:header(k)
-      if not v then return false end
-      if want.eq and v ~= want.eq then return false end
-      if want.pat and not v:find(want.pat) then return false end
-    end
-  end
-  local params
-  if m.pattern then
-    params = lpeg.match(m.pattern, path)
-    if not params then return false end
-  end
-  if m.match and not m.match(req) then return false end
-  if params then rawset(req, "params", params) end
-  return true
-end
+-- `router`; otherwise the core matches routes in C. Compiled once per VM (moonring.router).
+local router = require "moonring.router"
 
 local function new_state(r, chain)
   local p = ffi_cast("void *", r)
@@ -377,10 +323,7 @@ function M.route(r)
     end
     return i
   end
-  for i = 1, #M.matchers do
-    if matches(M.matchers[i], req) then return i end
-  end
-  return 0
+  return M.match(req)
 end
 
 -- Validates every route's chain (used by `moonring -t` and before a reload).
@@ -394,15 +337,15 @@ function M.init(file)
   if not cfg then error(err, 0) end
   M.config = cfg
   local flags = {}
-  M.matchers, M.route_names = {}, {}
+  M.route_names = {}
   M.router = cfg.router
   for i, r in ipairs(cfg.routes or {}) do
     local chain = compile_route(r)
     M.routes[i] = chain
     flags[i] = chain.flags
     M.route_names[r.name] = i
-    if lpeg_ok and re_ok then M.matchers[i] = compile_matcher(r) end
   end
+  M.match = router.compile(cfg.routes or {})
   return flags
 end
 
