@@ -310,6 +310,10 @@ local function new_state(r, chain)
   return st
 end
 
+-- The req/res objects for a request pointer, outside any phase: for bench/micro/lua_api.lua and
+-- FFI specs over a test client (src/lua/lua_test_api.h). Call M.finish(r) when done.
+function M._state(r) return states[r] or new_state(r, nil) end
+
 -- Returns the 1-based index of the matching route, or 0 (404).
 function M.route(r)
   local st = states[r] or new_state(r, nil)
