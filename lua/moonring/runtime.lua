@@ -33,8 +33,9 @@ int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, 
 
 local C = ffi.C
 local ffi_string = ffi.string
+local find = string.find
 local ffi_cast = ffi.cast
-local co_create, co_resume, co_status, co_yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
 local pp2 = ffi.new("const char *[1]")
@@ -56,7 +57,10 @@ local function check_value(fn, v)
   local t = type(v)
   if t == "number" then return tostring(v) end
   if t ~= "string" then error(fn .. ": header value must be a string", 3) end
-  if v:find("[\r\n%z]") then error(fn .. ": header value contains CR, LF or NUL", 3) end
+  -- plain finds JIT-compile; a pattern find would be a call out of the trace on every set
+  if find(v, "\r", 1, true) or find(v, "\n", 1, true) or find(v, "\0", 1, true) then
+    error(fn .. ": header value contains CR, LF or NUL", 3)
+  end
   return v
 end
 
@@ -127,7 +131,7 @@ local function set_req_header(self, fn, name, value, mode)
   if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
   local rc = C.mr_req_set_header(live(self), name, #name, value, #value, mode)
   if rc ~= 0 then return nil, "cannot change request headers now" end
-  if name:lower() == "host" then rawset(self, "host", nil) end
+  if #name == 4 and name:lower() == "host" then rawset(self, "host", nil) end
   return true
 end
 
@@ -406,18 +410,39 @@ end
 
 local bodies = { run_request, run_handler, run_response, run_body, run_log }
 
+-- Phases run in pooled coroutines: creating a coroutine per phase (a new lua_State and stack, then
+-- garbage) was the largest part of a short chain's cost. A pooled coroutine runs `worker`, which
+-- runs one phase body and then yields FINISHED with the body's results, waiting for the next.
+-- A phase that yields on its own (moonring.sleep) yields something else, so the two are told
+-- apart. A coroutine whose phase raised an error is dead and is not returned to the pool; one
+-- parked in a request that goes away is simply dropped.
+local FINISHED = {}
+local POOL_MAX = 256
+local pool, npool = {}, 0
+
+local function worker(body, st, chain, chunk, eof)
+  while true do
+    local code, out = body(st, chain, chunk, eof)
+    body, st, chain, chunk, eof = co_yield(FINISHED, code, out)
+  end
+end
+
 local function step(st, ok, code, a, b)
   if not ok then
     local tb = debug.traceback(st.co, tostring(code))
     st.co = nil
     error(tb, 0)
   end
-  if co_status(st.co) == "suspended" then
-    -- code/a are what the phase yielded: (what, arg)
-    return YIELD, code, a
+  if code == FINISHED then
+    if npool < POOL_MAX then
+      npool = npool + 1
+      pool[npool] = st.co
+    end
+    st.co = nil
+    return a, b
   end
-  st.co = nil
-  return code, a, b
+  -- code/a are what the phase yielded: (what, arg)
+  return YIELD, code, a
 end
 
 function M.run(index, phase, r, chunk, eof)
@@ -426,9 +451,16 @@ function M.run(index, phase, r, chunk, eof)
   -- void* is NYI in the JIT (GC64), which would abort every trace through the request API.
   local st = states[r] or new_state(r, chain)
   st.chain = chain
-  local co = co_create(bodies[phase])
+  local co
+  if npool > 0 then
+    co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    co = co_create(worker)
+  end
   st.co = co
-  return step(st, co_resume(co, st, chain, chunk, eof))
+  return step(st, co_resume(co, bodies[phase], st, chain, chunk, eof))
 end
 
 function M.resume(r, ...)

@@ -15,7 +15,7 @@
 
 struct mr_lua_vm {
     lua_State *L;
-    int run_ref, resume_ref, finish_ref, route_ref;
+    int run_ref, resume_ref, finish_ref, route_ref, tb_ref;
     uint8_t *route_flags;
     int nroutes;
 };
@@ -69,6 +69,9 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     vm->resume_ref = ref_field(L, rt, "resume");
     vm->finish_ref = ref_field(L, rt, "finish");
     vm->route_ref = ref_field(L, rt, "route");
+    /* One traceback closure for every call: lua_pushcfunction would allocate one per call. */
+    lua_pushcfunction(L, traceback);
+    vm->tb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     *out = vm;
     return 0;
@@ -131,7 +134,7 @@ int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int ph
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->run_ref);
     lua_pushinteger(L, r->index);
     lua_pushinteger(L, phase);
@@ -151,7 +154,7 @@ int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->resume_ref);
     lua_pushlightuserdata(L, c);
     int rc = lua_pcall(L, 1, 3, base + 1);
@@ -162,7 +165,7 @@ int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref);
     lua_pushlightuserdata(L, c);
     int rc = MR_LUA_ERROR;

@@ -74,6 +74,14 @@ MR_EXPORT void mr_lua_test_client_unrespond(void *p)
     t->c.local_pending = false;
 }
 
+MR_EXPORT void mr_lua_test_client_respond_as_upstream(void *p)
+{
+    test_client_t *t = p;
+    mr_http1_next(&t->c.local);
+    t->c.local_pending = true;
+    t->c.status = 200;
+}
+
 MR_EXPORT void mr_lua_test_client_free(void *p)
 {
     test_client_t *t = p;

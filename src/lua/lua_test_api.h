@@ -14,6 +14,9 @@ void *mr_lua_test_client_new(const char *head, size_t n);
 int mr_lua_test_client_reset(void *c);
 /* Forgets a local response (req:respond) so that the next respond is accepted again. */
 void mr_lua_test_client_unrespond(void *c);
+/* Makes res:* act on a (header-less) response, as when an upstream answered: the response
+ * phase's view without an upstream connection. */
+void mr_lua_test_client_respond_as_upstream(void *c);
 void mr_lua_test_client_free(void *c);
 
 #endif
