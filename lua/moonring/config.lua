@@ -597,6 +597,11 @@ local shared = S.map(NAME_PAT, NAME_WHAT, S.size(1), function(out, keys)
   return list
 end)
 
+-- Limits on Lua code run by the workers (see docs/config.md, "lua").
+local lua_opts = S.record({
+  { "time_budget", S.duration(1), default = "1s", out = "time_budget_ms" },
+})
+
 local admin = S.record({
   { "listen", S.addr(true), required = true },
 }, function(out, raw, path, ctx)
@@ -626,6 +631,7 @@ local top = S.record({
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
   { "shared", shared, default = {} },
+  { "lua", lua_opts, default = {} },
 }, function(out, raw, path, ctx)
   if not out.router then
     if out.routes == nil then fail({ "routes" }, "required unless 'router' is set") end

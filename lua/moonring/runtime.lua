@@ -64,9 +64,21 @@ local function check_value(fn, v)
   return v
 end
 
+-- lua.time_budget: the C side (src/lua/lua.c) numbers every run of a phase in budget[1] and
+-- its watchdog writes the number of a run that is over budget into budget[0]. Checking both at
+-- every request-API call and yield stops runaway loops that use the API even when compiled
+-- (hooks never run in compiled code). Outside a server (specs, benchmarks) nothing is over.
+local budget = ffi.new("int32_t[2]", -1, 0)
+local budget_ms = 0
+
+local function over_budget(level)
+  error("time budget exceeded: this phase ran " .. budget_ms .. " ms without yielding (lua.time_budget)", level + 1)
+end
+
 local function live(self)
   local r = self._r
   if not r then error("the request is finished; keep what you need in ctx before yielding in on_log", 3) end
+  if budget[0] == budget[1] then over_budget(3) end
   return r
 end
 
@@ -340,7 +352,11 @@ function M.check(cfg)
   return true
 end
 
-function M.init(file)
+function M.init(file, budget_ptr, ms)
+  if budget_ptr then
+    budget = ffi.cast("int32_t *", budget_ptr)
+    budget_ms = ms
+  end
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
@@ -486,6 +502,7 @@ moonring._yield = function(what, arg)
   if coroutine.running() == nil then
     error("moonring." .. what .. " can only be called from a request phase", 3)
   end
+  if budget[0] == budget[1] then over_budget(3) end
   return co_yield(what, arg)
 end
 

@@ -223,6 +223,10 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     l->keepalive_requests = getu32(L, t, "keepalive_requests", 1000);
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "lua");
+    cfg->lua_time_budget_ms = lua_istable(L, -1) ? getu32(L, lua_gettop(L), "time_budget_ms", 1000) : 1000;
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "proxy");
     t = lua_gettop(L);
     cfg->xff = getbool(L, t, "x_forwarded_for", true);

@@ -85,6 +85,7 @@ typedef struct {
     bool xff, xfp, via;
     uint32_t buffer_size;
     uint32_t shutdown_timeout_ms;
+    uint32_t lua_time_budget_ms;    /* lua.time_budget: one uninterrupted run of a Lua phase */
     char **shared_names;        /* shared dicts: name and size in bytes */
     size_t *shared_sizes;
     int nshared;
