@@ -308,6 +308,9 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         if (rc < 0) return -1;
     }
     lua_pop(L, 1);
+    /* The C scan is linear in the routes; past about a thousand, the matcher compiled in each
+     * VM (lua/moonring/router.lua: host and path indexes) costs less, call into Lua included. */
+    if (cfg->nroutes > MR_ROUTES_C_SCAN_MAX) cfg->lua_routing = true;
     return 0;
 }
 
