@@ -212,8 +212,13 @@ function req_methods.respond(self, status, body, headers)
     if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
     for k, v in pairs(headers) do
       if n >= 64 then error("req:respond: too many headers", 2) end
-      k, v = tostring(k), tostring(v)
-      if k:find("[\r\n:%z ]") or v:find("[\r\n%z]") then error("req:respond: invalid header " .. k, 2) end
+      if type(k) ~= "string" then k = tostring(k) end
+      if type(v) ~= "string" then v = tostring(v) end
+      -- plain finds compile; a pattern find leaves the trace
+      if find(k, "\r", 1, true) or find(k, "\n", 1, true) or find(k, "\0", 1, true) or find(k, ":", 1, true)
+        or find(k, " ", 1, true) or find(v, "\r", 1, true) or find(v, "\n", 1, true) or find(v, "\0", 1, true) then
+        error("req:respond: invalid header " .. k, 2)
+      end
       keep[#keep + 1] = k
       keep[#keep + 1] = v
       hdr_buf[2 * n] = k
