@@ -47,6 +47,8 @@ local function probe(req, body)
   return n, stops, text
 end
 
+local respond_result
+
 local function report(req, n, stops, aborts)
   return req:respond(200, ("%%d %%d %%d %%s"):format(n, stops, #aborts, table.concat(aborts, "; ")))
 end
@@ -62,6 +64,13 @@ return {
           local p = r.path
           if not v or #m + #p == 0 then error("no header") end
         end))
+      end },
+    -- respond can answer only once per request: the probe's later calls take the "already sent"
+    -- path through the same code; the figures are fetched by the next request
+    { path = "/respond-result", handler = function(req) return report(req, unpack(respond_result)) end },
+    { path = "/respond", handler = function(req)
+        local hdrs = { ["content-type"] = "text/plain", ["x-n"] = "1" }
+        respond_result = { probe(req, function(r, i) r:respond(200, "x", hdrs) end) }
       end },
     { path = "/write", handler = function(req)
         return report(req, probe(req, function(r, i)
@@ -87,4 +96,10 @@ return {
 
   it("compiles header reads, method and path", function() check("/read") end)
   it("compiles header writes and deletes", function() check("/write") end)
+  it("compiles respond with headers", function()
+    local res = assert(helpers.http("GET", base .. "/respond"))
+    assert.equal(200, res.status)
+    assert.equal("x", res.body)
+    check("/respond-result")
+  end)
 end)
