@@ -437,14 +437,19 @@ local bodies = { run_request, run_handler, run_response, run_body, run_log }
 -- A phase that yields on its own (moonring.sleep) yields something else, so the two are told
 -- apart. A coroutine whose phase raised an error is dead and is not returned to the pool; one
 -- parked in a request that goes away is simply dropped.
+-- The body's results travel in fin_code/fin_out (one phase runs at a time per VM) and the
+-- worker drops its arguments before parking, so that a pooled coroutine keeps nothing of its
+-- last request (state, ctx, a body chunk) alive.
 local FINISHED = {}
 local POOL_MAX = 256
 local pool, npool = {}, 0
+local fin_code, fin_out
 
 local function worker(body, st, chain, chunk, eof)
   while true do
-    local code, out = body(st, chain, chunk, eof)
-    body, st, chain, chunk, eof = co_yield(FINISHED, code, out)
+    fin_code, fin_out = body(st, chain, chunk, eof)
+    body, st, chain, chunk, eof = nil, nil, nil, nil, nil
+    body, st, chain, chunk, eof = co_yield(FINISHED)
   end
 end
 
@@ -460,7 +465,9 @@ local function step(st, ok, code, a, b)
       pool[npool] = st.co
     end
     st.co = nil
-    return a, b
+    local c, o = fin_code, fin_out
+    fin_code, fin_out = nil, nil
+    return c, o
   end
   -- code/a are what the phase yielded: (what, arg)
   return YIELD, code, a
