@@ -723,7 +723,9 @@ local shared = S.map(NAME_PAT, NAME_WHAT, S.size(1), function(out, keys)
   return list
 end)
 
+-- Limits on Lua code run by the workers (see docs/config.md, "lua").
 local lua_opts = S.record({
+  { "time_budget", S.duration(1), default = "1s", out = "time_budget_ms" },
   { "max_timers", S.int(1), default = 1024 },
   { "max_body", S.size(1), default = "1m" },
   { "http_max_response", S.size(1), default = "16m" },

@@ -38,8 +38,9 @@ int mr_req_tls(void *r, const char **v, int *reused);
 
 local C = ffi.C
 local ffi_string = ffi.string
+local find = string.find
 local ffi_cast = ffi.cast
-local co_create, co_resume, co_status, co_yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
 local pp2 = ffi.new("const char *[1]")
@@ -61,13 +62,28 @@ local function check_value(fn, v)
   local t = type(v)
   if t == "number" then return tostring(v) end
   if t ~= "string" then error(fn .. ": header value must be a string", 3) end
-  if v:find("[\r\n%z]") then error(fn .. ": header value contains CR, LF or NUL", 3) end
+  -- plain finds JIT-compile; a pattern find would be a call out of the trace on every set
+  if find(v, "\r", 1, true) or find(v, "\n", 1, true) or find(v, "\0", 1, true) then
+    error(fn .. ": header value contains CR, LF or NUL", 3)
+  end
   return v
+end
+
+-- lua.time_budget: the C side (src/lua/lua.c) numbers every run of a phase in budget[1] and
+-- its watchdog writes the number of a run that is over budget into budget[0]. Checking both at
+-- every request-API call and yield stops runaway loops that use the API even when compiled
+-- (hooks never run in compiled code). Outside a server (specs, benchmarks) nothing is over.
+local budget = ffi.new("int32_t[2]", -1, 0)
+local budget_ms = 0
+
+local function over_budget(level)
+  error("time budget exceeded: this phase ran " .. budget_ms .. " ms without yielding (lua.time_budget)", level + 1)
 end
 
 local function live(self)
   local r = self._r
   if not r then error("the request is finished; keep what you need in ctx before yielding in on_log", 3) end
+  if budget[0] == budget[1] then over_budget(3) end
   return r
 end
 
@@ -152,7 +168,7 @@ local function set_req_header(self, fn, name, value, mode)
   if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
   local rc = C.mr_req_set_header(live(self), name, #name, value, #value, mode)
   if rc ~= 0 then return nil, "cannot change request headers now" end
-  if name:lower() == "host" then rawset(self, "host", nil) end
+  if #name == 4 and name:lower() == "host" then rawset(self, "host", nil) end
   return true
 end
 
@@ -244,8 +260,13 @@ function req_methods.respond(self, status, body, headers)
     if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
     for k, v in pairs(headers) do
       if n >= 64 then error("req:respond: too many headers", 2) end
-      k, v = tostring(k), tostring(v)
-      if k:find("[\r\n:%z ]") or v:find("[\r\n%z]") then error("req:respond: invalid header " .. k, 2) end
+      if type(k) ~= "string" then k = tostring(k) end
+      if type(v) ~= "string" then v = tostring(v) end
+      -- plain finds compile; a pattern find leaves the trace
+      if find(k, "\r", 1, true) or find(k, "\n", 1, true) or find(k, "\0", 1, true) or find(k, ":", 1, true)
+        or find(k, " ", 1, true) or find(v, "\r", 1, true) or find(v, "\n", 1, true) or find(v, "\0", 1, true) then
+        error("req:respond: invalid header " .. k, 2)
+      end
       keep[#keep + 1] = k
       keep[#keep + 1] = v
       hdr_buf[2 * n] = k
@@ -327,13 +348,22 @@ local function resolve_filter(entry, where)
 end
 
 local function compile_route(r)
-  local chain = { route = r, req = {}, resp = {}, body = {}, log = {}, flags = 0 }
+  local chain = { route = r, req = {}, resp = {}, body = {}, log = {}, flags = 0,
+                  -- who each phase function belongs to, for error messages (see step)
+                  names = { {}, {}, {}, {}, {} } }
+  local n = chain.names
   for i, entry in ipairs(r.filters or {}) do
-    local f = resolve_filter(entry, r.name .. ".filters[" .. i .. "]")
-    if f.on_request then chain.req[#chain.req + 1] = f.on_request end
-    if f.on_response then table.insert(chain.resp, 1, f.on_response) end -- reverse: unwinding
-    if f.on_body then chain.body[#chain.body + 1] = f.on_body end
-    if f.on_log then chain.log[#chain.log + 1] = f.on_log end
+    local where = r.name .. ".filters[" .. i .. "]"
+    local f = resolve_filter(entry, where)
+    local mod = type(entry) == "string" and entry or type(entry) == "table" and type(entry[1]) == "string" and entry[1]
+    local name = "filter " .. where .. (mod and (" (" .. mod .. ")") or "")
+    if f.on_request then chain.req[#chain.req + 1] = f.on_request; n[1][#chain.req] = name end
+    if f.on_response then -- reverse: unwinding
+      table.insert(chain.resp, 1, f.on_response)
+      table.insert(n[3], 1, name)
+    end
+    if f.on_body then chain.body[#chain.body + 1] = f.on_body; n[4][#chain.body] = name end
+    if f.on_log then chain.log[#chain.log + 1] = f.on_log; n[5][#chain.log] = name end
   end
   local flags = 0
   if #chain.req > 0 then flags = flags + F_REQUEST end
@@ -346,62 +376,8 @@ local function compile_route(r)
 end
 
 -- Routing in Lua, used when a route has headers/pattern/match predicates or the config has a
--- `router`; otherwise the core matches routes in C. Compiled once per VM.
-local lpeg_ok, lpeg = pcall(require, "lpeg")
-local re_ok, re = pcall(require, "re")
-
-local function compile_matcher(r)
-  local m = { route = r }
-  if r.method then m.methods = {} for _, x in ipairs(r.method) do m.methods[x] = true end end
-  m.hosts = r.host
-  m.path, m.exact = r.path, r.exact
-  if r.headers then
-    m.headers = {}
-    for k, v in pairs(r.headers) do
-      -- "~pattern" is a Lua pattern; anything else must match exactly
-      if v:sub(1, 1) == "~" then m.headers[k] = { pat = v:sub(2) } else m.headers[k] = { eq = v } end
-    end
-  end
-  if r.pattern then m.pattern = lpeg.Ct(re.compile(r.pattern)) end
-  m.match = r.match
-  return m
-end
-
-local function host_ok(hosts, host)
-  for _, h in ipairs(hosts) do
-    if h:sub(1, 2) == "*." then
-      local suffix = h:sub(2)
-      if #host > #suffix and host:sub(-#suffix) == suffix then return true end
-    elseif h == host then
-      return true
-    end
-  end
-  return false
-end
-
-local function matches(m, req)
-  if m.methods and not m.methods[req.method] then return false end
-  local path = req.path
-  if m.exact and path ~= m.exact then return false end
-  if m.path and path:sub(1, #m.path) ~= m.path then return false end
-  if m.hosts and not host_ok(m.hosts, req.host) then return false end
-  if m.headers then
-    for k, want in pairs(m.headers) do
-      local v = req:header(k)
-      if not v then return false end
-      if want.eq and v ~= want.eq then return false end
-      if want.pat and not v:find(want.pat) then return false end
-    end
-  end
-  local params
-  if m.pattern then
-    params = lpeg.match(m.pattern, path)
-    if not params then return false end
-  end
-  if m.match and not m.match(req) then return false end
-  if params then rawset(req, "params", params) end
-  return true
-end
+-- `router`; otherwise the core matches routes in C. Compiled once per VM (moonring.router).
+local router = require "moonring.router"
 
 local function new_state(r, chain)
   local p = ffi_cast("void *", r)
@@ -412,6 +388,10 @@ local function new_state(r, chain)
   states[r] = st
   return st
 end
+
+-- The req/res objects for a request pointer, outside any phase: for bench/micro/lua_api.lua and
+-- FFI specs over a test client (src/lua/lua_test_api.h). Call M.finish(r) when done.
+function M._state(r) return states[r] or new_state(r, nil) end
 
 -- Returns the 1-based index of the matching route, or 0 (404).
 function M.route(r)
@@ -426,10 +406,7 @@ function M.route(r)
     end
     return i
   end
-  for i = 1, #M.matchers do
-    if matches(M.matchers[i], req) then return i end
-  end
-  return 0
+  return M.match(req)
 end
 
 -- Validates every route's chain (used by `moonring -t` and before a reload).
@@ -438,21 +415,25 @@ function M.check(cfg)
   return true
 end
 
-function M.init(file, vm)
+function M.init(file, vm, budget_ptr, ms)
   if vm then M.vm = ffi_cast("void *", vm) end
+  if budget_ptr then
+    budget = ffi.cast("int32_t *", budget_ptr)
+    budget_ms = ms
+  end
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
   local flags = {}
-  M.matchers, M.route_names = {}, {}
+  M.route_names = {}
   M.router = cfg.router
   for i, r in ipairs(cfg.routes or {}) do
     local chain = compile_route(r)
     M.routes[i] = chain
     flags[i] = chain.flags
     M.route_names[r.name] = i
-    if lpeg_ok and re_ok then M.matchers[i] = compile_matcher(r) end
   end
+  M.match = router.compile(cfg.routes or {})
   return flags
 end
 
@@ -461,6 +442,7 @@ end
 local function run_request(st, chain)
   local req, ctx = st.req, st.ctx
   for i = 1, #chain.req do
+    st.fi = i
     chain.req[i](req, ctx)
     if rawget(req, "_responded") then return RESPONDED end
   end
@@ -469,6 +451,7 @@ end
 
 local function run_handler(st, chain)
   local req = st.req
+  st.fi = nil
   local status, body, headers = chain.route.handler(req, st.ctx)
   if not rawget(req, "_responded") then
     if type(status) == "number" then
@@ -484,13 +467,17 @@ end
 
 local function run_response(st, chain)
   local res, ctx = st.res, st.ctx
-  for i = 1, #chain.resp do chain.resp[i](res, ctx) end
+  for i = 1, #chain.resp do
+    st.fi = i
+    chain.resp[i](res, ctx)
+  end
   return DONE
 end
 
 local function run_body(st, chain, chunk, eof)
   local res, ctx = st.res, st.ctx
   for i = 1, #chain.body do
+    st.fi = i
     local out = chain.body[i](res, chunk, eof, ctx)
     if out ~= nil and type(out) ~= "string" then
       error("on_body must return a string or nil, got " .. type(out), 0)
@@ -503,24 +490,59 @@ end
 
 local function run_log(st, chain)
   local req, res, ctx = st.req, st.res, st.ctx
-  for i = 1, #chain.log do chain.log[i](req, res, ctx) end
+  for i = 1, #chain.log do
+    st.fi = i
+    chain.log[i](req, res, ctx)
+  end
   return DONE
 end
 
 local bodies = { run_request, run_handler, run_response, run_body, run_log }
 
+-- Phases run in pooled coroutines: creating a coroutine per phase (a new lua_State and stack, then
+-- garbage) was the largest part of a short chain's cost. A pooled coroutine runs `worker`, which
+-- runs one phase body and then yields FINISHED with the body's results, waiting for the next.
+-- A phase that yields on its own (moonring.sleep) yields something else, so the two are told
+-- apart. A coroutine whose phase raised an error is dead and is not returned to the pool; one
+-- parked in a request that goes away is simply dropped.
+-- The body's results travel in fin_code/fin_out (one phase runs at a time per VM) and the
+-- worker drops its arguments before parking, so that a pooled coroutine keeps nothing of its
+-- last request (state, ctx, a body chunk) alive.
+local FINISHED = {}
+M.FINISHED = FINISHED -- a detached on_log (moonring.timer) ends on it too
+local POOL_MAX = 256
+local pool, npool = {}, 0
+local fin_code, fin_out
+
+local function worker(body, st, chain, chunk, eof)
+  while true do
+    fin_code, fin_out = body(st, chain, chunk, eof)
+    body, st, chain, chunk, eof = nil, nil, nil, nil, nil
+    body, st, chain, chunk, eof = co_yield(FINISHED)
+  end
+end
+
 local function step(st, ok, code, a, b)
   if not ok then
     local tb = debug.traceback(st.co, tostring(code))
     st.co = nil
-    error(tb, 0)
+    -- Name the filter (or the handler) that failed: the core logs the route and the phase.
+    local names = st.chain and st.phase and st.chain.names[st.phase]
+    local who = st.phase == 2 and "handler" or (names and st.fi and names[st.fi])
+    error(who and (who .. ": " .. tb) or tb, 0)
   end
-  if co_status(st.co) == "suspended" then
-    -- code/a are what the phase yielded: (what, arg)
-    return YIELD, code, a
+  if code == FINISHED then
+    if npool < POOL_MAX then
+      npool = npool + 1
+      pool[npool] = st.co
+    end
+    st.co = nil
+    local c, o = fin_code, fin_out
+    fin_code, fin_out = nil, nil
+    return c, o
   end
-  st.co = nil
-  return code, a, b
+  -- code/a are what the phase yielded: (what, arg)
+  return YIELD, code, a
 end
 
 function M.run(index, phase, r, chunk, eof)
@@ -529,10 +551,18 @@ function M.run(index, phase, r, chunk, eof)
   -- void* is NYI in the JIT (GC64), which would abort every trace through the request API.
   local st = states[r] or new_state(r, chain)
   st.chain = chain
-  local co = co_create(bodies[phase])
+  st.phase = phase
+  local co
+  if npool > 0 then
+    co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    co = co_create(worker)
+  end
   st.co = co
   moonring._cur = st
-  local ok, code, a, b = co_resume(co, st, chain, chunk, eof)
+  local ok, code, a, b = co_resume(co, bodies[phase], st, chain, chunk, eof)
   moonring._cur = nil
   return step(st, ok, code, a, b)
 end
@@ -581,6 +611,7 @@ moonring._yield = function(what, arg)
   if cur and cur.co ~= co then
     error("moonring." .. what .. " cannot yield from inside a coroutine of your own; call it from the phase itself", 3)
   end
+  if budget[0] == budget[1] then over_budget(3) end
   return co_yield(what, arg)
 end
 

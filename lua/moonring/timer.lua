@@ -93,7 +93,9 @@ function M._run(key, premature)
     ok, a, b = co_resume(co, rec, premature)
   end
   moonring._cur = nil
-  if ok and co_status(co) == "suspended" then return YIELD, a, b end
+  -- A detached on_log runs in a pooled phase coroutine, which ends its phase by yielding the
+  -- runtime's FINISHED marker rather than by returning.
+  if ok and co_status(co) == "suspended" and a ~= runtime().FINISHED then return YIELD, a, b end
   if not ok then
     local what = rec.where and ("timer callback " .. rec.where) or "on_log (detached)"
     moonring.log("error", what .. " failed: " .. debug.traceback(co, tostring(a)))

@@ -32,15 +32,22 @@ local function probe(req, body)
     local ok, msg = pcall(string.format, fmt, a[2])
     msg = ok and msg or fmt
     -- A trace that ends because the probe loop itself ends, or that met the probe's own
-    -- trace-event hook, is not the API failing to compile.
+    -- trace-event hook, is not the API failing to compile. Nor is one that started at a hot
+    -- API function's entry (hot counters are hashed by bytecode address, so which of the
+    -- function and the probe loop turns hot first varies from run to run) and then ran into
+    -- the probe's loop: LuaJIT gives up on it and traces the loop instead, as it should.
     if not msg:find("leaving loop in root trace", 1, true)
-      and not msg:find("hook called during recording", 1, true) then
+      and not msg:find("hook called during recording", 1, true)
+      and not msg:find("loop unroll limit reached", 1, true)
+      and not msg:find("inner loop in root trace", 1, true) then
       local info = require("jit.util").funcinfo(a[3], a[4])
       text[#text + 1] = msg .. " at " .. tostring(info.loc)
     end
   end
   return n, stops, text
 end
+
+local respond_result
 
 local function report(req, n, stops, aborts)
   return req:respond(200, ("%%d %%d %%d %%s"):format(n, stops, #aborts, table.concat(aborts, "; ")))
@@ -75,6 +82,13 @@ return {
           if not l or l:sub(1, 5) ~= "line " then error("bad line " .. tostring(l)) end
         end))
       end },
+    -- respond can answer only once per request: the probe's later calls take the "already sent"
+    -- path through the same code; the figures are fetched by the next request
+    { path = "/respond-result", handler = function(req) return report(req, unpack(respond_result)) end },
+    { path = "/respond", handler = function(req)
+        local hdrs = { ["content-type"] = "text/plain", ["x-n"] = "1" }
+        respond_result = { probe(req, function(r, i) r:respond(200, "x", hdrs) end) }
+      end },
     { path = "/write", handler = function(req)
         return report(req, probe(req, function(r, i)
           r:set_header("x-set", "v")
@@ -100,4 +114,10 @@ return {
   it("compiles header reads, method and path", function() check("/read") end)
   it("compiles header writes and deletes", function() check("/write") end)
   it("compiles cosocket receive and receiveuntil on buffered data", function() check("/tcpread") end)
+  it("compiles respond with headers", function()
+    local res = assert(helpers.http("GET", base .. "/respond"))
+    assert.equal(200, res.status)
+    assert.equal("x", res.body)
+    check("/respond-result")
+  end)
 end)

@@ -166,6 +166,10 @@ return {
       return log:find("boom in on_request", 1, true) and log:find("stack traceback", 1, true)
         and log:find("boom in on_response", 1, true)
     end, 3))
+    -- the log line names the route, the phase and the filter
+    local log = mr.log()
+    assert.matches("lua: route routes%[%d+%], on_request: filter routes%[%d+%]%.filters%[1%]: [^\n]*boom in on_request", log)
+    assert.matches("lua: route routes%[%d+%], on_response: filter routes%[%d+%]%.filters%[1%]: [^\n]*boom in on_response", log)
     res = assert(helpers.http("GET", base .. "/order"))
     assert.equal(200, res.status)
   end)

@@ -365,6 +365,10 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     cfg->drain_timeout_ms = getu32(L, lua_gettop(L), "drain_timeout_ms", 60000);
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "lua");
+    cfg->lua_time_budget_ms = lua_istable(L, -1) ? getu32(L, lua_gettop(L), "time_budget_ms", 1000) : 1000;
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "proxy");
     t = lua_gettop(L);
     cfg->xff = getbool(L, t, "x_forwarded_for", true);
@@ -450,6 +454,9 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         if (rc < 0) return -1;
     }
     lua_pop(L, 1);
+    /* The C scan is linear in the routes; past about a thousand, the matcher compiled in each
+     * VM (lua/moonring/router.lua: host and path indexes) costs less, call into Lua included. */
+    if (cfg->nroutes > MR_ROUTES_C_SCAN_MAX) cfg->lua_routing = true;
     return 0;
 }
 

@@ -14,6 +14,7 @@ int mr_log_level_parse(const char *name); /* -1 when unknown */
 void mr_log_set_level(mr_log_level_t level);
 /* Tags the calling thread's lines (e.g. "w0"); the pointer must stay valid for the thread's life. */
 void mr_log_set_thread_tag(const char *tag);
+const char *mr_log_thread_tag(void);
 extern int mr_log_min_level;
 void mr_log_write(mr_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

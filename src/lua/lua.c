@@ -4,9 +4,12 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
 
 #include "core/gen.h"
@@ -18,13 +21,190 @@
 
 struct mr_lua_vm {
     lua_State *L;
-    int run_ref, resume_ref, finish_ref, route_ref;
+    int run_ref, resume_ref, finish_ref, route_ref, tb_ref;
     uint8_t *route_flags;
     int nroutes;
     int fiber_ref, adopt_ref;   /* moonring.timer's _run and _adopt */
     mr_gen_t *gen;
     bool retired;
+
+    /* Time budget (lua.time_budget). A "run" is one call from C into the VM (a phase, until it
+     * returns or yields). budget[1] is the current run's sequence number (worker writes),
+     * budget[0] the number of a run found over budget (watchdog writes); the runtime reads both
+     * through FFI at every request-API call and yield, and raises an error when they are equal. */
+    _Atomic int32_t budget[2];
+    _Atomic uint64_t run_start_ns;      /* 0 between runs */
+    _Atomic(const char *) run_route;    /* for the watchdog's log lines */
+    _Atomic int run_phase;
+    _Atomic(const char *) run_tag;      /* the worker's log tag */
+    uint64_t budget_ns;
+    atomic_bool hooked;
+    bool hook_fired;                    /* worker only: the hook raised once in this run */
+    pthread_mutex_t hook_lock;          /* lua_sethook from the watchdog vs from the worker */
+    int32_t stuck_seq;                  /* watchdog only: last run reported as uninterruptible */
+    uint64_t stuck_logged_ns;
+    mr_lua_vm_t *wd_next, *wd_prev;     /* watchdog list, under wd_lock */
 };
+
+/* ------------------------------------------------------------------------------------------ */
+/* Runaway scripts                                                                              */
+/*
+ * LuaJIT offers no safe way to stop code from another thread, so the budget is enforced in three
+ * layers, from strongest to weakest:
+ *  1. Every request-API call and every yield checks budget[] (moonring.runtime) and raises a Lua
+ *     error once the run is over budget: loops that touch the request stop, compiled or not.
+ *  2. The watchdog thread, finding a run over budget, installs a count hook (lua_sethook is
+ *     documented as safe to call asynchronously; LuaJIT's own interpreter uses it from a signal
+ *     handler). The hook raises the error at the next hook point of interpreted code.
+ *  3. JIT-compiled code never runs hooks. A compiled loop that neither calls the API nor leaves
+ *     its trace cannot be stopped: the watchdog logs it loudly (route, phase, worker), repeatedly.
+ * The error ends the phase like any Lua error: 500, traceback in the log, the worker goes on. */
+
+static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static mr_lua_vm_t *wd_list;
+static pthread_once_t wd_once = PTHREAD_ONCE_INIT;
+static _Thread_local mr_lua_vm_t *tl_vm; /* the VM this worker thread is running, for the hook */
+
+#define WD_TICK_MS 10
+#define WD_HOOK_COUNT 1000
+
+/* The coarse clock (a few ms resolution, no vDSO time read) is plenty for a budget checked every
+ * WD_TICK_MS, and every run reads it twice, so it should cost nothing. */
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#define PH_TIMER (MR_PH_LOG + 1) /* a moonring.timer callback or a detached on_log */
+
+static const char *phase_name(int phase)
+{
+    static const char *const names[] = { "route", "on_request", "handler", "on_response", "on_body", "on_log",
+                                         "timer" };
+    return phase >= 0 && phase <= PH_TIMER ? names[phase] : "?";
+}
+
+static void unhook(mr_lua_vm_t *vm, lua_State *L)
+{
+    pthread_mutex_lock(&vm->hook_lock);
+    lua_sethook(L, NULL, 0, 0);
+    atomic_store(&vm->hooked, false);
+    pthread_mutex_unlock(&vm->hook_lock);
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    mr_lua_vm_t *vm = tl_vm;
+    if (vm && atomic_load(&vm->run_start_ns) && atomic_load(&vm->budget[0]) == atomic_load(&vm->budget[1])) {
+        /* Still running after the first error: something caught it (pcall). From now on every
+         * instruction raises, so the catching frame fails at its next instruction, and so on up. */
+        if (vm->hook_fired) lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        vm->hook_fired = true;
+        luaL_error(L, "time budget exceeded: this phase ran %d ms without yielding (lua.time_budget)",
+                   (int)(vm->budget_ns / 1000000));
+    }
+    if (vm) unhook(vm, L); /* installed for a run that has ended since */
+}
+
+static void wd_check(mr_lua_vm_t *vm, uint64_t now)
+{
+    int32_t seq = atomic_load(&vm->budget[1]);
+    uint64_t start = atomic_load(&vm->run_start_ns);
+    if (!start || atomic_load(&vm->budget[1]) != seq || now < start || now - start <= vm->budget_ns) return;
+    if (atomic_load(&vm->budget[0]) != seq) {
+        pthread_mutex_lock(&vm->hook_lock);
+        if (atomic_load(&vm->run_start_ns) == start) {
+            atomic_store(&vm->budget[0], seq);
+            lua_sethook(vm->L, budget_hook, LUA_MASKCOUNT, WD_HOOK_COUNT);
+            atomic_store(&vm->hooked, true);
+        }
+        pthread_mutex_unlock(&vm->hook_lock);
+        return;
+    }
+    /* Hooked a while ago and still running the same phase: compiled code that never reaches a
+     * hook or the API. Say so, loudly and more than once, but do not flood. */
+    uint64_t grace = vm->budget_ns > 1000000000u ? vm->budget_ns : 1000000000u;
+    if (now - start < vm->budget_ns + grace) return;
+    if (vm->stuck_seq == seq && now - vm->stuck_logged_ns < 30000000000ull) return;
+    vm->stuck_seq = seq;
+    vm->stuck_logged_ns = now;
+    const char *route = atomic_load(&vm->run_route);
+    const char *tag = atomic_load(&vm->run_tag);
+    mr_error("lua: worker %s is stuck: route %s, phase %s has run %llu ms (time budget %llu ms) inside "
+             "JIT-compiled code that neither calls the request API nor leaves its trace; LuaJIT cannot "
+             "interrupt it, and this worker serves nothing until it returns. Fix the loop, or call "
+             "jit.off() on that function so the budget can stop it",
+             tag ? tag : "?", route ? route : "?", phase_name(atomic_load(&vm->run_phase)),
+             (unsigned long long)((now - start) / 1000000), (unsigned long long)(vm->budget_ns / 1000000));
+}
+
+static void *wd_main(void *arg)
+{
+    (void)arg;
+    mr_log_set_thread_tag("lua-watchdog");
+    for (;;) {
+        struct timespec ts = { 0, WD_TICK_MS * 1000000L };
+        nanosleep(&ts, NULL);
+        uint64_t now = now_ns();
+        pthread_mutex_lock(&wd_lock);
+        for (mr_lua_vm_t *vm = wd_list; vm; vm = vm->wd_next) wd_check(vm, now);
+        pthread_mutex_unlock(&wd_lock);
+    }
+    return NULL;
+}
+
+static void wd_start(void)
+{
+    pthread_t t;
+    sigset_t all, old;
+    sigfillset(&all); /* signals belong to the main thread */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (pthread_create(&t, NULL, wd_main, NULL) == 0) pthread_detach(t);
+    else mr_error("lua: cannot start the watchdog thread; lua.time_budget is enforced at API calls only");
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void wd_register(mr_lua_vm_t *vm)
+{
+    pthread_once(&wd_once, wd_start);
+    pthread_mutex_lock(&wd_lock);
+    vm->wd_next = wd_list;
+    if (wd_list) wd_list->wd_prev = vm;
+    wd_list = vm;
+    pthread_mutex_unlock(&wd_lock);
+}
+
+static void wd_unregister(mr_lua_vm_t *vm)
+{
+    pthread_mutex_lock(&wd_lock);
+    if (vm->wd_prev) vm->wd_prev->wd_next = vm->wd_next;
+    else if (wd_list == vm) wd_list = vm->wd_next;
+    if (vm->wd_next) vm->wd_next->wd_prev = vm->wd_prev;
+    vm->wd_next = vm->wd_prev = NULL;
+    pthread_mutex_unlock(&wd_lock);
+}
+
+static void run_begin(mr_lua_vm_t *vm, const mr_route_conf_t *r, int phase)
+{
+    tl_vm = vm;
+    atomic_store(&vm->run_route, r ? r->name : phase == PH_TIMER ? "(timer)" : "(routing)");
+    atomic_store(&vm->run_phase, phase);
+    atomic_store(&vm->run_tag, mr_log_thread_tag());
+    int32_t seq = atomic_load(&vm->budget[1]);
+    seq = seq >= INT32_MAX - 1 ? 1 : seq + 1;
+    atomic_store(&vm->budget[1], seq);
+    atomic_store(&vm->run_start_ns, now_ns());
+}
+
+static void run_end(mr_lua_vm_t *vm)
+{
+    vm->hook_fired = false;
+    atomic_store(&vm->run_start_ns, 0);
+    if (atomic_load(&vm->hooked)) unhook(vm, vm->L);
+}
 
 /* Snapshot loader's report of a module read from disk at request time (see core/watch.h). */
 static int note_source(lua_State *L)
@@ -105,10 +285,15 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     lua_pushstring(L, "moonring.runtime");
     if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
     int rt = lua_gettop(L);
+    vm->budget_ns = (uint64_t)(cfg->lua_time_budget_ms ? cfg->lua_time_budget_ms : 1000) * 1000000u;
+    atomic_store(&vm->budget[0], -1);
+    atomic_store(&vm->budget[1], 0);
     lua_getfield(L, rt, "init");
     lua_pushstring(L, cfg->file);
     lua_pushlightuserdata(L, vm);
-    if (lua_pcall(L, 2, 1, 1) != 0) goto fail;
+    lua_pushlightuserdata(L, (void *)vm->budget);
+    lua_pushinteger(L, (lua_Integer)(vm->budget_ns / 1000000));
+    if (lua_pcall(L, 4, 1, 1) != 0) goto fail;
     vm->nroutes = (int)lua_objlen(L, -1);
     vm->route_flags = calloc((size_t)vm->nroutes + 1, 1);
     for (int i = 1; i <= vm->nroutes; i++) {
@@ -126,7 +311,12 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
     vm->fiber_ref = ref_field(L, lua_gettop(L), "_run");
     vm->adopt_ref = ref_field(L, lua_gettop(L), "_adopt");
+    /* One traceback closure for every call: lua_pushcfunction would allocate one per call. */
+    lua_pushcfunction(L, traceback);
+    vm->tb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
+    pthread_mutex_init(&vm->hook_lock, NULL);
+    wd_register(vm);
     *out = vm;
     return 0;
 fail:
@@ -139,7 +329,10 @@ fail:
 void mr_lua_vm_free(mr_lua_vm_t *vm)
 {
     if (!vm) return;
+    wd_unregister(vm);
+    if (tl_vm == vm) tl_vm = NULL;
     lua_close(vm->L);
+    pthread_mutex_destroy(&vm->hook_lock);
     free(vm->route_flags);
     free(vm);
 }
@@ -170,7 +363,7 @@ static int collect(mr_lua_vm_t *vm, int base, int rc, const mr_route_conf_t *r, 
 {
     lua_State *L = vm->L;
     if (rc != 0) {
-        mr_error("lua: route %s, phase %d: %s", r ? r->name : "?", phase, lua_tostring(L, -1));
+        mr_error("lua: route %s, %s: %s", r ? r->name : "?", phase_name(phase), lua_tostring(L, -1));
         lua_settop(L, base);
         return MR_LUA_ERROR;
     }
@@ -202,7 +395,7 @@ int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int ph
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->run_ref);
     lua_pushinteger(L, r->index);
     lua_pushinteger(L, phase);
@@ -214,7 +407,9 @@ int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int ph
         lua_pushnil(L);
         lua_pushnil(L);
     }
+    run_begin(vm, r, phase);
     int rc = lua_pcall(L, 5, 3, base + 1);
+    run_end(vm);
     return collect(vm, base, rc, r, phase, out);
 }
 
@@ -222,10 +417,12 @@ int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->resume_ref);
     lua_pushlightuserdata(L, c);
+    run_begin(vm, r, c->lua_phase);
     int rc = lua_pcall(L, 1, 3, base + 1);
+    run_end(vm);
     return collect(vm, base, rc, r, c->lua_phase, out);
 }
 
@@ -233,11 +430,14 @@ int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref);
     lua_pushlightuserdata(L, c);
     int rc = MR_LUA_ERROR;
-    if (lua_pcall(L, 1, 1, base + 1) != 0) mr_error("lua: routing failed: %s", lua_tostring(L, -1));
+    run_begin(vm, NULL, 0);
+    int prc = lua_pcall(L, 1, 1, base + 1);
+    run_end(vm);
+    if (prc != 0) mr_error("lua: routing failed: %s", lua_tostring(L, -1));
     else rc = (int)lua_tointeger(L, -1);
     lua_settop(L, base);
     return rc;
@@ -341,7 +541,11 @@ static void fiber_fire(mr_loop_t *loop, mr_timer_t *t)
     lua_pushboolean(L, f->premature);
     f->started = true;
     bool keep = false;
-    if (lua_pcall(L, 2, 3, base + 1) != 0) {
+    /* Timer callbacks get the same time budget as request phases. */
+    run_begin(vm, NULL, PH_TIMER);
+    int rc = lua_pcall(L, 2, 3, base + 1);
+    run_end(vm);
+    if (rc != 0) {
         mr_error("lua: timer: %s", lua_tostring(L, -1));
     } else if (lua_tointeger(L, base + 2) == MR_LUA_YIELD) {
         mr_lua_out_t out = { 0 };
