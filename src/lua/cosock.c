@@ -36,6 +36,10 @@ enum { TIO_NONE = 0, TIO_READ, TIO_WRITE };
 typedef struct mr_cosock_sess {
     int refs;
     mr_tls_session_t *s;
+    /* A resumed session is not verified again: it is only offered to a handshake with the same
+     * context (same generation and verification) and the same server name. */
+    mr_tls_ctx_t *ctx; /* a reference: the address is never another context's */
+    char *sni;
 } mr_cosock_sess_t;
 
 struct mr_cosock {
@@ -110,6 +114,8 @@ static void sess_unref(mr_cosock_sess_t *b)
 {
     if (!b || --b->refs > 0) return;
     if (b->s) mr_tls_session_free(b->s);
+    if (b->ctx) mr_tls_ctx_unref(b->ctx);
+    free(b->sni);
     free(b);
 }
 
@@ -330,11 +336,17 @@ MR_EXPORT int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const
     const mr_config_t *cfg = mr_lua_vm_config(vm);
     mr_tls_ctx_t *ctx = cfg ? cfg->lua_tls[verify ? 1 : 0] : NULL;
     if (!ctx) return -ENOTSUP;
-    if (!s->sess && !(s->sess = calloc(1, sizeof *s->sess))) return -ENOMEM;
+    if (sni && !*sni) sni = NULL;
+    sess_unref(s->sess);
+    if (!(s->sess = calloc(1, sizeof *s->sess))) return -ENOMEM;
     s->sess->refs = 1;
-    s->tls = mr_tls_conn_new(ctx, false, sni && *sni ? sni : NULL);
+    mr_tls_ctx_ref(ctx);
+    s->sess->ctx = ctx;
+    if (sni && !(s->sess->sni = strdup(sni))) return -ENOMEM;
+    s->tls = mr_tls_conn_new(ctx, false, sni);
     if (!s->tls) return -ENOMEM;
-    if (reuse && reuse->s) mr_tls_set_session(s->tls, reuse->s);
+    if (reuse && reuse->s && reuse->ctx == ctx && (reuse->sni ? sni && strcmp(reuse->sni, sni) == 0 : !sni))
+        mr_tls_set_session(s->tls, reuse->s);
     return tls_start(s, TM_HS, timeout_ms, waker);
 }
 
