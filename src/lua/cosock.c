@@ -277,6 +277,7 @@ static int tls_step(mr_cosock_t *s)
             size_t taken = 0;
             rc = mr_tls_write(t, s->wbuf + s->woff, s->wlen - s->woff, &taken);
             s->woff += taken;
+            if (taken == 0) break; /* output full: send some first */
         }
         if (rc != MR_TLS_ERR && s->woff == s->wlen && mr_tls_pending_out(t) == 0)
             return tls_done(s, (int)(s->wlen > 0x7fffffff ? 0x7fffffff : s->wlen));
