@@ -729,6 +729,8 @@ local lua_opts = S.record({
   { "max_timers", S.int(1), default = 1024 },
   { "max_body", S.size(1), default = "1m" },
   { "http_max_response", S.size(1), default = "16m" },
+  { "ssl_trusted_certificate", readable_file },
+  { "ssl_verify_depth", S.int(1, 100) },
 })
 
 local admin = S.record({

@@ -1,8 +1,10 @@
 -- moonring.http.request{ method, url, headers, body, timeout, ... }: an HTTP/1.1 client over
 -- moonring.tcp, so it runs on the worker's loop and parks only the calling coroutine.
--- Connections are kept alive in the worker's cosocket pool (keyed by host:port). Responses:
--- Content-Length, chunked, or delimited by close; the body is bounded (lua.http_max_response or
--- opts.max_body_size). http:// only for now.
+-- Connections are kept alive in the worker's cosocket pool (keyed by host:port, and for https
+-- by "https://host:port" plus the TLS server name and verification). Responses: Content-Length,
+-- chunked, or delimited by close; the body is bounded (lua.http_max_response or
+-- opts.max_body_size). https:// verifies the server (opts.ssl_verify = false opts out) and
+-- resumes the last TLS session to the same host:port on new connections.
 local moonring = require "moonring"
 local tcp = require("moonring.tcp").tcp
 
@@ -19,13 +21,12 @@ local function max_response()
   return l and l.http_max_response or DEFAULT_MAX
 end
 
--- "http://host[:port]/path?query" -> host, port, target, authority
+-- "http[s]://host[:port]/path?query" -> host, port, target, authority, tls
 local function parse_url(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "bad url (expected http://host[:port]/path): " .. url end
   scheme = scheme:lower()
-  if scheme == "https" then return nil, "https not supported yet" end
-  if scheme ~= "http" then return nil, "unsupported url scheme '" .. scheme .. "'" end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "unsupported url scheme '" .. scheme .. "'" end
   local authority, target = rest:match("^([^/?#]*)([^#]*)")
   if authority == "" or authority:find("@", 1, true) then return nil, "bad url host: " .. url end
   if target == "" then target = "/" elseif target:sub(1, 1) == "?" then target = "/" .. target end
@@ -42,10 +43,15 @@ local function parse_url(url)
     port = tonumber(port:match("^:(%d+)$"))
     if not port or port < 1 or port > 65535 then return nil, "bad url port: " .. url end
   else
-    port = 80
+    port = scheme == "https" and 443 or 80
   end
-  return host, port, target, authority
+  return host, port, target, authority, scheme == "https"
 end
+
+-- Last TLS session per pool key (this VM, so this worker and generation): new connections
+-- resume it. Bounded: cleared when it grows past SESSIONS_MAX hosts.
+local sessions, nsessions = {}, 0
+local SESSIONS_MAX = 256
 
 local function check_header(k, v)
   k, v = tostring(k), tostring(v)
@@ -134,9 +140,24 @@ local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS
 local function attempt(o, fresh)
   local sock = tcp()
   sock:settimeout(o.timeout_ms)
-  local ok, err = sock:connect(o.host, o.port, fresh and { pool = o.host .. ":" .. o.port .. "#fresh" } or nil)
+  local ok, err = sock:connect(o.host, o.port, { pool = fresh and o.pool .. "#fresh" or o.pool })
   if not ok then return nil, err end
   local reused = (sock:getreusedtimes() or 0) > 0
+  if o.tls then
+    -- The engine sends no SNI for an IP literal and checks it against the IP SANs instead.
+    -- A resumed session skips verification: sessions are kept apart by ssl_verify too.
+    local skey = o.ssl_verify and o.pool or o.pool .. "#noverify"
+    local sess
+    sess, err = sock:sslhandshake(sessions[skey], o.host, o.ssl_verify)
+    if not sess then return nil, err end
+    if not reused then
+      if not sessions[skey] then
+        nsessions = nsessions + 1
+        if nsessions > SESSIONS_MAX then sessions, nsessions = {}, 1 end
+      end
+      sessions[skey] = sess
+    end
+  end
   ok, err = sock:send(o.wire)
   if not ok then sock:close(); return nil, err, reused end
   local res = {}
@@ -189,10 +210,14 @@ function M.request(opts)
   local max = opts.max_body_size or max_response()
   if type(max) ~= "number" or max < 0 then error("moonring.http.request: opts.max_body_size must be a number of bytes", 2) end
 
-  local host, port, target, authority = parse_url(opts.url)
+  if opts.ssl_verify ~= nil and type(opts.ssl_verify) ~= "boolean" then
+    error("moonring.http.request: opts.ssl_verify must be a boolean", 2)
+  end
+  local host, port, target, authority, tls = parse_url(opts.url)
   if not host then return nil, port end
   local o = {
-    host = host, port = port, method = method, max_body = max,
+    host = host, port = port, method = method, max_body = max, tls = tls, ssl_verify = opts.ssl_verify ~= false,
+    pool = (tls and "https://" or "") .. host .. ":" .. port,
     timeout_ms = math.ceil(timeout * 1000),
     keepalive = opts.keepalive ~= false,
     keepalive_timeout = math.floor((opts.keepalive_timeout or 60) * 1000),

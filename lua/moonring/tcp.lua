@@ -16,7 +16,15 @@ void mr_cosock_close(mr_cosock_t *s);
 void mr_cosock_set_waker(mr_cosock_t *s, void *waker);
 int mr_cosock_reused(mr_cosock_t *s);
 int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size);
-mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen);
+mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen, int tls);
+typedef struct mr_cosock_sess mr_cosock_sess_t;
+int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni, mr_cosock_sess_t *reuse,
+                           int timeout_ms, void *waker);
+mr_cosock_sess_t *mr_cosock_tls_session(mr_cosock_t *s);
+void mr_cosock_sess_free(mr_cosock_sess_t *b);
+int mr_cosock_tls_reused(mr_cosock_t *s);
+const char *mr_cosock_tls_error(mr_cosock_t *s);
+const char *mr_cosock_pool_key(mr_cosock_t *s);
 char *strerror(int errnum);
 ]]
 
@@ -80,6 +88,7 @@ local function drop(self)
   if not s then return end
   self.s = nil
   self.buf = ""
+  self.tls_key, self.tls_fresh = nil, nil
   if self.owner and self.owner.socks then self.owner.socks[self] = nil end
   self.owner = nil
   C.mr_cosock_close(s)
@@ -104,11 +113,22 @@ function methods.connect(self, host, port, opts)
   if self.s then drop(self) end
   local key = opts and opts.pool or (host .. ":" .. port)
   if type(key) ~= "string" then error("sock:connect: opts.pool must be a string", 2) end
-  self.key = key
-  local s = C.mr_cosock_pool_get(key, #key)
+  self.key, self.host, self.port = key, host, port
+  -- An idle plain connection first, else one that did a TLS handshake (sslhandshake then
+  -- returns at once if its server name and verification match, see there).
+  local s = C.mr_cosock_pool_get(key, #key, 0)
   if s ~= nil then
     adopt(self, s, o)
     return 1
+  end
+  if not (opts and opts._plain) then
+    s = C.mr_cosock_pool_get(key, #key, 1)
+    if s ~= nil then
+      adopt(self, s, o)
+      self.tls_key = ffi_string(C.mr_cosock_pool_key(s))
+      self.tls_fresh = true
+      return 1
+    end
   end
   s = C.mr_cosock_new()
   if s == nil then return nil, "sockets are only available on a serving worker" end
@@ -136,6 +156,7 @@ function methods.send(self, data)
   end
   local s, o = live(self, "send")
   if not s then return nil, "closed" end
+  self.tls_fresh = nil
   local rc = finish(s, C.mr_cosock_send(s, data, #data, self.st, o.waker))
   if rc < 0 then
     drop(self) -- even on a timeout: part of the data may have left, the stream is out of step
@@ -148,6 +169,7 @@ end
 local function fill(self)
   local s, o = live(self, "receive")
   if not s then return nil, "closed" end
+  self.tls_fresh = nil
   local rc = finish(s, C.mr_cosock_recv(s, self.rt, o.waker))
   if rc > 0 then return ffi_string(pp[0], rc) end
   if rc == 0 then drop(self); return nil, "closed" end
@@ -321,13 +343,77 @@ function methods.setkeepalive(self, idle_ms, pool_size)
   local s = live(self, "setkeepalive")
   if not s then return nil, "closed" end
   if #self.buf > 0 then drop(self); return nil, "unread data in buffer" end
-  local key = self.key
+  local key = self.tls_key or self.key
   self.s = nil
   if self.owner.socks then self.owner.socks[self] = nil end
   self.owner = nil
   local rc = C.mr_cosock_keepalive(s, key, #key, math.floor(idle_ms or 60000), math.floor(pool_size or 30))
   if rc < 0 then C.mr_cosock_close(s); return nil, errstr(rc) end
   return 1
+end
+
+local sess_t = ffi.typeof("mr_cosock_sess_t *")
+
+-- OpenResty's sslhandshake(reused_session, server_name, ssl_verify). Differences: verification
+-- is on unless ssl_verify == false (lua.ssl_trusted_certificate or the system store); without a
+-- server_name nothing is sent as SNI and only the chain is verified, not a name. Returns a
+-- session (pass it to a later handshake to resume), true when reused_session == false, or nil
+-- and an error. The handshake is bounded by the connect timeout.
+function methods.sslhandshake(self, session, server_name, verify)
+  if session ~= nil and session ~= false and not (type(session) == "cdata" and ffi.istype(sess_t, session)) then
+    error("sock:sslhandshake(session, server_name, verify): session must be a session from an earlier sslhandshake, nil or false", 2)
+  end
+  if server_name ~= nil and type(server_name) ~= "string" then
+    error("sock:sslhandshake(session, server_name, verify): server_name must be a string", 2)
+  end
+  if server_name and (#server_name > 253 or server_name:find("[%z\n]")) then
+    error("sock:sslhandshake: bad server_name", 2)
+  end
+  if verify ~= nil and type(verify) ~= "boolean" then
+    error("sock:sslhandshake(session, server_name, verify): verify must be a boolean", 2)
+  end
+  local s, o = live(self, "sslhandshake")
+  if not s then return nil, "closed" end
+  local tls_key = self.key .. "\ntls\n" .. (server_name or "") .. "\n" .. (verify == false and "0" or "1")
+  if self.tls_key then
+    -- Already TLS (taken from the pool, or a second call): OpenResty returns at once. A pooled
+    -- connection made for another name or trust is not used: a new one is made instead.
+    if self.tls_key ~= tls_key and self.tls_fresh then
+      local ok, err = self:connect(self.host, self.port, { pool = self.key, _plain = true })
+      if not ok then return nil, err end
+      return self:sslhandshake(session, server_name, verify)
+    end
+    self.tls_fresh = nil
+    if session == false then return true end
+    return ffi.gc(C.mr_cosock_tls_session(s), C.mr_cosock_sess_free)
+  end
+  local rt = package.loaded["moonring.runtime"]
+  local rc = finish(s, C.mr_cosock_sslhandshake(s, rt and rt.vm, verify ~= false and 1 or 0, server_name,
+    session or nil, self.ct, o.waker))
+  if rc < 0 then
+    local err
+    if rc == -71 then
+      err = ffi_string(C.mr_cosock_tls_error(s))
+      if err == "" then err = "handshake failed" end
+    elseif rc == -104 then
+      err = "handshake failed: connection closed by the server"
+    elseif rc == -95 then
+      err = "TLS is only available on a serving worker"
+    else
+      err = errstr(rc)
+    end
+    drop(self)
+    return nil, err
+  end
+  self.tls_key = tls_key
+  if session == false then return true end
+  return ffi.gc(C.mr_cosock_tls_session(s), C.mr_cosock_sess_free)
+end
+
+-- moonring extension: whether the handshake resumed the session passed to sslhandshake.
+function methods.ssl_reused(self)
+  if not self.s then return nil, "closed" end
+  return C.mr_cosock_tls_reused(self.s) ~= 0
 end
 
 function methods.getreusedtimes(self)

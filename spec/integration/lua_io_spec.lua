@@ -188,7 +188,7 @@ return {
         out[#out + 1] = string.format("%%.1f", moonring.now() - t0)
         out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/2000", max_body_size = 1000 })
         out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/chunked/200000", max_body_size = 100000 })
-        out[#out + 1] = select(2, moonring.http.request{ url = "https://127.0.0.1:" .. OP .. "/" })
+        out[#out + 1] = select(2, moonring.http.request{ url = "ftp://127.0.0.1:" .. OP .. "/" })
         out[#out + 1] = select(2, moonring.http.request{ url = "http://127.0.0.1:1/" })
         -- the pool still serves after all that
         local res = moonring.http.request{ url = "http://127.0.0.1:" .. OP .. "/size/3" }
@@ -341,14 +341,14 @@ return {
     assert.is_true(n >= 3, "reused " .. tostring(n))
   end)
 
-  it("reports HTTP client timeouts, size limits, https and refusals as nil, err", function()
+  it("reports HTTP client timeouts, size limits, bad schemes and refusals as nil, err", function()
     local f = {}
     for x in (get("/http/errors").body .. "|"):gmatch("(.-)|") do f[#f + 1] = x end
     assert.equal("timeout", f[1])
     assert.is_true(tonumber(f[2]) < 1.5, f[2])
     assert.equal("response too large", f[3])
     assert.equal("response too large", f[4])
-    assert.equal("https not supported yet", f[5])
+    assert.equal("unsupported url scheme 'ftp'", f[5])
     assert.equal("connection refused", f[6])
     assert.equal("abc", f[7])
   end)

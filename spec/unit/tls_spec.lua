@@ -27,6 +27,7 @@ typedef struct {
   const char *where; bool verify; const char *ca_file; const char *cert_path, *key_path;
   const char *min_protocol, *max_protocol, *ciphers, *ciphersuites;
   const char *const *alpn; size_t nalpn;
+  int verify_depth;
 } mr_tls_client_conf_t;
 int mr_tls_server_ctx_new(const mr_tls_server_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);
 int mr_tls_client_ctx_new(const mr_tls_client_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);

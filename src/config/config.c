@@ -192,6 +192,32 @@ static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_
     return rc;
 }
 
+/* lua.ssl_trusted_certificate / ssl_verify_depth -> the two cosocket client contexts. */
+static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size_t errlen)
+{
+    lua_getfield(L, top, "lua");
+    int t = lua_gettop(L);
+    mr_tls_client_conf_t cc = { .where = "lua.ssl_trusted_certificate" };
+    char *ca = lua_istable(L, t) ? dupstr(L, t, "ssl_trusted_certificate") : NULL;
+    cc.verify_depth = lua_istable(L, t) ? (int)getint(L, t, "ssl_verify_depth", 0) : 0;
+    lua_pop(L, 1);
+    char msg[1024];
+    int rc = mr_tls_client_ctx_new(&cc, &cfg->lua_tls[0], msg, sizeof msg);
+    if (rc == 0) {
+        cc.verify = true;
+        cc.ca_file = ca;
+        rc = mr_tls_client_ctx_new(&cc, &cfg->lua_tls[1], msg, sizeof msg);
+    }
+    if (rc < 0) {
+        /* The engine names the CA file "<where>.ca": the key is where itself. */
+        char *dot = strstr(msg, ".ca: ");
+        if (dot) memmove(dot, dot + 3, strlen(dot + 3) + 1);
+        tls_error(L, cfg->file, msg, err, errlen);
+    }
+    free(ca);
+    return rc;
+}
+
 static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char *file, char *err, size_t errlen)
 {
     lua_getfield(L, idx, "servers");
@@ -416,6 +442,8 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         if (rc < 0) return -1;
     }
     lua_pop(L, 1);
+
+    if (read_lua_tls(L, top, cfg, err, errlen) < 0) return -1;
 
     lua_getfield(L, top, "shared");
     t = lua_gettop(L);
@@ -653,6 +681,8 @@ void mr_config_free(mr_config_t *cfg)
         free(cfg->listen[i].addr);
         if (cfg->listen[i].tls) mr_tls_ctx_unref(cfg->listen[i].tls);
     }
+    for (int i = 0; i < 2; i++)
+        if (cfg->lua_tls[i]) mr_tls_ctx_unref(cfg->lua_tls[i]);
     for (int i = 0; i < cfg->nupstreams; i++) {
         if (cfg->upstreams[i].tls) mr_tls_ctx_unref(cfg->upstreams[i].tls);
         for (int j = 0; j < cfg->upstreams[i].nservers; j++) {

@@ -118,6 +118,10 @@ typedef struct {
      * files meanwhile. Modules required lazily (at request time) still come from disk. */
     mr_config_src_t *srcs;
     int nsrcs;
+    /* Client contexts for Lua cosockets (sock:sslhandshake, https:// in moonring.http): [1]
+     * verifies against lua.ssl_trusted_certificate (or the system store), [0] does not. One
+     * reference each, dropped with the config; a TLS cosocket holds its own. */
+    mr_tls_ctx_t *lua_tls[2];
     char *admin_addr;           /* admin listener "host:port", or NULL */
     mr_addr_t admin_sa;
 } mr_config_t;

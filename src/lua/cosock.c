@@ -12,18 +12,35 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lua/lua.h"
 #include "net/net.h"
+#include "tls/tls.h"
 
 #define MR_EXPORT __attribute__((visibility("default"), used))
 #define RBUF_SIZE 16384
-#define KEY_MAX 96
+#define KEY_MAX 384 /* host:port or opts.pool, plus "\ntls\n<server name>\n<verify>" */
 #define HOST_MAX 254
 #define RS_MAX_PENDING 256
 
 typedef struct rs_job rs_job_t;
 
 enum { CS_NEW = 0, CS_CONNECTING, CS_CONNECTED, CS_POOLED };
-enum { OPK_NONE = 0, OPK_CONNECT, OPK_READ, OPK_WRITE };
+enum { OPK_NONE = 0, OPK_CONNECT, OPK_READ, OPK_WRITE, OPK_TLS };
+/* What a TLS operation (OPK_TLS) is for, and which ciphertext I/O it has in flight. */
+enum { TM_HS = 1, TM_SEND, TM_RECV };
+enum { TIO_NONE = 0, TIO_READ, TIO_WRITE };
+
+/* A client session handed to Lua by sslhandshake. The socket keeps a reference and refreshes
+ * it while it reads (TLS 1.3 tickets arrive after the handshake); Lua's reference is dropped
+ * by the GC. Only the owning worker touches it. */
+typedef struct mr_cosock_sess {
+    int refs;
+    mr_tls_session_t *s;
+    /* A resumed session is not verified again: it is only offered to a handshake with the same
+     * context (same generation and verification) and the same server name. */
+    mr_tls_ctx_t *ctx; /* a reference: the address is never another context's */
+    char *sni;
+} mr_cosock_sess_t;
 
 struct mr_cosock {
     mr_op_t op;              /* the one operation in flight; first member (op_done casts) */
@@ -32,11 +49,15 @@ struct mr_cosock {
     int fd;
     int res;                 /* result of the last finished operation */
     uint8_t state, opk;
+    uint8_t tmode, tio;          /* TLS operation and its ciphertext I/O in flight */
     bool timed_out, closing;
     uint32_t reused;
     uint32_t timeout_ms;
     char *rbuf;
     char *wbuf;
+    char *cbuf;                  /* TLS: ciphertext read buffer */
+    mr_tls_conn_t *tls;          /* after sslhandshake; holds its context's reference */
+    mr_cosock_sess_t *sess;
     size_t wlen, woff, wcap;
     char key[KEY_MAX];
     mr_addr_t addr;              /* named by the connect SQE: must live until its completion */
@@ -89,9 +110,22 @@ int mr_cosock_thread_init(mr_loop_t *loop)
 
 mr_loop_t *mr_cosock_loop(void) { return T ? T->loop : NULL; }
 
+static void sess_unref(mr_cosock_sess_t *b)
+{
+    if (!b || --b->refs > 0) return;
+    if (b->s) mr_tls_session_free(b->s);
+    if (b->ctx) mr_tls_ctx_unref(b->ctx);
+    free(b->sni);
+    free(b);
+}
+
 static void cs_free(mr_cosock_t *s)
 {
     if (s->fd >= 0) close(s->fd);
+    /* Only now: a write SQE pointed into the engine's output until its completion. */
+    if (s->tls) mr_tls_conn_free(s->tls);
+    sess_unref(s->sess);
+    free(s->cbuf);
     if (s->prev) s->prev->next = s->next;
     else T->all = s->next;
     if (s->next) s->next->prev = s->prev;
@@ -162,11 +196,14 @@ static void cs_timer(mr_loop_t *loop, mr_timer_t *t)
     }
 }
 
+static void tls_op_done(mr_cosock_t *s, int res);
+
 static void op_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
 {
     (void)flags;
     mr_cosock_t *s = (mr_cosock_t *)op;
     if (s->closing) { if (!s->op.active) cs_free(s); return; }
+    if (s->opk == OPK_TLS) { tls_op_done(s, res); return; }
     if (s->opk == OPK_WRITE && res == 0) res = -EPIPE; /* nothing taken: never report success */
     if (s->opk == OPK_WRITE && res > 0 && !s->timed_out) {
         s->woff += (size_t)res;
@@ -195,6 +232,138 @@ static int start(mr_cosock_t *s, int opk, int timeout_ms, void *waker)
     mr_timer_set(T->loop, &s->timer, s->timeout_ms);
     return 1;
 }
+
+/* --- TLS (sock:sslhandshake) ------------------------------------------------------------
+ * The engine sits between the Lua-facing operations and the socket exactly as in
+ * src/proxy/sock.c, but with one operation at a time: an operation (handshake, send, receive)
+ * is a loop of engine calls and ciphertext I/O on s->op until it can report. Ciphertext writes
+ * point straight into the engine's output chunks (stable until consumed, see tls.h). */
+
+static void sess_refresh(mr_cosock_t *s)
+{
+    if (!s->sess) return;
+    mr_tls_session_t *n = mr_tls_get_session(s->tls);
+    if (!n) return;
+    if (s->sess->s) mr_tls_session_free(s->sess->s);
+    s->sess->s = n;
+}
+
+/* Ends the operation with res; 0 tells the caller nothing is in flight. */
+static int tls_done(mr_cosock_t *s, int res)
+{
+    s->res = res;
+    s->tio = TIO_NONE;
+    s->opk = OPK_NONE;
+    mr_timer_stop(T->loop, &s->timer);
+    return 0;
+}
+
+/* Advances the current TLS operation: 1 = ciphertext I/O submitted, 0 = finished (s->res). */
+static int tls_step(mr_cosock_t *s)
+{
+    mr_tls_conn_t *t = s->tls;
+    int rc;
+    if (s->tmode == TM_RECV) {
+        size_t got = 0;
+        rc = mr_tls_read(t, s->rbuf, RBUF_SIZE, &got);
+        if (rc == MR_TLS_OK && got > 0) { sess_refresh(s); return tls_done(s, (int)got); }
+        if (rc == MR_TLS_CLOSED) return tls_done(s, 0);
+    } else if (s->tmode == TM_HS) {
+        rc = mr_tls_handshake(t);
+        if (rc == MR_TLS_OK && mr_tls_pending_out(t) == 0) { sess_refresh(s); return tls_done(s, 0); }
+    } else {
+        rc = MR_TLS_OK;
+        while (rc == MR_TLS_OK && s->woff < s->wlen) {
+            size_t taken = 0;
+            rc = mr_tls_write(t, s->wbuf + s->woff, s->wlen - s->woff, &taken);
+            s->woff += taken;
+            if (taken == 0) break; /* output full: send some first */
+        }
+        if (rc != MR_TLS_ERR && s->woff == s->wlen && mr_tls_pending_out(t) == 0)
+            return tls_done(s, (int)(s->wlen > 0x7fffffff ? 0x7fffffff : s->wlen));
+    }
+    if (rc == MR_TLS_ERR) return tls_done(s, -EPROTO);
+    size_t len = 0;
+    const void *p = mr_tls_out_peek(t, &len);
+    if (len > 0) {
+        rc = mr_loop_write(T->loop, &s->op, s->fd, p, len);
+        if (rc < 0) return tls_done(s, rc);
+        s->tio = TIO_WRITE;
+        return 1;
+    }
+    rc = mr_loop_read(T->loop, &s->op, s->fd, s->cbuf, RBUF_SIZE);
+    if (rc < 0) return tls_done(s, rc);
+    s->tio = TIO_READ;
+    return 1;
+}
+
+static void tls_op_done(mr_cosock_t *s, int res)
+{
+    int tio = s->tio;
+    s->tio = TIO_NONE;
+    if (tio == TIO_WRITE && res > 0) {
+        mr_tls_out_consume(s->tls, (size_t)res);
+        if (s->tmode == TM_SEND && !s->timed_out) mr_timer_set(T->loop, &s->timer, s->timeout_ms);
+    } else if (tio == TIO_READ && res > 0) {
+        if (mr_tls_feed(s->tls, s->cbuf, (size_t)res) != MR_TLS_OK) res = -EPROTO;
+    }
+    if (s->timed_out) res = -ETIMEDOUT;
+    else if (res == 0 && tio == TIO_WRITE) res = -EPIPE;
+    /* EOF without close_notify: the end of a response body for a reader, a failure anywhere else. */
+    else if (res == 0) res = s->tmode == TM_RECV ? 0 : -ECONNRESET;
+    if (res <= 0) tls_done(s, res);
+    else if (tls_step(s) == 1) return;
+    wake(s);
+}
+
+static int tls_start(mr_cosock_t *s, int tmode, int timeout_ms, void *waker)
+{
+    if (!s->cbuf && !(s->cbuf = malloc(RBUF_SIZE))) return -ENOMEM;
+    s->tmode = (uint8_t)tmode;
+    start(s, OPK_TLS, timeout_ms, waker);
+    return tls_step(s) == 1 ? 1 : 0;
+}
+
+/* Starts the client handshake on a connected plain socket. verify picks the generation's
+ * verifying context (lua.ssl_trusted_certificate or the system store) or the other one; sni
+ * (NUL-terminated, or NULL) is sent and checked against the certificate; reuse is a session
+ * from an earlier handshake, or NULL. */
+MR_EXPORT int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni, mr_cosock_sess_t *reuse,
+                                     int timeout_ms, void *waker)
+{
+    if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
+    if (s->op.active) return -EBUSY;
+    if (s->tls) return -EISCONN;
+    const mr_config_t *cfg = mr_lua_vm_config(vm);
+    mr_tls_ctx_t *ctx = cfg ? cfg->lua_tls[verify ? 1 : 0] : NULL;
+    if (!ctx) return -ENOTSUP;
+    if (sni && !*sni) sni = NULL;
+    sess_unref(s->sess);
+    if (!(s->sess = calloc(1, sizeof *s->sess))) return -ENOMEM;
+    s->sess->refs = 1;
+    mr_tls_ctx_ref(ctx);
+    s->sess->ctx = ctx;
+    if (sni && !(s->sess->sni = strdup(sni))) return -ENOMEM;
+    s->tls = mr_tls_conn_new(ctx, false, sni);
+    if (!s->tls) return -ENOMEM;
+    if (reuse && reuse->s && reuse->ctx == ctx && (reuse->sni ? sni && strcmp(reuse->sni, sni) == 0 : !sni))
+        mr_tls_set_session(s->tls, reuse->s);
+    return tls_start(s, TM_HS, timeout_ms, waker);
+}
+
+/* The session of a socket after its handshake, as a new reference for Lua, or NULL. */
+MR_EXPORT mr_cosock_sess_t *mr_cosock_tls_session(mr_cosock_t *s)
+{
+    if (!s->sess) return NULL;
+    s->sess->refs++;
+    return s->sess;
+}
+
+MR_EXPORT void mr_cosock_sess_free(mr_cosock_sess_t *b) { sess_unref(b); }
+
+MR_EXPORT int mr_cosock_tls_reused(mr_cosock_t *s) { return s->tls && mr_tls_session_reused(s->tls); }
+
+MR_EXPORT const char *mr_cosock_tls_error(mr_cosock_t *s) { return s->tls ? mr_tls_error(s->tls) : ""; }
 
 MR_EXPORT mr_cosock_t *mr_cosock_new(void)
 {
@@ -444,6 +613,7 @@ MR_EXPORT int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeou
     memcpy(s->wbuf, p, n);
     s->wlen = n;
     s->woff = 0;
+    if (s->tls) return tls_start(s, TM_SEND, timeout_ms, waker);
     int rc = mr_loop_write(T->loop, &s->op, s->fd, s->wbuf, n);
     if (rc < 0) return rc;
     return start(s, OPK_WRITE, timeout_ms, waker);
@@ -454,6 +624,7 @@ MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
     if (!s->rbuf && !(s->rbuf = malloc(RBUF_SIZE))) return -ENOMEM;
+    if (s->tls) return tls_start(s, TM_RECV, timeout_ms, waker);
     int rc = mr_loop_read(T->loop, &s->op, s->fd, s->rbuf, RBUF_SIZE);
     if (rc < 0) return rc;
     return start(s, OPK_READ, timeout_ms, waker);
@@ -475,6 +646,9 @@ MR_EXPORT int mr_cosock_reused(mr_cosock_t *s) { return (int)s->reused; }
 
 MR_EXPORT int mr_cosock_busy(mr_cosock_t *s) { return s->op.active; }
 
+/* The key a socket taken from the pool was parked under. */
+MR_EXPORT const char *mr_cosock_pool_key(mr_cosock_t *s) { return s->key; }
+
 /* Parks a connected, idle socket in the pool under key (at most pool_size per key; a socket
  * beyond that is closed). idle_ms 0 = no idle timeout. The caller's handle is dead after this. */
 MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size)
@@ -482,6 +656,8 @@ MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, 
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
     if (klen >= KEY_MAX) { mr_cosock_close(s); return 0; }
+    /* Decrypted bytes nobody read, or an engine reply not sent yet: the stream is not idle. */
+    if (s->tls && (mr_tls_read_pending(s->tls) || mr_tls_pending_out(s->tls))) { mr_cosock_close(s); return 0; }
     memcpy(s->key, key, klen);
     s->key[klen] = 0;
     int n = 0;
@@ -501,13 +677,18 @@ MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, 
 
 /* The most recently parked live socket for key, or NULL. A socket the peer closed (or sent
  * unexpected bytes on) while idle is dropped here: MSG_PEEK|MSG_DONTWAIT never blocks. */
-MR_EXPORT mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen)
+/* tls: 0 = a plain socket parked under exactly key; 1 = a TLS socket parked under key followed
+ * by its "\ntls\n..." suffix (any server name). */
+MR_EXPORT mr_cosock_t *mr_cosock_pool_get(const char *key, size_t klen, int tls)
 {
     if (!T || klen >= KEY_MAX) return NULL;
     mr_cosock_t *p = T->pool;
     while (p) {
         mr_cosock_t *next = p->pnext;
-        if (strlen(p->key) == klen && memcmp(p->key, key, klen) == 0) {
+        size_t pl = strlen(p->key);
+        bool match = memcmp(p->key, key, klen) == 0 &&
+                     (tls ? p->tls && pl > klen && p->key[klen] == '\n' : !p->tls && pl == klen);
+        if (pl >= klen && match) {
             char b;
             ssize_t r = recv(p->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {

@@ -645,3 +645,5 @@ void mr_lua_thread_abort(void)
 }
 
 MR_EXPORT int mr_lua_vm_retired(void *v) { return ((mr_lua_vm_t *)v)->retired; }
+
+const mr_config_t *mr_lua_vm_config(const mr_lua_vm_t *vm) { return vm && vm->gen ? vm->gen->cfg : NULL; }

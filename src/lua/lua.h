@@ -57,6 +57,9 @@ int mr_lua_vm_fibers(const mr_lua_vm_t *vm);
 /* Hands a parked on_log phase over to a fiber so the request can end (its req/res die now).
  * Returns 0, or -1 when it cannot (the rest of the phase is then dropped). */
 int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out);
+/* The config of the generation the VM serves (NULL before mr_lua_vm_set_gen). Cosockets take
+ * their TLS client contexts from it. */
+const mr_config_t *mr_lua_vm_config(const mr_lua_vm_t *vm);
 /* After the worker's loop stopped: drops every fiber left on this thread without running it. */
 void mr_lua_thread_abort(void);
 

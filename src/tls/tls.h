@@ -101,6 +101,7 @@ typedef struct {
     const char *min_protocol, *max_protocol, *ciphers, *ciphersuites;
     const char *const *alpn;  /* offered protocols; NULL = none */
     size_t nalpn;
+    int verify_depth;         /* 0 = OpenSSL default */
 } mr_tls_client_conf_t;
 
 /* --- contexts (MAIN THREAD ONLY for *_new) ------------------------------------------------ */

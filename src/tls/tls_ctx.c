@@ -631,6 +631,7 @@ int mr_tls_client_ctx_new(const mr_tls_client_conf_t *conf, mr_tls_ctx_t **out, 
         goto fail;
     if (conf->verify) {
         SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
+        if (conf->verify_depth > 0) SSL_CTX_set_verify_depth(s, conf->verify_depth);
         if (conf->ca_file) {
             char label[200];
             snprintf(label, sizeof label, "%s.ca", where);
