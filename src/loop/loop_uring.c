@@ -339,6 +339,9 @@ int mr_loop_uring_create(mr_loop_t **out, const mr_loop_opts_t *opts)
     rc = ring_setup(&u->ring, opts->entries, NULL);
     if (rc < 0) goto fail;
     u->ring_ok = true;
+    /* Every loop turn enters the ring: a registered ring fd saves the fd lookup and reference
+     * count on each io_uring_enter. Per task, which is fine: only this thread enters it. */
+    (void)io_uring_register_ring_fd(&u->ring);
 
     size_t ring_bytes = loop->buf_count * sizeof(struct io_uring_buf);
     u->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

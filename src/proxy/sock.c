@@ -63,17 +63,39 @@ static void release_head(mr_sock_t *s)
  * or -EPROTO. Only while no send is in flight. */
 static int tls_submit(mr_sock_t *s)
 {
+    /* Small queued pieces (a response head, chunk framing, a short body) are gathered into one
+     * write, so they leave as one TLS record instead of one record each: every record costs a
+     * header, a tag and a decryption on the peer. */
+    char gather[16384];
     while (s->sq_count) {
         mr_sq_ent_t *e = &s->ent[s->sq_head];
+        if (e->len == 0) { release_head(s); continue; }
+        const char *src = e->p;
+        size_t len = e->len;
+        if (len < sizeof gather && s->sq_count > 1) {
+            len = 0;
+            for (uint32_t i = 0; i < s->sq_count && len < sizeof gather; i++) {
+                const mr_sq_ent_t *g = &s->ent[(s->sq_head + i) % MR_SQ_ENT];
+                size_t n = g->len < sizeof gather - len ? g->len : sizeof gather - len;
+                memcpy(gather + len, g->p, n);
+                len += n;
+            }
+            src = gather;
+        }
         size_t taken = 0;
-        int rc = mr_tls_write(s->tls, e->p, e->len, &taken);
+        int rc = mr_tls_write(s->tls, src, len, &taken);
         if (rc == MR_TLS_ERR) return -EPROTO;
         if (rc != MR_TLS_OK) break; /* handshake not done, or 256 KiB of ciphertext unsent */
-        /* The engine copied (encrypted) the bytes: the buffer reference can go now. */
-        e->p += taken;
-        e->len -= (uint32_t)taken;
+        /* The engine copied (encrypted) the bytes: the buffer references can go now. */
         s->sq_bytes -= taken;
-        if (e->len == 0) release_head(s);
+        while (taken) {
+            e = &s->ent[s->sq_head];
+            size_t n = taken < e->len ? taken : e->len;
+            e->p += n;
+            e->len -= (uint32_t)n;
+            taken -= n;
+            if (e->len == 0) release_head(s);
+        }
     }
     int n = mr_tls_out_iov(s->tls, 0, s->iov, MR_SQ_IOV);
     if (n <= 0) {
