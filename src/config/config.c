@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +193,35 @@ static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_
     return rc;
 }
 
+/* Loading the system CA store takes about 17 ms, which every reload paid for a context most
+ * configs never use. It is read once per process (per verify depth) and shared by the configs
+ * that want it; a changed system store is picked up by a restart or binary upgrade, not a
+ * reload. Config loads run on the main or the admin thread, hence the lock. */
+static pthread_mutex_t sys_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static mr_tls_ctx_t *sys_ctx;
+static int sys_ctx_depth;
+
+static int system_store_ctx(const mr_tls_client_conf_t *cc, mr_tls_ctx_t **out, char *msg, size_t msglen)
+{
+    int rc = 0;
+    pthread_mutex_lock(&sys_ctx_lock);
+    if (!sys_ctx || sys_ctx_depth != cc->verify_depth) {
+        mr_tls_ctx_t *fresh = NULL;
+        rc = mr_tls_client_ctx_new(cc, &fresh, msg, msglen);
+        if (rc == 0) {
+            if (sys_ctx) mr_tls_ctx_unref(sys_ctx);
+            sys_ctx = fresh;
+            sys_ctx_depth = cc->verify_depth;
+        }
+    }
+    if (rc == 0) {
+        mr_tls_ctx_ref(sys_ctx);
+        *out = sys_ctx;
+    }
+    pthread_mutex_unlock(&sys_ctx_lock);
+    return rc;
+}
+
 /* lua.ssl_trusted_certificate / ssl_verify_depth -> the two cosocket client contexts. */
 static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size_t errlen)
 {
@@ -206,7 +236,8 @@ static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size
     if (rc == 0) {
         cc.verify = true;
         cc.ca_file = ca;
-        rc = mr_tls_client_ctx_new(&cc, &cfg->lua_tls[1], msg, sizeof msg);
+        rc = ca ? mr_tls_client_ctx_new(&cc, &cfg->lua_tls[1], msg, sizeof msg)
+                : system_store_ctx(&cc, &cfg->lua_tls[1], msg, sizeof msg);
     }
     if (rc < 0) {
         /* The engine names the CA file "<where>.ca": the key is where itself. */
