@@ -313,6 +313,35 @@ function helpers.pid_alive(pid)
   return st ~= nil and not st:match("State:%s*Z")
 end
 
+-- A throw-away PKI made with the openssl CLI in a fresh directory under <repo>/tmp/ (never a
+-- committed key). Returns { dir, path(name), sh(cmd), make_ca(name, cn),
+-- leaf(name, kind, subject, ca, ext_lines), remove() }; kind is "rsa" or "ec" (P-256).
+function helpers.pki(prefix)
+  local p = { dir = helpers.tmpname(prefix or "pki") }
+  assert(os.execute("mkdir -p " .. shq(p.dir)))
+  function p.path(name) return p.dir .. "/" .. name end
+  function p.sh(cmd)
+    local out, rc = run("cd " .. shq(p.dir) .. " && " .. cmd .. " 2>&1")
+    assert(rc == 0, "failed: " .. cmd .. "\n" .. out)
+  end
+  local function keygen(kind)
+    return kind == "rsa" and "-newkey rsa:2048" or "-newkey ec -pkeyopt ec_paramgen_curve:P-256"
+  end
+  function p.make_ca(name, cn)
+    p.sh(("openssl req -x509 %s -nodes -keyout %s.key -out %s.pem -subj '/CN=%s' -days 30 "
+      .. "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+      :format(keygen("ec"), name, name, cn))
+  end
+  function p.leaf(name, kind, subj, ca, ext)
+    write_file(p.path(name .. ".ext"), "basicConstraints=CA:FALSE\n" .. ext)
+    p.sh(("openssl req -new %s -nodes -keyout %s.key -out %s.csr -subj '%s'"):format(keygen(kind), name, name, subj))
+    p.sh(("openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -out %s.pem -days 30 -extfile %s.ext")
+      :format(name, ca, ca, name, name))
+  end
+  function p.remove() os.execute("rm -rf " .. shq(p.dir)) end
+  return p
+end
+
 -- ------------------------------------------------------------------- ports
 
 function helpers.free_port()

@@ -266,6 +266,16 @@ function methods.receiveuntil(self, delim, opts)
   local inclusive = opts and opts.inclusive
   local dl = #delim
   local ended = false
+  -- The delimiter is in buf at i, within size: hand out what precedes it (and it, if inclusive).
+  local function found(buf, i, size)
+    local data = sub(buf, 1, inclusive and i + dl - 1 or i - 1)
+    self.buf = sub(buf, i + dl)
+    if size then
+      if data == "" then return nil end
+      ended = true
+    end
+    return data
+  end
   local function slow(size)
     local buf = self.buf
     local from = 1
@@ -276,13 +286,7 @@ function methods.receiveuntil(self, delim, opts)
           self.buf = buf:sub(size + 1)
           return buf:sub(1, size)
         end
-        local data = buf:sub(1, inclusive and i + dl - 1 or i - 1)
-        self.buf = buf:sub(i + dl)
-        if size then
-          if data == "" then return nil end
-          ended = true
-        end
-        return data
+        return found(buf, i, size)
       end
       if size and #buf - (dl - 1) >= size then
         self.buf = buf:sub(size + 1)
@@ -302,13 +306,7 @@ function methods.receiveuntil(self, delim, opts)
     local buf = self.buf
     local i = find(buf, delim, 1, true)
     if not i or (size and i - 1 > size) then return slow(size) end
-    local data = sub(buf, 1, inclusive and i + dl - 1 or i - 1)
-    self.buf = sub(buf, i + dl)
-    if size then
-      if data == "" then return nil end
-      ended = true
-    end
-    return data
+    return found(buf, i, size)
   end
 end
 

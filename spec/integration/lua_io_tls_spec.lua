@@ -6,29 +6,9 @@ local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integ
 package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
-local shq = helpers.shell_quote
-local dir = helpers.tmpname("luatls-pki")
-os.execute("mkdir -p " .. shq(dir))
-local function path(name) return dir .. "/" .. name end
-
-local function sh(cmd)
-  local out, rc = helpers.run("cd " .. shq(dir) .. " && " .. cmd .. " 2>&1")
-  assert(rc == 0, "failed: " .. cmd .. "\n" .. out)
-end
-
-local function make_ca(name, cn)
-  sh(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s.key -out %s.pem "
-    .. "-subj '/CN=%s' -days 30 -addext basicConstraints=critical,CA:TRUE "
-    .. "-addext keyUsage=critical,keyCertSign,cRLSign"):format(name, name, cn))
-end
-
-local function leaf(name, subj, ca, san)
-  helpers.write_file(path(name .. ".ext"), "basicConstraints=CA:FALSE\nsubjectAltName=" .. san .. "\n")
-  sh(("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s.key -out %s.csr -subj '%s'")
-    :format(name, name, subj))
-  sh(("openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -out %s.pem -days 30 -extfile %s.ext")
-    :format(name, ca, ca, name, name))
-end
+local pki = helpers.pki("luatls-pki")
+local path, make_ca = pki.path, pki.make_ca
+local function leaf(name, subj, ca, san) pki.leaf(name, "ec", subj, ca, "subjectAltName=" .. san .. "\n") end
 
 make_ca("ca", "moonring lua test CA")
 make_ca("other", "untrusted CA")
@@ -223,7 +203,7 @@ return {
 
   teardown(function()
     helpers.stop_all()
-    os.execute("rm -rf " .. shq(dir))
+    pki.remove()
   end)
 
   it("does sslhandshake and an HTTP exchange over a cosocket", function()

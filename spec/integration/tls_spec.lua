@@ -9,31 +9,8 @@ local helpers = require "helpers"
 local socket = require "socket"
 
 local shq = helpers.shell_quote
-local dir = helpers.tmpname("tls-pki")
-os.execute("mkdir -p " .. shq(dir))
-local function path(name) return dir .. "/" .. name end
-
-local function sh(cmd)
-  local out, rc = helpers.run("cd " .. shq(dir) .. " && " .. cmd .. " 2>&1")
-  assert(rc == 0, "failed: " .. cmd .. "\n" .. out)
-end
-
-local function keygen(kind)
-  return kind == "rsa" and "-newkey rsa:2048" or "-newkey ec -pkeyopt ec_paramgen_curve:P-256"
-end
-
-local function make_ca(name, cn)
-  sh(("openssl req -x509 %s -nodes -keyout %s.key -out %s.pem -subj '/CN=%s' -days 30 "
-    .. "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-    :format(keygen("ec"), name, name, cn))
-end
-
-local function leaf(name, kind, subj, ca, ext)
-  helpers.write_file(path(name .. ".ext"), "basicConstraints=CA:FALSE\n" .. ext)
-  sh(("openssl req -new %s -nodes -keyout %s.key -out %s.csr -subj '%s'"):format(keygen(kind), name, name, subj))
-  sh(("openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -out %s.pem -days 30 -extfile %s.ext")
-    :format(name, ca, ca, name, name))
-end
+local pki = helpers.pki("tls-pki")
+local path, make_ca, leaf = pki.path, pki.make_ca, pki.leaf
 
 make_ca("ca", "moonring test CA")
 make_ca("other", "another CA")
@@ -425,7 +402,7 @@ return {
   end)
   teardown(function()
     helpers.stop_all()
-    os.execute("rm -rf " .. shq(dir))
+    pki.remove()
   end)
 
   it("refuses the connection over the limit before its handshake, and serves within it", function()

@@ -13,6 +13,16 @@ local listen_inodes = helpers.listen_inodes
 
 local alive = helpers.pid_alive
 
+-- Upgraded processes are not children of the spec's spawn wrapper: stop them by pid, then the rest.
+local function stop_upgraded(pids, serving, mr)
+  if serving then pids[#pids + 1] = serving end
+  for _, pid in ipairs(pids) do
+    if pid ~= mr.pid and alive(pid) then helpers.kill(pid, "TERM") end
+  end
+  for _, pid in ipairs(pids) do helpers.eventually(function() return not alive(pid) end, 10) end
+  helpers.stop_all()
+end
+
 describe("binary upgrade", function()
   local origin, port, admin, pid_path, mr
   local pids = {}
@@ -51,18 +61,7 @@ return {
     assert.truthy(helpers.eventually(function() return current_pid() == mr.pid end, 5))
   end)
 
-  teardown(function()
-    -- Upgraded processes are not children of the spec's spawn wrapper: stop them by pid.
-    local p = current_pid()
-    if p then pids[#pids + 1] = p end
-    for _, pid in ipairs(pids) do
-      if pid ~= mr.pid and alive(pid) then helpers.kill(pid, "TERM") end
-    end
-    for _, pid in ipairs(pids) do
-      helpers.eventually(function() return not alive(pid) end, 10)
-    end
-    helpers.stop_all()
-  end)
+  teardown(function() stop_upgraded(pids, current_pid(), mr) end)
 
   it("hands over under load with zero failed requests; the old process exits", function()
     local before = listen_inodes(port)
@@ -175,13 +174,7 @@ return {
   end)
 
   teardown(function()
-    local p = current_pid()
-    if p then pids[#pids + 1] = p end
-    for _, pid in ipairs(pids) do
-      if pid ~= mr.pid and alive(pid) then helpers.kill(pid, "TERM") end
-    end
-    for _, pid in ipairs(pids) do helpers.eventually(function() return not alive(pid) end, 10) end
-    helpers.stop_all()
+    stop_upgraded(pids, current_pid(), mr)
     os.remove(bin)
   end)
 

@@ -166,6 +166,14 @@ describe("moonring.config", function()
       end
     end)
 
+    it("rejects a negative or fractional limits.max_connections_per_ip, naming the key and line", function()
+      for _, v in ipairs({ "-1", "2.5", '"10"' }) do
+        local err = bad(with("limits = { max_connections_per_ip = " .. v .. " }"))
+        assert.matches("^CFG:%d+: limits%.max_connections_per_ip: ", err)
+      end
+      assert.equal(0, ok(with("limits = { max_connections_per_ip = 0 }")).limits.max_connections_per_ip)
+    end)
+
     it("normalises shared zones into a sorted list", function()
       local cfg = ok(with('shared = { sessions = "10m", cache = 4096 }'))
       assert.same({ { name = "cache", size = 4096 }, { name = "sessions", size = 10485760 } }, cfg.shared)

@@ -57,40 +57,9 @@ local VERIFY = { none = 0, optional = 1, require = 2 }
 
 -- test PKI ---------------------------------------------------------------------------------------
 
-local dir = os.tmpname()
-os.remove(dir)
-os.execute("mkdir -p '" .. dir .. "'")
-local function path(name) return dir .. "/" .. name end
-
-local function sh(cmd)
-  local full = "cd '" .. dir .. "' && " .. cmd .. " >>'" .. dir .. "/openssl.log' 2>&1"
-  local ok = os.execute(full)
-  assert(ok == 0 or ok == true, "failed: " .. cmd)
-end
-
-local function write(name, s)
-  local f = assert(io.open(path(name), "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function keygen(kind)
-  return kind == "rsa" and "-newkey rsa:2048" or "-newkey ec -pkeyopt ec_paramgen_curve:P-256"
-end
-
-local function make_ca(name, cn)
-  sh(("openssl req -x509 %s -nodes -keyout %s.key -out %s.pem -subj '/CN=%s' -days 30 "
-    .. "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-    :format(keygen("ec"), name, name, cn))
-end
-
--- leaf(name, kind, subject, ca, ext lines)
-local function leaf(name, kind, subj, ca, ext)
-  write(name .. ".ext", "basicConstraints=CA:FALSE\n" .. ext)
-  sh(("openssl req -new %s -nodes -keyout %s.key -out %s.csr -subj '%s'"):format(keygen(kind), name, name, subj))
-  sh(("openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial -out %s.pem -days 30 -extfile %s.ext")
-    :format(name, ca, ca, name, name))
-end
+local pki = helpers.pki("tls-unit-pki")
+local path, sh, make_ca, leaf = pki.path, pki.sh, pki.make_ca, pki.leaf
+local function write(name, s) helpers.write_file(path(name), s) end
 
 local function build_pki()
   make_ca("ca", "Test CA")
@@ -199,7 +168,7 @@ local C = { cert = "c.pem", key = "c.key" }
 
 describe("tls engine", function()
   setup(build_pki)
-  teardown(function() os.execute("rm -rf '" .. dir .. "'") end)
+  teardown(pki.remove)
 
   describe("handshake", function()
     it("negotiates TLS 1.3 by default, with ALPN http/1.1 and intact data", function()
