@@ -153,7 +153,7 @@ static unsigned long mr_messages;
 static size_t mr_checksum;
 static int mr_on_head(mr_http1_msg_t *m)
 {
-    mr_checksum += m->url_len + m->nhdrs + (size_t)m->host_idx;
+    mr_checksum += m->url_len + m->h->n + (size_t)m->host_idx;
     return 0;
 }
 static int mr_on_body(mr_http1_msg_t *m, const char *p, size_t n) { (void)m; (void)p; (void)n; return 0; }
@@ -169,7 +169,9 @@ static void run_moonring(int input, double seconds)
 {
     const mr_http1_limits_t limits = { 8192, 32768, 100 }; /* the config defaults */
     mr_http1_msg_t m;
+    mr_hdrs_t m_head = { 0 }, m_trls = { 0 };
     mr_http1_init(&m, MR_HTTP1_REQUEST, &limits, &mr_cbs, NULL);
+    mr_http1_set_store(&m, &m_head, &m_trls);
     mr_messages = 0;
     mr_checksum = 0;
     const char *req = INPUTS[input].data;
@@ -194,7 +196,8 @@ static void run_moonring(int input, double seconds)
         t1 = now();
     } while (t1 - t0 < seconds);
     report("moonring", INPUTS[input].name, len, mr_messages, t1 - t0, mr_checksum);
-    mr_http1_free(&m);
+    mr_hdrs_free(&m_head);
+    mr_hdrs_free(&m_trls);
 }
 
 int main(int argc, char **argv)

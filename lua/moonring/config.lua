@@ -715,6 +715,8 @@ local proxy = S.record({
   { "x_forwarded_proto", S.bool, default = true },
   { "via", S.bool, default = true },
   { "buffer_size", S.size(1024), default = "64k" },
+  -- The Server field of moonring's own (local and error) responses; false sends none.
+  { "server_header", S.string_or_false, default = "moonring" },
 })
 
 local shared = S.map(NAME_PAT, NAME_WHAT, S.size(1), function(out, keys)

@@ -15,7 +15,8 @@ local moonring = require "moonring"
 
 ffi.cdef [[
 int mr_req_method(void *r, const char **p, size_t *n);
-int mr_req_target(void *r, const char **p, size_t *n);
+int mr_req_target(void *r, const char **p, size_t *n, const char **q, size_t *qn);
+int mr_req_host(void *r, const char **p, size_t *n);
 int mr_req_remote_addr(void *r, const char **p, size_t *n);
 int mr_req_header(void *r, const char *name, size_t nlen, const char **p, size_t *n);
 int mr_req_header_count(void *r);
@@ -92,11 +93,14 @@ end
 local req_methods, req_getters = {}, {}
 local req_mt = {}
 
+-- The target the upstream gets (normalised path, then "?" and the query), cached per request
+-- object until a filter changes it.
 local function target(self)
   local t = rawget(self, "_target")
   if not t then
-    C.mr_req_target(live(self), pp, pn)
+    local rc = C.mr_req_target(live(self), pp, pn, pp2, pn2)
     t = ffi_string(pp[0], pn[0])
+    if rc == 0 and pp2[0] ~= nil then t = t .. "?" .. ffi_string(pp2[0], pn2[0]) end
     rawset(self, "_target", t)
   end
   return t
@@ -105,7 +109,15 @@ end
 function req_getters.method(self) C.mr_req_method(live(self), pp, pn); return ffi_string(pp[0], pn[0]) end
 function req_getters.path(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(1, q - 1) or t end
 function req_getters.query(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(q + 1) or "" end
-function req_getters.host(self) local h = self:header("host"); return h and (h:gsub(":%d+$", "")):lower() or "" end
+-- The host routing matched on (lowercased, without port); once a filter sets Host, the new one.
+function req_getters.host(self)
+  if rawget(self, "_host_set") then
+    local h = self:header("host")
+    return h and (h:gsub(":%d+$", "")):lower() or ""
+  end
+  C.mr_req_host(live(self), pp, pn)
+  return ffi_string(pp[0], pn[0])
+end
 local tls_v = ffi.new("const char *[6]")
 local tls_reused = ffi.new("int[1]")
 local function opt_string(p) if p ~= nil then return ffi_string(p) end return nil end
@@ -168,7 +180,10 @@ local function set_req_header(self, fn, name, value, mode)
   if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
   local rc = C.mr_req_set_header(live(self), name, #name, value, #value, mode)
   if rc ~= 0 then return nil, "cannot change request headers now" end
-  if #name == 4 and name:lower() == "host" then rawset(self, "host", nil) end
+  if #name == 4 and name:lower() == "host" then
+    rawset(self, "host", nil)
+    rawset(self, "_host_set", true)
+  end
   return true
 end
 

@@ -141,10 +141,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cap_t c;
     memset(&c, 0, sizeof c);
     mr_http1_msg_t m;
+    mr_hdrs_t m_head = { 0 }, m_trls = { 0 };
     mr_http1_init(&m, type, &lim, &ccbs, &c);
+    mr_http1_set_store(&m, &m_head, &m_trls);
     int rc = fuzz_feed(&m, msg, hl + n, 0);
     bool idle = mr_http1_idle(&m);
-    mr_http1_free(&m);
+    mr_hdrs_free(&m_head);
+    mr_hdrs_free(&m_trls);
     if (rc < 0) fuzz_die("parser stopped making progress", NULL, NULL);
 
     mr_vec_t ref = { 0 };

@@ -30,13 +30,13 @@ static int f_head(mr_http1_msg_t *m)
     mr_vec_printf(&f->cur, LIMIT, "%s %.*s HTTP/1.1\r\n", mr_http1_method_str(m), (int)m->url_len,
                   mr_http1_str(m, m->url_off));
     if (m->host_idx >= 0) {
-        mr_hdr_t *h = &m->hdrs[m->host_idx];
+        mr_hdr_t *h = &m->h->v[m->host_idx];
         mr_vec_printf(&f->cur, LIMIT, "Host: %.*s\r\n", (int)h->val_len, mr_http1_str(m, h->val_off));
     } else {
         mr_vec_printf(&f->cur, LIMIT, "Host: \r\n");
     }
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
-        mr_hdr_t *h = &m->hdrs[i];
+    for (uint32_t i = 0; i < m->h->n; i++) {
+        mr_hdr_t *h = &m->h->v[i];
         if (h->flags & (MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED)) continue;
         mr_vec_printf(&f->cur, LIMIT, "%.*s: %.*s\r\n", (int)h->name_len, mr_http1_str(m, h->name_off),
                       (int)h->val_len, mr_http1_str(m, h->val_off));
@@ -74,10 +74,13 @@ static const mr_http1_cbs_t fcbs = { f_head, f_body, f_done };
 static int forward(fwd_t *f, const char *data, size_t len, const mr_http1_limits_t *lim)
 {
     mr_http1_msg_t m;
+    mr_hdrs_t m_head = { 0 }, m_trls = { 0 };
     memset(f, 0, sizeof *f);
     mr_http1_init(&m, MR_HTTP1_REQUEST, lim, &fcbs, f);
+    mr_http1_set_store(&m, &m_head, &m_trls);
     int rc = fuzz_feed(&m, data, len, 0);
-    mr_http1_free(&m);
+    mr_hdrs_free(&m_head);
+    mr_hdrs_free(&m_trls);
     mr_vec_free(&f->cur);
     return rc;
 }

@@ -75,7 +75,8 @@ describe("moonring.config", function()
         keepalive_timeout_ms = 75000, send_timeout_ms = 60000, max_connections = 10000,
         keepalive_requests = 1000, max_connections_per_ip = 0,
       }, cfg.limits)
-      assert.same({ x_forwarded_for = true, x_forwarded_proto = true, via = true, buffer_size = 65536 },
+      assert.same({ x_forwarded_for = true, x_forwarded_proto = true, via = true, buffer_size = 65536,
+                    server_header = "moonring" },
         cfg.proxy)
     end)
 

@@ -432,6 +432,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     cfg->xfp = getbool(L, t, "x_forwarded_proto", true);
     cfg->via = getbool(L, t, "via", true);
     cfg->buffer_size = getu32(L, t, "buffer_size", 65536);
+    cfg->server_header = dupstr(L, t, "server_header");
     lua_pop(L, 1);
 
     lua_getfield(L, top, "listen");
@@ -737,7 +738,7 @@ void mr_config_free(mr_config_t *cfg)
     }
     free(cfg->listen); free(cfg->upstreams); free(cfg->routes);
     free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
-    free(cfg->access_log); free(cfg->loop); free(cfg->admin_addr);
+    free(cfg->access_log); free(cfg->server_header); free(cfg->loop); free(cfg->admin_addr);
     for (int i = 0; i < cfg->nsrcs; i++) { free(cfg->srcs[i].key); free(cfg->srcs[i].file); free(cfg->srcs[i].text); }
     free(cfg->srcs);
     for (int i = 0; i < cfg->nshared; i++) free(cfg->shared_names[i]);

@@ -107,6 +107,7 @@ typedef struct {
     mr_limits_t limits;
     bool xff, xfp, via;
     uint32_t buffer_size;
+    char *server_header;        /* Server field of local responses, or NULL for none */
     uint32_t shutdown_timeout_ms;
     uint32_t drain_timeout_ms;  /* reload.drain_timeout: how long a retired generation may live */
     uint32_t lua_time_budget_ms;    /* lua.time_budget: one uninterrupted run of a Lua phase */

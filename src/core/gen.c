@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "log/log.h"
 #include "lua/lua.h"
 
 int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_t **out, char *err, size_t errlen)
@@ -20,7 +21,7 @@ int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_
     for (int i = 0; i < cfg->nroutes; i++)
         if (cfg->routes[i].adhoc && mr_upstream_init(&g->adhoc[i], cfg->routes[i].adhoc, reg) < 0) goto fail;
     if (mr_lua_vm_new(&g->lua, cfg, err, errlen) < 0) goto fail;
-    mr_lua_vm_set_gen(g->lua, g);
+    mr_lua_vm_start(g->lua);
     *out = g;
     return 0;
 fail:
@@ -33,7 +34,15 @@ void mr_gen_unref(mr_gen_t *g)
 {
     if (--g->refs) return;
     if (g->drain_loop) mr_timer_stop(g->drain_loop, &g->drain_timer);
-    if (g->lua) mr_lua_vm_free(g->lua);
+    if (g->lua) {
+        /* Its timers (after their premature run) and detached on_log tasks still run in the VM:
+         * it goes with the last of them. */
+        int fibers = mr_lua_vm_fibers(g->lua);
+        if (fibers > 0)
+            mr_notice("generation %llu retired: VM kept for its running timers (%d)", (unsigned long long)g->id,
+                      fibers);
+        mr_lua_vm_unref(g->lua);
+    }
     if (g->ups)
         for (int i = 0; i < g->cfg->nupstreams; i++) mr_upstream_free(&g->ups[i]);
     if (g->adhoc)

@@ -15,11 +15,14 @@
 #include "lua/cosock.h"
 #include "lua/lua.h"
 #include "net/net.h"
+#include "net/sock.h"
 #include "proxy/access_log.h"
+#include "session/h1.h"
 
 static int access_log_fd = -1; /* shared by all workers, opened once */
 
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
+static void client_gone(void *arg);
 
 static void arm_accepts(mr_worker_t *w)
 {
@@ -58,7 +61,7 @@ static void accept_retry(mr_loop_t *loop, mr_timer_t *t)
 {
     (void)loop;
     mr_worker_t *w = (mr_worker_t *)((char *)t - offsetof(mr_worker_t, accept_timer));
-    if (w->accept_paused && w->accepting && !w->draining && w->nclients < w->cfg->limits.max_connections) {
+    if (w->accept_paused && w->accepting && !w->draining && w->conns.count < w->cfg->limits.max_connections) {
         w->accept_paused = false;
         arm_accepts(w);
     }
@@ -83,7 +86,7 @@ static void sweep_backlog(mr_worker_t *w, mr_listener_t *l)
     for (int n = 0; n < 1024; n++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) break;
-        mr_proxy_accept(w, fd, listener_tls(w, l));
+        mr_h1_accept(&w->conns, fd, listener_tls(w, l));
     }
 }
 
@@ -97,7 +100,7 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
          * it would reset a client (the proxy answers it with Connection: close). A listener a
          * reload removed is the exception: its settings (TLS or not) went with it. */
         if (l->closing) close(res);
-        else mr_proxy_accept(w, res, listener_tls(w, l));
+        else mr_h1_accept(&w->conns, res, listener_tls(w, l));
     } else if (res != -ECANCELED) {
         mr_warn("accept on %s: %s", l->addr, strerror(-res));
     }
@@ -107,7 +110,7 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         bool sweep = w->draining && !l->closing;
         if (sweep) sweep_backlog(w, l);
         listener_free(w, l);
-        if (sweep) mr_worker_client_gone(w); /* the loop may stop once the last listener is gone */
+        if (sweep) client_gone(w); /* the loop may stop once the last listener is gone */
         return;
     }
     if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
@@ -124,7 +127,7 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         }
         return;
     }
-    if (w->accepting && !w->draining && w->nclients >= w->cfg->limits.max_connections && !w->accept_paused) {
+    if (w->accepting && !w->draining && w->conns.count >= w->cfg->limits.max_connections && !w->accept_paused) {
         /* Over the limit: leave further connections in the kernel backlog. */
         w->accept_paused = true;
         stop_accepts(w);
@@ -134,14 +137,17 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         mr_loop_accept(w->loop, op, l->fd);
 }
 
-void mr_worker_client_gone(mr_worker_t *w)
+/* A client or upstream connection went away: accepting may resume, a draining worker may stop. */
+static void client_gone(void *arg)
 {
-    if (w->accept_paused && !w->draining && w->nclients < w->cfg->limits.max_connections) {
+    mr_worker_t *w = arg;
+    if (w->accept_paused && !w->draining && w->conns.count < w->cfg->limits.max_connections) {
         w->accept_paused = false;
         arm_accepts(w);
     }
     /* Listeners go first: a draining worker sweeps each one's backlog once its accept is gone. */
-    if (w->draining && w->nclients == 0 && w->nclosing == 0 && w->nupconns == 0 && !w->listeners)
+    if (w->draining && w->conns.count == 0 && w->conns.closing == 0 && w->px.up.count == 0 && !w->listeners &&
+        mr_access_log_idle(w->px.alog))
         mr_loop_stop(w->loop);
 }
 
@@ -149,8 +155,8 @@ static void drain_expired(mr_loop_t *loop, mr_timer_t *t)
 {
     (void)loop;
     mr_worker_t *w = (mr_worker_t *)((char *)t - offsetof(mr_worker_t, drain_timer));
-    mr_warn("shutdown timeout: closing %u connections", w->nclients);
-    mr_proxy_close_all(w);
+    mr_warn("shutdown timeout: closing %u connections", w->conns.count);
+    mr_conns_close_all(&w->conns);
 }
 
 static void begin_drain(mr_worker_t *w, bool now)
@@ -167,14 +173,15 @@ static void begin_drain(mr_worker_t *w, bool now)
             if (!l->closing) sweep_backlog(w, l);
             listener_free(w, l);
         }
-        mr_proxy_shutdown(w);
-        mr_lua_vm_retire(w->gen->lua);
+        mr_proxy_drain(&w->px);
+        mr_conns_shutdown(&w->conns);
+        mr_lua_vm_retire(w->px.gen->lua);
         mr_cosock_thread_drain();
         w->drain_timer.fn = drain_expired;
         mr_timer_set(w->loop, &w->drain_timer, w->cfg->shutdown_timeout_ms);
     }
-    if (now) mr_proxy_close_all(w);
-    mr_worker_client_gone(w);
+    if (now) mr_conns_close_all(&w->conns);
+    client_gone(w);
 }
 
 static void drain_deadline(mr_loop_t *loop, mr_timer_t *t)
@@ -184,14 +191,15 @@ static void drain_deadline(mr_loop_t *loop, mr_timer_t *t)
     mr_worker_t *w = g->drain_worker;
     int tunnels = 0;
     mr_gen_ref(g); /* closing clients may drop the last reference; not inside our own timer */
-    int closed = mr_proxy_close_gen(w, g, &tunnels);
+    int closed = mr_conns_close_gen(&w->conns, g, &tunnels);
     int fibers = g->lua ? mr_lua_vm_fibers(g->lua) : 0;
     bool freed = false;
-    if (g->refs > 1 && g->lua && fibers == 0) {
-        /* Only tunnels hold it now, and they were detached from the VM. */
-        mr_lua_vm_free(g->lua);
+    if (g->refs > 1 && g->lua) {
+        /* Only tunnels hold it now, and they were detached from the VM; its timers (if any)
+         * keep the VM itself alive until they end. */
+        mr_lua_vm_unref(g->lua);
         g->lua = NULL;
-        freed = true;
+        freed = fibers == 0;
     }
     /* Timers (after their premature run) and detached on_log tasks still run in the VM: it goes
      * with the last of them, through the generation's reference count. */
@@ -223,7 +231,7 @@ static void gen_retired(mr_worker_t *w, mr_gen_t *old)
 static void build_reload(mr_worker_t *w)
 {
     w->reload_gen = NULL;
-    if (mr_gen_new(w->reload_cfg, w->reload_id, &w->servers, &w->reload_gen, w->reload_err, sizeof w->reload_err) < 0) {
+    if (mr_gen_new(w->reload_cfg, w->reload_id, &w->px.servers, &w->reload_gen, w->reload_err, sizeof w->reload_err) < 0) {
         w->reload_gen = NULL;
         mr_error("reload to generation %llu failed: %s", (unsigned long long)w->reload_id, w->reload_err);
         atomic_store(&w->reload_state, -1);
@@ -245,13 +253,10 @@ static void abort_reload(mr_worker_t *w)
 static void commit_reload(mr_worker_t *w)
 {
     mr_config_t *cfg = w->reload_cfg;
-    mr_gen_t *old = w->gen;
-    w->gen = w->reload_gen;
+    mr_gen_t *old = w->px.gen;
+    mr_proxy_set_gen(&w->px, w->reload_gen);
     w->reload_gen = NULL;
     w->cfg = cfg;
-    w->h1limits.max_request_line = cfg->limits.max_request_line;
-    w->h1limits.max_header_size = cfg->limits.max_header_size;
-    w->h1limits.max_headers = cfg->limits.max_headers;
     mr_lua_vm_retire(old->lua);
     gen_retired(w, old);
     mr_gen_unref(old);
@@ -310,9 +315,6 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, c
     w->cpu = cpu;
     w->cfg = cfg;
     snprintf(w->tag, sizeof w->tag, "w%d", id);
-    w->h1limits.max_request_line = cfg->limits.max_request_line;
-    w->h1limits.max_header_size = cfg->limits.max_header_size;
-    w->h1limits.max_headers = cfg->limits.max_headers;
     for (int i = cfg->nlisten - 1; i >= 0; i--) {
         int fd = inherited && inherited[i] >= 0 ? inherited[i] : mr_net_listen(&cfg->listen[i].sa, cfg->listen[i].backlog);
         if (fd < 0) {
@@ -363,30 +365,39 @@ static void *worker_main(void *arg)
         mr_loop_free(w->loop);
         return NULL;
     }
+    mr_proxy_init(&w->px, w->loop, client_gone, w);
+    w->conns.px = &w->px;
+    w->conns.gone = client_gone;
+    w->conns.gone_arg = w;
     /* VMs are thread-affine: each worker evaluates the config in its own VM, on its own thread. */
-    if (mr_gen_new((mr_config_t *)w->cfg, 1, &w->servers, &w->gen, err, sizeof err) < 0) {
+    mr_gen_t *gen;
+    if (mr_gen_new((mr_config_t *)w->cfg, 1, &w->px.servers, &gen, err, sizeof err) < 0) {
         mr_error("%s", err);
         w->startup_rc = -EINVAL;
         atomic_store(&w->ready, -1);
-        mr_server_registry_free(&w->servers);
+        mr_proxy_free(&w->px);
         mr_loop_free(w->loop);
         mr_cosock_thread_free();
         return NULL;
     }
-    if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
+    mr_proxy_set_gen(&w->px, gen);
+    if (access_log_fd >= 0 && (w->px.alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json)))
+        mr_access_log_on_idle(w->px.alog, client_gone, w); /* a draining worker waits for its log */
     w->accepting = true;
     arm_accepts(w);
     w->ev_op.fn = event_done;
     mr_loop_read(w->loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
     atomic_store(&w->ready, 1);
     mr_loop_run(w->loop);
-    mr_access_log_free(w->alog);
+    mr_access_log_free(w->px.alog);
     mr_lua_thread_abort(); /* timers still pending when the loop stopped never run */
-    mr_gen_unref(w->gen);
-    mr_proxy_worker_free(w);
-    mr_iplimit_free(&w->iplimit);
+    mr_gen_unref(w->px.gen);
+    mr_proxy_free(&w->px);
+    mr_conns_free(&w->conns);
     mr_loop_free(w->loop);
     mr_cosock_thread_free();
+    mr_h1_thread_free();
+    mr_sock_thread_free();
     while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);
     return NULL;

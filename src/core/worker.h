@@ -11,14 +11,10 @@
 #include <stdint.h>
 
 #include "config/config.h"
-#include "http1/http1.h"
-#include "net/iplimit.h"
 #include "loop/loop.h"
 #include "core/gen.h"
 #include "proxy/proxy.h"
-
-typedef struct mr_lua_vm mr_lua_vm_t;
-typedef struct mr_access_log mr_access_log_t;
+#include "session/conn.h"
 
 enum { MR_CMD_NONE = 0, MR_CMD_STOP = 1, MR_CMD_QUIT = 2, MR_CMD_RELOAD = 3, MR_CMD_RELOAD_COMMIT = 4,
        MR_CMD_RELOAD_ABORT = 5 };
@@ -38,26 +34,14 @@ struct mr_worker {
     int id, cpu;
     char tag[16];
     pthread_t thread;
-    const mr_config_t *cfg;
+    const mr_config_t *cfg;       /* the current generation's (process-level settings) */
     mr_loop_t *loop;
-    mr_http1_limits_t h1limits;
 
     mr_listener_t *listeners;
     bool accepting, accept_paused;
-    mr_iplimit_t iplimit;         /* open client connections by peer IP */
-    uint64_t ip_refused_ms;       /* last "over max_connections_per_ip" log line */
 
-    mr_gen_t *gen;                /* current generation: new requests start here */
-    mr_server_registry_t servers; /* upstream servers and their pools, across generations */
-    struct mr_dyn_upstream *dyn;  /* created by req:set_upstream("ip:port"), kept for reuse */
-    int ndyn;
-    mr_access_log_t *alog;
-
-    mr_client_t *clients;
-    uint32_t nclients;
-    uint32_t nclosing;            /* clients closed but still waiting for their last completion */
-    uint32_t nupconns;            /* upstream connections alive (incl. closing) */
-    uint64_t nrequests;
+    mr_proxy_t px;                /* the request core's per-worker state (current generation) */
+    mr_conns_t conns;             /* client connections */
 
     int evfd;
     mr_op_t ev_op;
@@ -92,7 +76,5 @@ void mr_worker_reload_finish(mr_worker_t *w, bool commit);
 int mr_worker_start(mr_worker_t *w);
 void mr_worker_command(mr_worker_t *w, int cmd);
 void mr_worker_join(mr_worker_t *w);
-/* Called by the proxy when a client goes away (accept resumption, drain completion). */
-void mr_worker_client_gone(mr_worker_t *w);
 
 #endif

@@ -226,7 +226,7 @@ static bool trailer_forbidden(const char *name, size_t len)
 static int trailer_put(mr_http1_msg_t *m, unsigned c)
 {
     char ch = (char)c;
-    if (mr_vec_append(&m->tbuf, &ch, 1, (size_t)m->limits->max_header_size + 1024) < 0)
+    if (mr_vec_append(&m->t->buf, &ch, 1, (size_t)m->limits->max_header_size + 1024) < 0)
         return fail(m, m->type == MR_HTTP1_REQUEST ? 431 : 502, "trailer section too large");
     return 0;
 }
@@ -234,12 +234,12 @@ static int trailer_put(mr_http1_msg_t *m, unsigned c)
 /* A trailer line ended: trim the value, and drop the field if it may not be a trailer. */
 static void trailer_end(mr_http1_msg_t *m)
 {
-    mr_hdr_t *h = &m->trls[m->ntrls - 1];
-    const char *v = m->tbuf.p + h->val_off;
+    mr_hdr_t *h = &m->t->v[m->t->n - 1];
+    const char *v = m->t->buf.p + h->val_off;
     while (h->val_len && (v[h->val_len - 1] == ' ' || v[h->val_len - 1] == '\t')) h->val_len--;
-    if (trailer_forbidden(m->tbuf.p + h->name_off, h->name_len)) {
-        m->tbuf.len = h->name_off;
-        m->ntrls--;
+    if (trailer_forbidden(m->t->buf.p + h->name_off, h->name_len)) {
+        m->t->buf.len = h->name_off;
+        m->t->n--;
     }
 }
 
@@ -264,23 +264,15 @@ static int scan_trailer(mr_http1_msg_t *m, unsigned c)
         return 0;
     }
     if (++m->sc_section > m->limits->max_header_size) return fail(m, req ? 431 : 502, "trailer section too large");
-    mr_hdr_t *h = m->ntrls ? &m->trls[m->ntrls - 1] : NULL;
+    mr_hdr_t *h = m->t->n ? &m->t->v[m->t->n - 1] : NULL;
     switch (m->sc_state) {
     case S_FIELD:
         if (c == ' ' || c == '\t') return fail(m, bad, "obsolete line folding");
         if (c == ':') return fail(m, bad, "empty header name");
         if (!is_tchar(c)) return fail(m, bad, "invalid header name");
-        if (m->ntrls >= m->limits->max_headers) return fail(m, req ? 431 : 502, "too many trailer fields");
-        if (m->ntrls == m->trls_cap) {
-            uint32_t cap = m->trls_cap ? m->trls_cap * 2 : 8;
-            mr_hdr_t *t = realloc(m->trls, cap * sizeof *t);
-            if (!t) return fail(m, 500, "out of memory");
-            m->trls = t;
-            m->trls_cap = cap;
-        }
-        h = &m->trls[m->ntrls++];
-        memset(h, 0, sizeof *h);
-        h->name_off = m->tbuf.len;
+        if (m->t->n >= m->limits->max_headers) return fail(m, req ? 431 : 502, "too many trailer fields");
+        if (mr_hdrs_push(m->t) < 0) return fail(m, 500, "out of memory");
+        h = &m->t->v[m->t->n - 1];
         m->sc_state = S_NAME;
         /* fall through */
     case S_NAME:
@@ -289,7 +281,7 @@ static int scan_trailer(mr_http1_msg_t *m, unsigned c)
             return trailer_put(m, c);
         }
         if (c == ':') {
-            h->val_off = m->tbuf.len;
+            h->val_off = m->t->buf.len;
             m->sc_seen = false;
             m->sc_state = S_VALUE;
             return 0;
@@ -525,10 +517,10 @@ static int buf_add(mr_http1_msg_t *m, mr_vec_t *v, const char *p, size_t n)
 static int on_message_begin(llhttp_t *p)
 {
     mr_http1_msg_t *m = MSG(p);
-    m->buf.len = 0;
-    m->nhdrs = 0;
-    m->tbuf.len = 0;
-    m->ntrls = 0;
+    m->h->buf.len = 0;
+    m->h->n = 0;
+    m->t->buf.len = 0;
+    m->t->n = 0;
     m->url_off = m->url_len = m->reason_off = m->reason_len = 0;
     m->content_length = -1;
     m->chunked = m->keep_alive = m->upgrade = m->expect_continue = m->has_body = false;
@@ -540,70 +532,60 @@ static int on_message_begin(llhttp_t *p)
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     mr_http1_msg_t *m = MSG(p);
-    if (m->url_len == 0) m->url_off = m->buf.len;
+    if (m->url_len == 0) m->url_off = m->h->buf.len;
     m->url_len += (uint32_t)n;
     if (m->url_len > m->limits->max_request_line) return fail(m, 414, "request line too long");
-    return buf_add(m, &m->buf, at, n);
+    return buf_add(m, &m->h->buf, at, n);
 }
 
 static int on_status(llhttp_t *p, const char *at, size_t n)
 {
     mr_http1_msg_t *m = MSG(p);
-    if (m->reason_len == 0) m->reason_off = m->buf.len;
+    if (m->reason_len == 0) m->reason_off = m->h->buf.len;
     m->reason_len += (uint32_t)n;
-    return buf_add(m, &m->buf, at, n);
+    return buf_add(m, &m->h->buf, at, n);
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     mr_http1_msg_t *m = MSG(p);
     if (m->head_done) return mismatch(m); /* trailers are the pre-scan's, never llhttp's */
-    if (m->in_value || m->nhdrs == 0 || m->hdrs[m->nhdrs - 1].flags & VALUE_DONE) {
-        if (m->nhdrs >= m->limits->max_headers)
+    if (m->in_value || m->h->n == 0 || m->h->v[m->h->n - 1].flags & VALUE_DONE) {
+        if (m->h->n >= m->limits->max_headers)
             return fail(m, m->type == MR_HTTP1_REQUEST ? 431 : 502, "too many headers");
-        if (m->nhdrs == m->hdrs_cap) {
-            uint32_t cap = m->hdrs_cap ? m->hdrs_cap * 2 : 16;
-            mr_hdr_t *h = realloc(m->hdrs, cap * sizeof *h);
-            if (!h) return fail(m, 500, "out of memory");
-            m->hdrs = h;
-            m->hdrs_cap = cap;
-        }
-        mr_hdr_t *h = &m->hdrs[m->nhdrs++];
-        memset(h, 0, sizeof *h);
-        h->name_off = m->buf.len;
-        h->val_off = m->buf.len;
+        if (mr_hdrs_push(m->h) < 0) return fail(m, 500, "out of memory");
         m->in_value = false;
     }
-    mr_hdr_t *h = &m->hdrs[m->nhdrs - 1];
+    mr_hdr_t *h = &m->h->v[m->h->n - 1];
     if ((size_t)h->name_len + n > 0xffff) return fail(m, m->type == MR_HTTP1_REQUEST ? 431 : 502, "header name too long");
     h->name_len = (uint16_t)(h->name_len + n);
-    return buf_add(m, &m->buf, at, n);
+    return buf_add(m, &m->h->buf, at, n);
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     mr_http1_msg_t *m = MSG(p);
-    if (m->head_done || m->nhdrs == 0) return mismatch(m); /* the pre-scan rejects a value without a name */
-    mr_hdr_t *h = &m->hdrs[m->nhdrs - 1];
+    if (m->head_done || m->h->n == 0) return mismatch(m); /* the pre-scan rejects a value without a name */
+    mr_hdr_t *h = &m->h->v[m->h->n - 1];
     if (!m->in_value) {
         m->in_value = true;
-        h->val_off = m->buf.len;
+        h->val_off = m->h->buf.len;
         h->val_len = 0;
     }
     h->val_len += (uint32_t)n;
-    return buf_add(m, &m->buf, at, n);
+    return buf_add(m, &m->h->buf, at, n);
 }
 
 static int on_header_value_complete(llhttp_t *p)
 {
     mr_http1_msg_t *m = MSG(p);
-    if (m->head_done || m->nhdrs == 0) return mismatch(m);
-    mr_hdr_t *h = &m->hdrs[m->nhdrs - 1];
-    if (!m->in_value) h->val_off = m->buf.len, h->val_len = 0;
+    if (m->head_done || m->h->n == 0) return mismatch(m);
+    mr_hdr_t *h = &m->h->v[m->h->n - 1];
+    if (!m->in_value) h->val_off = m->h->buf.len, h->val_len = 0;
     m->in_value = true;
     h->flags |= VALUE_DONE;
     /* The pre-scan already refuses these; kept so the value list itself is the guarantee. */
-    const unsigned char *v = (const unsigned char *)m->buf.p + h->val_off;
+    const unsigned char *v = (const unsigned char *)m->h->buf.p + h->val_off;
     for (uint32_t i = 0; i < h->val_len; i++)
         if (is_bad_ctl(v[i])) return fail(m, bad_status(m), "invalid byte in header value");
     /* llhttp may leave trailing whitespace in the span. */
@@ -613,7 +595,7 @@ static int on_header_value_complete(llhttp_t *p)
 
 static bool name_is(const mr_http1_msg_t *m, const mr_hdr_t *h, const char *name, size_t len)
 {
-    return h->name_len == len && strncasecmp(m->buf.p + h->name_off, name, len) == 0;
+    return h->name_len == len && strncasecmp(m->h->buf.p + h->name_off, name, len) == 0;
 }
 
 static bool val_is(const char *v, size_t vlen, const char *s)
@@ -645,8 +627,8 @@ static int each_token(mr_http1_msg_t *m, const char *v, size_t len, tok_fn fn, v
 static int mark_connection_token(mr_http1_msg_t *m, const char *t, size_t n, void *arg)
 {
     (void)arg;
-    for (uint32_t i = 0; i < m->nhdrs; i++)
-        if (name_is(m, &m->hdrs[i], t, n)) m->hdrs[i].flags |= MR_HDR_HOP;
+    for (uint32_t i = 0; i < m->h->n; i++)
+        if (name_is(m, &m->h->v[i], t, n)) m->h->v[i].flags |= MR_HDR_HOP;
     return 0;
 }
 
@@ -713,7 +695,7 @@ static bool authority_valid(const char *v, size_t n)
  * becomes origin-form, so routing, filters and the upstream all see one host. */
 static int absolute_form(mr_http1_msg_t *m)
 {
-    const char *u = m->buf.p + m->url_off;
+    const char *u = m->h->buf.p + m->url_off;
     uint32_t ul = m->url_len;
     uint32_t a = u[4] == ':' ? 7 : 8, e = a;
     while (e < ul && u[e] != '/' && u[e] != '?' && u[e] != '#') e++;
@@ -723,10 +705,10 @@ static int absolute_form(mr_http1_msg_t *m)
         /* "http://h" or "http://h?q": the path is empty, and origin-form needs the "/". */
         uint32_t rest_off = m->url_off + e, rest_len = ul - e;
         size_t limit = (size_t)m->limits->max_request_line + m->limits->max_header_size + 1024;
-        if (mr_vec_reserve(&m->buf, (size_t)rest_len + 1, limit) < 0) return fail(m, 414, "request line too long");
-        uint32_t off = m->buf.len;
-        mr_vec_put(&m->buf, "/", 1);
-        mr_vec_put(&m->buf, m->buf.p + rest_off, rest_len);
+        if (mr_vec_reserve(&m->h->buf, (size_t)rest_len + 1, limit) < 0) return fail(m, 414, "request line too long");
+        uint32_t off = m->h->buf.len;
+        mr_vec_put(&m->h->buf, "/", 1);
+        mr_vec_put(&m->h->buf, m->h->buf.p + rest_off, rest_len);
         m->url_off = off;
         m->url_len = rest_len + 1;
     } else {
@@ -737,16 +719,16 @@ static int absolute_form(mr_http1_msg_t *m)
         int i = mr_http1_add_header(m, "Host", 4, "", 0);
         if (i < 0) return fail(m, 431, "header section too large");
         m->host_idx = i;
-        m->hdrs[i].flags |= MR_HDR_HOST;
+        m->h->v[i].flags |= MR_HDR_HOST;
     }
-    m->hdrs[m->host_idx].val_off = auth_off;
-    m->hdrs[m->host_idx].val_len = auth_len;
+    m->h->v[m->host_idx].val_off = auth_off;
+    m->h->v[m->host_idx].val_len = auth_len;
     return 0;
 }
 
 static int check_target(mr_http1_msg_t *m)
 {
-    const char *u = m->buf.p + m->url_off;
+    const char *u = m->h->buf.p + m->url_off;
     uint32_t ul = m->url_len;
     if (ul == 0) return fail(m, 400, "empty request target");
     if (u[0] == '/') return 0;
@@ -769,10 +751,10 @@ static int normalise(mr_http1_msg_t *m)
     m->status = llhttp_get_status_code(&m->parser);
     if (m->major != 1 || m->minor > 1) return fail(m, req ? 505 : 502, "unsupported HTTP version");
     if (req && m->method == HTTP_CONNECT) return fail(m, 405, "CONNECT not supported");
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
-        mr_hdr_t *h = &m->hdrs[i];
+    for (uint32_t i = 0; i < m->h->n; i++) {
+        mr_hdr_t *h = &m->h->v[i];
         h->flags &= (uint16_t)~VALUE_DONE;
-        const char *v = m->buf.p + h->val_off;
+        const char *v = m->h->buf.p + h->val_off;
         if (h->name_len == 0) return fail(m, bad, "empty header name");
         switch (h->name_len) {
         case 4:
@@ -818,6 +800,7 @@ static int normalise(mr_http1_msg_t *m)
             if (name_is(m, h, "x-forwarded-for", 15)) h->flags |= MR_HDR_XFF;
             break;
         case 17:
+            if (name_is(m, h, "x-forwarded-proto", 17)) h->flags |= MR_HDR_XFP;
             if (name_is(m, h, "transfer-encoding", 17)) {
                 h->flags |= MR_HDR_HOP;
                 n_te++;
@@ -825,11 +808,11 @@ static int normalise(mr_http1_msg_t *m)
             }
             break;
         }
-        if (h->name_len > 6 && strncasecmp(m->buf.p + h->name_off, "proxy-", 6) == 0) h->flags |= MR_HDR_HOP;
+        if (h->name_len > 6 && strncasecmp(m->h->buf.p + h->name_off, "proxy-", 6) == 0) h->flags |= MR_HDR_HOP;
     }
-    for (uint32_t i = 0; i < m->nhdrs; i++)
-        if (name_is(m, &m->hdrs[i], "connection", 10))
-            each_token(m, m->buf.p + m->hdrs[i].val_off, m->hdrs[i].val_len, mark_connection_token, NULL);
+    for (uint32_t i = 0; i < m->h->n; i++)
+        if (name_is(m, &m->h->v[i], "connection", 10))
+            each_token(m, m->h->buf.p + m->h->v[i].val_off, m->h->v[i].val_len, mark_connection_token, NULL);
     if (n_te) {
         if (req && m->minor == 0) return fail(m, 400, "Transfer-Encoding in an HTTP/1.0 request");
         if (n_cl) return fail(m, bad, "both Content-Length and Transfer-Encoding");
@@ -963,22 +946,16 @@ void mr_http1_init(mr_http1_msg_t *m, int type, const mr_http1_limits_t *limits,
     m->parser.data = m;
 }
 
-void mr_http1_free(mr_http1_msg_t *m)
+void mr_http1_set_store(mr_http1_msg_t *m, mr_hdrs_t *h, mr_hdrs_t *t)
 {
-    mr_vec_free(&m->buf);
-    mr_vec_free(&m->tbuf);
-    free(m->hdrs);
-    free(m->trls);
-    m->hdrs = m->trls = NULL;
-    m->nhdrs = m->hdrs_cap = m->ntrls = m->trls_cap = 0;
+    m->h = h;
+    m->t = t;
 }
 
 void mr_http1_next(mr_http1_msg_t *m)
 {
-    m->buf.len = 0;
-    m->nhdrs = 0;
-    m->tbuf.len = 0;
-    m->ntrls = 0;
+    if (m->h) mr_hdrs_reset(m->h);
+    if (m->t) mr_hdrs_reset(m->t);
     m->head_done = false;
     m->error_status = 0;
 }
@@ -994,6 +971,11 @@ void mr_http1_skip_body(mr_http1_msg_t *m)
 bool mr_http1_idle(const mr_http1_msg_t *m)
 {
     return m->sc_region == R_HEAD && m->sc_state == S_LEAD && !m->sc_cr;
+}
+
+bool mr_http1_line_done(const mr_http1_msg_t *m)
+{
+    return m->head_done || (m->sc_region == R_HEAD && m->sc_state >= S_FIELD);
 }
 
 void mr_http1_resume(mr_http1_msg_t *m)
@@ -1083,34 +1065,11 @@ int mr_http1_finish(mr_http1_msg_t *m)
     return llhttp_finish(&m->parser) == HPE_OK ? 0 : -1;
 }
 
-int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from)
-{
-    for (uint32_t i = (uint32_t)(from < 0 ? 0 : from); i < m->nhdrs; i++)
-        if (!(m->hdrs[i].flags & MR_HDR_DELETED) && name_is(m, &m->hdrs[i], name, len)) return (int)i;
-    return -1;
-}
-
 int mr_http1_add_header(mr_http1_msg_t *m, const char *name, size_t nlen, const char *val, size_t vlen)
 {
-    if (nlen > 0xffff) return -E2BIG;
-    if (m->nhdrs == m->hdrs_cap) {
-        uint32_t cap = m->hdrs_cap ? m->hdrs_cap * 2 : 16;
-        mr_hdr_t *h = realloc(m->hdrs, cap * sizeof *h);
-        if (!h) return -ENOMEM;
-        m->hdrs = h;
-        m->hdrs_cap = cap;
-    }
     size_t limit = (size_t)m->limits->max_request_line + m->limits->max_header_size + 65536;
-    if (mr_vec_reserve(&m->buf, nlen + vlen, limit) < 0) return -E2BIG;
-    mr_hdr_t *h = &m->hdrs[m->nhdrs];
-    memset(h, 0, sizeof *h);
-    h->name_off = m->buf.len;
-    h->name_len = (uint16_t)nlen;
-    mr_vec_put(&m->buf, name, nlen);
-    h->val_off = m->buf.len;
-    h->val_len = (uint32_t)vlen;
-    mr_vec_put(&m->buf, val, vlen);
-    return (int)m->nhdrs++;
+    if (m->h->limit < limit) m->h->limit = (uint32_t)limit;
+    return mr_hdrs_add(m->h, name, nlen, val, vlen);
 }
 
 const char *mr_http1_method_str(const mr_http1_msg_t *m)
@@ -1118,34 +1077,3 @@ const char *mr_http1_method_str(const mr_http1_msg_t *m)
     return llhttp_method_name((llhttp_method_t)m->method);
 }
 
-const char *mr_http1_reason(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
-    }
-}

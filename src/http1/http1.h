@@ -24,27 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http/headers.h"
 #include "llhttp.h"
-#include "util/vec.h"
 
 enum { MR_HTTP1_REQUEST = 0, MR_HTTP1_RESPONSE = 1 };
 enum { MR_HTTP1_OK = 0, MR_HTTP1_PAUSED = 1, MR_HTTP1_UPGRADE = 2 };
-
-/* Header flags set during normalisation. */
-enum {
-    MR_HDR_HOP = 1,        /* hop-by-hop: never forwarded as-is */
-    MR_HDR_HOST = 2,
-    MR_HDR_XFF = 4,
-    MR_HDR_VIA = 8,
-    MR_HDR_DELETED = 16,   /* removed by a filter */
-};
-
-typedef struct {
-    uint32_t name_off, val_off;
-    uint16_t name_len;
-    uint16_t flags;
-    uint32_t val_len;
-} mr_hdr_t;
 
 typedef struct {
     uint32_t max_request_line;
@@ -71,10 +55,9 @@ struct mr_http1_msg {
     void *owner;
     int type;
 
-    /* The head, copied. Offsets point into buf. */
-    mr_vec_t buf;
-    mr_hdr_t *hdrs;
-    uint32_t nhdrs, hdrs_cap;
+    /* The head, copied into the owner's store h (fields; the target and reason phrase are kept in
+     * h->buf too, at url_off / reason_off). */
+    mr_hdrs_t *h;
     uint32_t url_off, url_len;
     uint32_t reason_off, reason_len;
     uint32_t head_bytes;       /* bytes of the head seen so far (limits) */
@@ -87,11 +70,9 @@ struct mr_http1_msg {
     int error_status;          /* HTTP status to answer a parse error with (requests) */
     const char *error_reason;
 
-    /* Trailer fields of the current chunked message (offsets into tbuf), never merged into hdrs;
-     * framing and routing fields are dropped. Valid until mr_http1_next. */
-    mr_vec_t tbuf;
-    mr_hdr_t *trls;
-    uint32_t ntrls, trls_cap;
+    /* Trailer fields of the current chunked message, in the owner's store t, never merged into
+     * the head; framing and routing fields are dropped. Valid until mr_http1_next. */
+    mr_hdrs_t *t;
 
     /* Pre-scan state (http1.c): which region of the stream the next byte belongs to. */
     uint8_t sc_region, sc_state, sc_next, sc_vlen;
@@ -105,8 +86,12 @@ struct mr_http1_msg {
 
 void mr_http1_init(mr_http1_msg_t *m, int type, const mr_http1_limits_t *limits,
                    const mr_http1_cbs_t *cbs, void *owner);
-void mr_http1_free(mr_http1_msg_t *m);
-/* Forget the previous message's head (keeps capacity). Call before the next message. */
+/* Where the next message's head and trailers go. Both must be set before bytes of a message are
+ * fed, and stay valid while it is parsed; the parser owns no memory of its own, so an idle
+ * connection's parser holds no buffer. */
+void mr_http1_set_store(mr_http1_msg_t *m, mr_hdrs_t *h, mr_hdrs_t *t);
+/* Forget the previous message's head (resets the stores, keeping capacity). Call before the next
+ * message. */
 void mr_http1_next(mr_http1_msg_t *m);
 /* Returns MR_HTTP1_OK (all consumed), MR_HTTP1_PAUSED, MR_HTTP1_UPGRADE (rest is tunnel data),
  * or -1 on error (error_status/error_reason set). */
@@ -120,15 +105,18 @@ bool mr_http1_paused(const mr_http1_msg_t *m);
 void mr_http1_skip_body(mr_http1_msg_t *m);
 /* True between messages: no byte of a next message has been seen (and none is owed). */
 bool mr_http1_idle(const mr_http1_msg_t *m);
+/* True once the current request's start line was parsed whole (method, target and version are
+ * known: llhttp_get_method and friends, url_off/url_len), even if the head then failed. */
+bool mr_http1_line_done(const mr_http1_msg_t *m);
 
-/* Before the first byte is stored a buffer is NULL, and NULL + 0 is undefined: hence the "". */
-static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return m->buf.p ? m->buf.p + off : ""; }
-static inline const char *mr_http1_tstr(const mr_http1_msg_t *m, uint32_t off) { return m->tbuf.p ? m->tbuf.p + off : ""; }
-/* Index of the first live header named `name` (case-insensitive), or -1. */
-int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from);
-/* Appends a header (name/value copied). Returns index or -errno. */
+static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return mr_hdrs_str(m->h, off); }
+static inline const char *mr_http1_tstr(const mr_http1_msg_t *m, uint32_t off) { return mr_hdrs_str(m->t, off); }
+static inline int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from)
+{
+    return mr_hdrs_find(m->h, name, len, from);
+}
+/* Appends a header to the head store (name/value copied). Returns index or -errno. */
 int mr_http1_add_header(mr_http1_msg_t *m, const char *name, size_t nlen, const char *val, size_t vlen);
 const char *mr_http1_method_str(const mr_http1_msg_t *m);
-const char *mr_http1_reason(int status);
 
 #endif

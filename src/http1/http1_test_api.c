@@ -80,7 +80,7 @@ static int t_head(mr_http1_msg_t *m)
         put_escaped(t, mr_http1_str(m, m->reason_off), m->reason_len);
     }
     put(t, "\nversion %d.%d\n", m->major, m->minor);
-    for (uint32_t i = 0; i < m->nhdrs; i++) put_field(t, "header", m->buf.p, &m->hdrs[i]);
+    for (uint32_t i = 0; i < m->h->n; i++) put_field(t, "header", m->h->buf.p, &m->h->v[i]);
     put(t, "cl %lld\nchunked %d\nkeepalive %d\nupgrade %d\nexpect %d\n", (long long)m->content_length,
         m->chunked, m->keep_alive, m->upgrade, m->expect_continue);
     if (m->type == MR_HTTP1_RESPONSE && (t->flags & MR_H1T_PAUSE_HEAD)) {
@@ -106,7 +106,7 @@ static int t_done(mr_http1_msg_t *m)
     put(t, "body %llu \"", (unsigned long long)t->body_len);
     put_escaped(t, t->preview, t->plen);
     put(t, "\"\n");
-    for (uint32_t i = 0; i < m->ntrls; i++) put_field(t, "trailer", m->tbuf.p, &m->trls[i]);
+    for (uint32_t i = 0; i < m->t->n; i++) put_field(t, "trailer", m->t->buf.p, &m->t->v[i]);
     put(t, "done\n");
     t->in_msg = false;
     if (!m->upgrade && !llhttp_should_keep_alive(&m->parser)) {
@@ -130,7 +130,9 @@ int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_lin
     tctx_t t = { .out = out, .cap = outlen, .flags = flags };
     if (outlen) out[0] = '\0';
     mr_http1_msg_t m;
+    mr_hdrs_t head = { 0 }, trls = { 0 };
     mr_http1_init(&m, type ? MR_HTTP1_RESPONSE : MR_HTTP1_REQUEST, &lim, &tcbs, &t);
+    mr_http1_set_store(&m, &head, &trls);
     if (!data) data = "";
     int status = 0;
     bool stop = false;
@@ -182,7 +184,8 @@ int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_lin
     }
     if (!stop && !t.closed && (t.in_msg || !mr_http1_idle(&m))) put(&t, "partial\n");
     if (t.truncated && outlen >= 10) strcpy(out + outlen - 10, "truncated");
-    mr_http1_free(&m);
+    mr_hdrs_free(&head);
+    mr_hdrs_free(&trls);
     return status;
 }
 

@@ -82,6 +82,8 @@ void mr_loop_base_free(mr_loop_t *loop)
     loop->heap = NULL;
 }
 
+static _Thread_local mr_loop_t *current;
+
 int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts)
 {
     mr_loop_backend_t b = opts->backend;
@@ -90,15 +92,22 @@ int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts)
         mr_loop_choose(MR_LOOP_AUTO, &b, &feat);
     }
     int rc = b == MR_LOOP_EPOLL ? mr_loop_epoll_create(out, opts) : mr_loop_uring_create(out, opts);
-    if (rc == 0) (*out)->backend = b;
+    if (rc == 0) {
+        (*out)->backend = b;
+        current = *out;
+    }
     return rc;
 }
+
+mr_loop_t *mr_loop_current(void) { return current; }
 
 mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop) { return loop->backend; }
 
 void mr_loop_free(mr_loop_t *loop)
 {
-    if (loop) loop->ops->free(loop);
+    if (!loop) return;
+    if (current == loop) current = NULL;
+    loop->ops->free(loop);
 }
 
 void mr_loop_stop(mr_loop_t *loop) { loop->stop = true; }

@@ -91,6 +91,10 @@ int mr_loop_choose(mr_loop_backend_t want, mr_loop_backend_t *out, mr_loop_featu
  * an explicit backend that cannot be set up fails with -errno (no silent fallback). */
 int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
 mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
+/* The loop the calling thread created (the worker's), or NULL on a thread without one (the main
+ * thread, config checks, unit specs): modules that run on whatever worker calls them (Lua timers,
+ * cosockets, request phases) find their loop here instead of being handed one through layers. */
+mr_loop_t *mr_loop_current(void);
 void mr_loop_free(mr_loop_t *loop);
 /* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
 int mr_loop_run(mr_loop_t *loop);

@@ -1,81 +1,97 @@
 /* C functions the Lua runtime reaches through LuaJIT FFI (ffi.C), the lua-resty-core way: plain
- * C ABI, int status codes, no Lua stack, so calls JIT-compile. `r` is the mr_client_t of the
- * request being handled; it is valid only during the phase that received it. Returns: 0 ok,
- * -1 not found (MR_DECLINED), -2 bad argument. */
+ * C ABI, int status codes, no Lua stack, so calls JIT-compile. `r` is the mr_req_t of the request
+ * being handled; it is valid only during the phase that received it. Returns: 0 ok, -1 not found
+ * (MR_DECLINED), -2 bad argument, -3 not now (the state of the request forbids it), -4 no memory. */
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
 
-#include "http1/http1.h"
+#include "http/headers.h"
 #include "proxy/proxy.h"
+#include "proxy/req.h"
 
 #define MR_EXPORT __attribute__((visibility("default"), used))
 
-MR_EXPORT int mr_req_method(void *r, const char **p, size_t *n)
+MR_EXPORT int mr_req_method(void *p, const char **s, size_t *n)
 {
-    mr_client_t *c = r;
-    *p = mr_http1_method_str(&c->req);
-    *n = strlen(*p);
+    mr_req_t *r = p;
+    *s = r->method_name ? r->method_name : "";
+    *n = strlen(*s);
     return 0;
 }
 
-MR_EXPORT int mr_req_target(void *r, const char **p, size_t *n)
+/* The target the upstream gets: the normalised path and the query, or what req:set_path /
+ * set_query made of it. */
+MR_EXPORT int mr_req_target(void *p, const char **s, size_t *n, const char **q, size_t *qn)
 {
-    mr_client_t *c = r;
-    if (c->has_target_ov) {
-        *p = c->target_ov.p;
-        *n = c->target_ov.len;
-        return 0;
+    mr_req_t *r = p;
+    if (r->has_target_ov) {
+        *s = r->target_ov.p;
+        *n = r->target_ov.len;
+        *q = NULL;
+        *qn = 0;
+        return 1;
     }
-    *p = mr_http1_str(&c->req, c->req.url_off);
-    *n = c->req.url_len;
+    *s = mr_req_view_path(r);
+    *n = r->path_len;
+    *q = r->query_off ? mr_req_view_query(r) : NULL;
+    *qn = r->query_len;
     return 0;
 }
 
-MR_EXPORT int mr_req_remote_addr(void *r, const char **p, size_t *n)
+/* The routing host: lowercased, without port. */
+MR_EXPORT int mr_req_host(void *p, const char **s, size_t *n)
 {
-    mr_client_t *c = r;
-    *p = c->ip;
-    *n = strlen(c->ip);
+    mr_req_t *r = p;
+    *s = mr_req_view_host(r);
+    *n = r->host_len;
     return 0;
 }
 
-MR_EXPORT int mr_req_header(void *r, const char *name, size_t nlen, const char **p, size_t *n)
+MR_EXPORT int mr_req_remote_addr(void *p, const char **s, size_t *n)
 {
-    mr_client_t *c = r;
-    int i = mr_http1_find(&c->req, name, nlen, 0);
+    mr_req_t *r = p;
+    *s = r->peer->ip;
+    *n = strlen(r->peer->ip);
+    return 0;
+}
+
+MR_EXPORT int mr_req_header(void *p, const char *name, size_t nlen, const char **s, size_t *n)
+{
+    mr_req_t *r = p;
+    int i = mr_hdrs_find(&r->hdrs, name, nlen, 0);
     if (i < 0) return -1;
-    *p = mr_http1_str(&c->req, c->req.hdrs[i].val_off);
-    *n = c->req.hdrs[i].val_len;
+    *s = mr_hdr_value(&r->hdrs, &r->hdrs.v[i]);
+    *n = r->hdrs.v[i].val_len;
     return 0;
 }
 
-MR_EXPORT int mr_req_header_count(void *r)
+MR_EXPORT int mr_req_header_count(void *p)
 {
-    mr_client_t *c = r;
-    return (int)c->req.nhdrs;
+    mr_req_t *r = p;
+    return (int)r->hdrs.n;
 }
 
 /* i-th header (0-based), skipping none: deleted ones return -1. */
-MR_EXPORT int mr_req_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen)
+MR_EXPORT int mr_req_header_at(void *p, int i, const char **name, size_t *nlen, const char **val, size_t *vlen)
 {
-    mr_client_t *c = r;
-    if (i < 0 || (uint32_t)i >= c->req.nhdrs) return -2;
-    mr_hdr_t *h = &c->req.hdrs[i];
+    mr_req_t *r = p;
+    if (i < 0 || (uint32_t)i >= r->hdrs.n) return -2;
+    mr_hdr_t *h = &r->hdrs.v[i];
     if (h->flags & MR_HDR_DELETED) return -1;
-    *name = mr_http1_str(&c->req, h->name_off);
+    *name = mr_hdr_name(&r->hdrs, h);
     *nlen = h->name_len;
-    *val = mr_http1_str(&c->req, h->val_off);
+    *val = mr_hdr_value(&r->hdrs, h);
     *vlen = h->val_len;
     return 0;
 }
 
-MR_EXPORT int mr_req_respond(void *r, int status, const char *body, size_t blen, const char **hdrs, int nhdrs)
+MR_EXPORT int mr_req_respond(void *p, int status, const char *body, size_t blen, const char **hdrs, int nhdrs)
 {
-    mr_client_t *c = r;
+    mr_req_t *r = p;
     if (status < 100 || status > 999) return -2;
-    if (c->resp_started || c->local_pending) return -3;
-    return mr_proxy_respond_later(c, status, body, blen, hdrs, nhdrs) < 0 ? -4 : 0;
+    if (r->head_sent || r->local_pending) return -3;
+    return mr_req_reply_later(r, status, body, blen, hdrs, nhdrs) < 0 ? -4 : 0;
 }
 
 /* Header edits. mode 0 = set (replace all), 1 = add, 2 = delete. Framing headers are ours. */
@@ -85,130 +101,132 @@ static bool framing_header(const char *name, size_t n)
            (n == 17 && strncasecmp(name, "transfer-encoding", 17) == 0);
 }
 
-static int edit_headers(mr_http1_msg_t *m, const char *name, size_t nlen, const char *val, size_t vlen, int mode, bool req)
+static int edit_headers(mr_hdrs_t *h, int *host_idx, const char *name, size_t nlen, const char *val, size_t vlen,
+                        int mode)
 {
     if (framing_header(name, nlen)) return -2;
+    bool host = host_idx && nlen == 4 && strncasecmp(name, "host", 4) == 0;
     if (mode == 0 || mode == 2) {
-        for (int i = mr_http1_find(m, name, nlen, 0); i >= 0; i = mr_http1_find(m, name, nlen, i + 1))
-            m->hdrs[i].flags |= MR_HDR_DELETED;
-        if (req && nlen == 4 && strncasecmp(name, "host", 4) == 0) m->host_idx = -1;
+        mr_hdrs_del(h, name, nlen);
+        if (host) *host_idx = -1;
     }
     if (mode == 2) return 0;
-    int i = mr_http1_add_header(m, name, nlen, val, vlen);
+    int i = mr_hdrs_add(h, name, nlen, val, vlen);
     if (i < 0) return -4;
-    if (req && nlen == 4 && strncasecmp(name, "host", 4) == 0) {
-        m->hdrs[i].flags |= MR_HDR_HOST;
-        m->host_idx = i;
+    if (host) {
+        h->v[i].flags |= MR_HDR_HOST;
+        *host_idx = i;
     }
     return 0;
 }
 
-MR_EXPORT int mr_req_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
+MR_EXPORT int mr_req_set_header(void *p, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
 {
-    mr_client_t *c = r;
-    if (c->up_head.len && c->up) return -3; /* already forwarded */
-    return edit_headers(&c->req, name, nlen, val, vlen, mode, true);
+    mr_req_t *r = p;
+    if (r->up) return -3; /* already forwarded */
+    return edit_headers(&r->hdrs, &r->host_idx, name, nlen, val, vlen, mode);
 }
 
-MR_EXPORT int mr_req_set_target(void *r, const char *t, size_t n)
+MR_EXPORT int mr_req_set_target(void *p, const char *t, size_t n)
 {
-    mr_client_t *c = r;
-    if (c->up_head.len && c->up) return -3;
-    mr_vec_reset(&c->target_ov);
-    if (mr_vec_append(&c->target_ov, t, n, 64 * 1024) < 0) return -4;
-    c->has_target_ov = true;
+    mr_req_t *r = p;
+    if (r->up) return -3;
+    mr_vec_reset(&r->target_ov);
+    if (mr_vec_append(&r->target_ov, t, n, 64 * 1024) < 0) return -4;
+    r->has_target_ov = true;
     return 0;
 }
 
-MR_EXPORT int mr_req_set_upstream(void *r, const char *s, size_t n)
+MR_EXPORT int mr_req_set_upstream(void *p, const char *s, size_t n)
 {
-    return mr_proxy_set_upstream(r, s, n);
+    return mr_proxy_set_upstream(p, s, n);
 }
 
-MR_EXPORT int mr_resp_status(void *r)
+MR_EXPORT int mr_resp_status(void *p)
 {
-    mr_client_t *c = r;
-    return c->status;
+    mr_req_t *r = p;
+    return r->resp.status;
 }
 
-MR_EXPORT int mr_resp_set_status(void *r, int status)
+MR_EXPORT int mr_resp_set_status(void *p, int status)
 {
-    mr_client_t *c = r;
-    if (c->head_sent || status < 200 || status > 999) return -3;
-    c->status = status;
+    mr_req_t *r = p;
+    if (r->head_sent || status < 200 || status > 999) return -3;
+    r->resp.status = status;
     return 0;
 }
 
-static mr_http1_msg_t *resp_msg(mr_client_t *c)
+/* The response head a response phase works on: a local response's, or the upstream's. */
+static mr_hdrs_t *resp_hdrs(mr_req_t *r)
 {
-    if (c->local_pending) return &c->local;
-    return c->up ? &c->up->resp : NULL;
+    if (r->local_pending) return &r->local_hdrs;
+    return r->up ? &r->up->hdrs : NULL;
 }
 
-MR_EXPORT int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_t *n)
+MR_EXPORT int mr_resp_header(void *p, const char *name, size_t nlen, const char **s, size_t *n)
 {
-    mr_http1_msg_t *m = resp_msg(r);
-    if (!m) return -1;
-    int i = mr_http1_find(m, name, nlen, 0);
+    mr_hdrs_t *h = resp_hdrs(p);
+    if (!h) return -1;
+    int i = mr_hdrs_find(h, name, nlen, 0);
     if (i < 0) return -1;
-    *p = mr_http1_str(m, m->hdrs[i].val_off);
-    *n = m->hdrs[i].val_len;
+    *s = mr_hdr_value(h, &h->v[i]);
+    *n = h->v[i].val_len;
     return 0;
 }
 
-MR_EXPORT int mr_resp_header_count(void *r)
+MR_EXPORT int mr_resp_header_count(void *p)
 {
-    mr_http1_msg_t *m = resp_msg(r);
-    return m ? (int)m->nhdrs : 0;
+    mr_hdrs_t *h = resp_hdrs(p);
+    return h ? (int)h->n : 0;
 }
 
-MR_EXPORT int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen)
+MR_EXPORT int mr_resp_header_at(void *p, int i, const char **name, size_t *nlen, const char **val, size_t *vlen)
 {
-    mr_http1_msg_t *m = resp_msg(r);
-    if (!m || i < 0 || (uint32_t)i >= m->nhdrs) return -2;
-    mr_hdr_t *h = &m->hdrs[i];
-    if (h->flags & (MR_HDR_DELETED | MR_HDR_HOP)) return -1;
-    *name = mr_http1_str(m, h->name_off);
-    *nlen = h->name_len;
-    *val = mr_http1_str(m, h->val_off);
-    *vlen = h->val_len;
+    mr_hdrs_t *h = resp_hdrs(p);
+    if (!h || i < 0 || (uint32_t)i >= h->n) return -2;
+    mr_hdr_t *e = &h->v[i];
+    if (e->flags & (MR_HDR_DELETED | MR_HDR_HOP)) return -1;
+    *name = mr_hdr_name(h, e);
+    *nlen = e->name_len;
+    *val = mr_hdr_value(h, e);
+    *vlen = e->val_len;
     return 0;
 }
 
-MR_EXPORT int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
+MR_EXPORT int mr_resp_set_header(void *p, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
 {
-    mr_client_t *c = r;
-    mr_http1_msg_t *m = resp_msg(c);
-    if (!m || c->head_sent) return -3;
-    return edit_headers(m, name, nlen, val, vlen, mode, false);
+    mr_req_t *r = p;
+    mr_hdrs_t *h = resp_hdrs(r);
+    if (!h || r->head_sent) return -3;
+    return edit_headers(h, NULL, name, nlen, val, vlen, mode);
 }
 
 /* req:body(): see mr_proxy_body_read. */
-MR_EXPORT int mr_req_body_read(void *r, int64_t max) { return mr_proxy_body_read(r, max); }
+MR_EXPORT int mr_req_body_read(void *p, int64_t max) { return mr_proxy_body_read(p, max); }
 
-MR_EXPORT int mr_req_body_get(void *r, const char **p, size_t *n)
+MR_EXPORT int mr_req_body_get(void *p, const char **s, size_t *n)
 {
-    mr_client_t *c = r;
-    *p = c->lua_body.p ? c->lua_body.p : "";
-    *n = c->lua_body.len;
+    mr_req_t *r = p;
+    *s = r->lua_body.p ? r->lua_body.p : "";
+    *n = r->lua_body.len;
     return 0;
 }
 
 /* The request's park timer: arming it resumes the parked phase (cosockets wake requests so). */
-MR_EXPORT void *mr_req_waker(void *r)
+MR_EXPORT void *mr_req_waker(void *p)
 {
-    mr_client_t *c = r;
-    return &c->lua_timer;
+    mr_req_t *r = p;
+    return &r->lua_timer;
 }
 
 /* TLS state of the request's connection for req.tls: fills v[0..5] with protocol, cipher, SNI,
  * ALPN, client certificate subject and fingerprint (NULL where absent; the client_* fields only
  * for a presented and verified certificate) and *reused. -1 on a plain TCP connection. Strings
  * stay valid for the connection's life; Lua copies them. */
-MR_EXPORT int mr_req_tls(void *r, const char **v, int *reused)
+MR_EXPORT int mr_req_tls(void *p, const char **v, int *reused)
 {
-    mr_client_t *c = r;
-    mr_tls_conn_t *t = c->s.tls;
+    mr_req_t *r = p;
+    mr_tls_conn_t *t = r->peer->tls;
     if (!t) return -1;
     v[0] = mr_tls_protocol(t);
     v[1] = mr_tls_cipher(t);

@@ -12,10 +12,9 @@
 #include <signal.h>
 #include <time.h>
 
-#include "core/gen.h"
 #include "core/watch.h"
+#include "loop/loop.h"
 #include "log/log.h"
-#include "lua/cosock.h"
 
 #define MR_EXPORT __attribute__((visibility("default"), used))
 
@@ -25,7 +24,9 @@ struct mr_lua_vm {
     uint8_t *route_flags;
     int nroutes;
     int fiber_ref, adopt_ref;   /* moonring.timer's _run and _adopt */
-    mr_gen_t *gen;
+    const mr_config_t *cfg;     /* referenced for the VM's whole life (cosockets read it) */
+    int refs;                   /* the generation's, plus one per fiber (timers, detached on_log) */
+    bool started;               /* serving: init_worker ran, timers may be created */
     bool retired;
 
     /* Time budget (lua.time_budget). A "run" is one call from C into the VM (a phase, until it
@@ -317,6 +318,9 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     lua_settop(L, 0);
     pthread_mutex_init(&vm->hook_lock, NULL);
     wd_register(vm);
+    mr_config_ref((mr_config_t *)cfg);
+    vm->cfg = cfg;
+    vm->refs = 1;
     *out = vm;
     return 0;
 fail:
@@ -326,14 +330,15 @@ fail:
     return -1;
 }
 
-void mr_lua_vm_free(mr_lua_vm_t *vm)
+void mr_lua_vm_unref(mr_lua_vm_t *vm)
 {
-    if (!vm) return;
+    if (!vm || --vm->refs > 0) return;
     wd_unregister(vm);
     if (tl_vm == vm) tl_vm = NULL;
     lua_close(vm->L);
     pthread_mutex_destroy(&vm->hook_lock);
     free(vm->route_flags);
+    mr_config_unref((mr_config_t *)vm->cfg);
     free(vm);
 }
 
@@ -390,16 +395,16 @@ static int collect(mr_lua_vm_t *vm, int base, int rc, const mr_route_conf_t *r, 
     return code;
 }
 
-int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int phase,
+int mr_lua_run(mr_lua_vm_t *vm, mr_req_t *r, const mr_route_conf_t *rt, int phase,
                const char *chunk, size_t n, bool eof, mr_lua_out_t *out)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->run_ref);
-    lua_pushinteger(L, r->index);
+    lua_pushinteger(L, rt->index);
     lua_pushinteger(L, phase);
-    lua_pushlightuserdata(L, c);
+    lua_pushlightuserdata(L, r);
     if (phase == MR_PH_BODY) {
         lua_pushlstring(L, chunk ? chunk : "", n);
         lua_pushboolean(L, eof);
@@ -407,32 +412,32 @@ int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int ph
         lua_pushnil(L);
         lua_pushnil(L);
     }
-    run_begin(vm, r, phase);
+    run_begin(vm, rt, phase);
     int rc = lua_pcall(L, 5, 3, base + 1);
     run_end(vm);
-    return collect(vm, base, rc, r, phase, out);
+    return collect(vm, base, rc, rt, phase, out);
 }
 
-int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_lua_out_t *out)
+int mr_lua_resume(mr_lua_vm_t *vm, mr_req_t *r, const mr_route_conf_t *rt, int phase, mr_lua_out_t *out)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->resume_ref);
-    lua_pushlightuserdata(L, c);
-    run_begin(vm, r, c->lua_phase);
+    lua_pushlightuserdata(L, r);
+    run_begin(vm, rt, phase);
     int rc = lua_pcall(L, 1, 3, base + 1);
     run_end(vm);
-    return collect(vm, base, rc, r, c->lua_phase, out);
+    return collect(vm, base, rc, rt, phase, out);
 }
 
-int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c)
+int mr_lua_route(mr_lua_vm_t *vm, mr_req_t *r)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tb_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref);
-    lua_pushlightuserdata(L, c);
+    lua_pushlightuserdata(L, r);
     int rc = MR_LUA_ERROR;
     run_begin(vm, NULL, 0);
     int prc = lua_pcall(L, 1, 1, base + 1);
@@ -443,12 +448,12 @@ int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c)
     return rc;
 }
 
-void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c)
+void mr_lua_finish(mr_lua_vm_t *vm, mr_req_t *r)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->finish_ref);
-    lua_pushlightuserdata(L, c);
+    lua_pushlightuserdata(L, r);
     if (lua_pcall(L, 1, 0, 0) != 0) mr_error("lua: finish: %s", lua_tostring(L, -1));
     lua_settop(L, base);
 }
@@ -483,9 +488,9 @@ typedef struct mr_lua_fiber {
 static __thread mr_lua_fiber_t *tls_fibers;
 static __thread int tls_nfibers;
 
-void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen)
+void mr_lua_vm_start(mr_lua_vm_t *vm)
 {
-    vm->gen = gen;
+    vm->started = true;
     lua_State *L = vm->L;
     int base = lua_gettop(L);
     lua_pushcfunction(L, traceback);
@@ -510,23 +515,23 @@ static mr_lua_fiber_t *fiber_new(mr_lua_vm_t *vm)
     if (tls_fibers) tls_fibers->prev = f;
     tls_fibers = f;
     tls_nfibers++;
-    mr_gen_ref(vm->gen);
+    vm->refs++;
     return f;
 }
 
-/* Frees the fiber and drops its generation reference, which may free the VM: call it only
- * when no Lua code of that VM is on the C stack, or when another reference is known to exist. */
+/* Frees the fiber and drops its VM reference, which may free the VM: call it only when no Lua
+ * code of that VM is on the C stack, or when another reference is known to exist. */
 static void fiber_free(mr_lua_fiber_t *f)
 {
-    mr_loop_t *loop = mr_cosock_loop();
+    mr_loop_t *loop = mr_loop_current();
     if (loop) mr_timer_stop(loop, &f->timer);
     if (f->prev) f->prev->next = f->next;
     else tls_fibers = f->next;
     if (f->next) f->next->prev = f->prev;
     tls_nfibers--;
-    mr_gen_t *g = f->vm->gen;
+    mr_lua_vm_t *vm = f->vm;
     free(f);
-    mr_gen_unref(g);
+    mr_lua_vm_unref(vm);
 }
 
 static void fiber_fire(mr_loop_t *loop, mr_timer_t *t)
@@ -571,8 +576,8 @@ static void fiber_fire(mr_loop_t *loop, mr_timer_t *t)
 MR_EXPORT int mr_lua_timer_new(void *v, double delay, double interval, int cap, void **out)
 {
     mr_lua_vm_t *vm = v;
-    mr_loop_t *loop = mr_cosock_loop();
-    if (!loop || !vm->gen) return -1;
+    mr_loop_t *loop = mr_loop_current();
+    if (!loop || !vm->started) return -1;
     if (vm->retired) return -2;
     if (tls_nfibers >= cap) return -3;
     mr_lua_fiber_t *f = fiber_new(vm);
@@ -603,7 +608,7 @@ int mr_lua_vm_fibers(const mr_lua_vm_t *vm)
 
 void mr_lua_vm_retire(mr_lua_vm_t *vm)
 {
-    mr_loop_t *loop = mr_cosock_loop();
+    mr_loop_t *loop = mr_loop_current();
     vm->retired = true;
     if (!loop) return;
     for (mr_lua_fiber_t *f = tls_fibers; f; f = f->next) {
@@ -613,10 +618,10 @@ void mr_lua_vm_retire(mr_lua_vm_t *vm)
     }
 }
 
-int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out)
+int mr_lua_detach(mr_lua_vm_t *vm, mr_req_t *r, const mr_lua_out_t *out)
 {
-    mr_loop_t *loop = mr_cosock_loop();
-    if (!loop || !vm->gen) return -1;
+    mr_loop_t *loop = mr_loop_current();
+    if (!loop || !vm->started) return -1;
     mr_lua_fiber_t *f = fiber_new(vm);
     if (!f) return -1;
     f->started = true;
@@ -624,7 +629,7 @@ int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out)
     int base = lua_gettop(L);
     lua_pushcfunction(L, traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->adopt_ref);
-    lua_pushlightuserdata(L, c);
+    lua_pushlightuserdata(L, r);
     lua_pushnumber(L, (lua_Number)(uintptr_t)f);
     lua_pushlightuserdata(L, f);
     if (lua_pcall(L, 3, 0, base + 1) != 0) {
@@ -646,4 +651,4 @@ void mr_lua_thread_abort(void)
 
 MR_EXPORT int mr_lua_vm_retired(void *v) { return ((mr_lua_vm_t *)v)->retired; }
 
-const mr_config_t *mr_lua_vm_config(const mr_lua_vm_t *vm) { return vm && vm->gen ? vm->gen->cfg : NULL; }
+const mr_config_t *mr_lua_vm_config(const mr_lua_vm_t *vm) { return vm && vm->started ? vm->cfg : NULL; }

@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 #include "config/config.h"
-#include "proxy/proxy.h"
 
 typedef struct mr_lua_vm mr_lua_vm_t;
+typedef struct mr_req mr_req_t;
 
 enum { MR_LUA_ERROR = -1, MR_LUA_DONE = 0, MR_LUA_YIELD = 1, MR_LUA_RESPONDED = 2 };
 enum { MR_PH_REQUEST = 1, MR_PH_HANDLER, MR_PH_RESPONSE, MR_PH_BODY, MR_PH_LOG };
@@ -29,25 +29,27 @@ typedef struct {
 } mr_lua_out_t;
 
 int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t errlen);
-void mr_lua_vm_free(mr_lua_vm_t *vm);
+/* Drops a reference (the creator holds one; every timer and detached on_log holds one, so the VM
+ * outlives the generation that made it while they run). The last one frees the VM: never from
+ * inside Lua code of that VM. */
+void mr_lua_vm_unref(mr_lua_vm_t *vm);
 int mr_lua_route_flags(const mr_lua_vm_t *vm, int route_index);
-/* Runs a phase for the client's current request (chunk/eof only for MR_PH_BODY). */
-int mr_lua_run(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, int phase,
+/* Runs a phase for the request (chunk/eof only for MR_PH_BODY). */
+int mr_lua_run(mr_lua_vm_t *vm, mr_req_t *r, const mr_route_conf_t *rt, int phase,
                const char *chunk, size_t n, bool eof, mr_lua_out_t *out);
 /* Resumes the request's parked phase after what it waited for happened. */
-int mr_lua_resume(mr_lua_vm_t *vm, mr_client_t *c, const mr_route_conf_t *r, mr_lua_out_t *out);
+int mr_lua_resume(mr_lua_vm_t *vm, mr_req_t *r, const mr_route_conf_t *rt, int phase, mr_lua_out_t *out);
 /* Matches the request against the routes in Lua (predicates, router). Returns the 1-based route
  * index, 0 for no match, or MR_LUA_ERROR. */
-int mr_lua_route(mr_lua_vm_t *vm, mr_client_t *c);
+int mr_lua_route(mr_lua_vm_t *vm, mr_req_t *r);
 /* Forgets the request's Lua state (request done, or client gone). */
-void mr_lua_finish(mr_lua_vm_t *vm, mr_client_t *c);
+void mr_lua_finish(mr_lua_vm_t *vm, mr_req_t *r);
 
 /* Timers (moonring.timer) and detached coroutines run as "fibers": a park timer plus a coroutine
- * in the VM. Each holds a reference on the generation that created it (set with
- * mr_lua_vm_set_gen), so a generation outlives its pending timers. */
-struct mr_gen;
-/* Also starts the config's init_worker (as a timer) now that the generation is live. */
-void mr_lua_vm_set_gen(mr_lua_vm_t *vm, struct mr_gen *gen);
+ * in the VM. Each holds a reference on the VM (mr_lua_vm_unref), so the VM outlives the generation
+ * that made it while a timer of it is pending. */
+/* The VM starts serving: runs the config's init_worker (as a timer); timers may be created. */
+void mr_lua_vm_start(mr_lua_vm_t *vm);
 /* The generation stops being current (reload, shutdown): its pending timers fire once at once
  * with premature = true and are not rescheduled; new timers are refused. */
 void mr_lua_vm_retire(mr_lua_vm_t *vm);
@@ -56,8 +58,8 @@ void mr_lua_vm_retire(mr_lua_vm_t *vm);
 int mr_lua_vm_fibers(const mr_lua_vm_t *vm);
 /* Hands a parked on_log phase over to a fiber so the request can end (its req/res die now).
  * Returns 0, or -1 when it cannot (the rest of the phase is then dropped). */
-int mr_lua_detach(mr_lua_vm_t *vm, mr_client_t *c, const mr_lua_out_t *out);
-/* The config of the generation the VM serves (NULL before mr_lua_vm_set_gen). Cosockets take
+int mr_lua_detach(mr_lua_vm_t *vm, mr_req_t *r, const mr_lua_out_t *out);
+/* The config the VM was built from (NULL before mr_lua_vm_start). Cosockets take
  * their TLS client contexts from it. */
 const mr_config_t *mr_lua_vm_config(const mr_lua_vm_t *vm);
 /* After the worker's loop stopped: drops every fiber left on this thread without running it. */

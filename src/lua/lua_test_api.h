@@ -1,5 +1,5 @@
 /* A request without a server, for the FFI unit specs and bench/micro/lua_api: a calloc'd
- * mr_client_t whose request head was parsed by the real HTTP/1 codec, so the Lua request API
+ * mr_req_t whose request head was parsed by the real HTTP/1 codec, so the Lua request API
  * (src/lua/api.c, moonring.runtime's req/res objects) runs over the same C code as in the proxy.
  * Not for use inside the server. Thread affinity: the caller's thread; nothing is shared. */
 #ifndef MR_LUA_TEST_API_H

@@ -7,13 +7,19 @@
 #include <stdbool.h>
 
 #include "loop/loop.h"
-#include "proxy/proxy.h"
+#include "proxy/req.h"
 
 typedef struct mr_access_log mr_access_log_t;
 
 /* fd is shared by all workers (opened O_APPEND by the main thread); not closed here. */
 mr_access_log_t *mr_access_log_new(mr_loop_t *loop, int fd, bool json);
-void mr_access_log_request(mr_access_log_t *al, mr_client_t *c);
+/* Formats r's line: nginx's "combined" ($remote_addr - $remote_user [$time_local] "$request"
+ * $status $body_bytes_sent "$http_referer" "$http_user_agent"), or one JSON object. */
+void mr_access_log_request(mr_access_log_t *al, const mr_req_t *r);
+/* Nothing buffered, queued or in flight. */
+bool mr_access_log_idle(const mr_access_log_t *al);
+/* fn(arg) runs whenever a write completes and leaves the log idle (a draining worker waits). */
+void mr_access_log_on_idle(mr_access_log_t *al, void (*fn)(void *), void *arg);
 /* Writes what is buffered synchronously; used at shutdown only. */
 void mr_access_log_free(mr_access_log_t *al);
 

@@ -1,545 +1,200 @@
-/* The request lifecycle. One request at a time per client connection (pipelined requests wait in
- * the client's input until the previous response is complete), each bound to one upstream
- * connection from the worker's pool. Both parsers pause instead of buffering: at the request head
- * (until the upstream is connected), after each request (ordering), and whenever the other side's
- * send queue is over its limit (backpressure), so memory per connection stays bounded. */
+/* The proxy core. One request at a time is bound to one upstream connection. Nothing here reads
+ * ahead of what the other side can take: the session reads no body byte before read_body (the
+ * upstream must be connected first), delivery pauses while the upstream's queue is over its limit
+ * (mr_proxy_body returns 1), and the upstream's response is held while the client's queue is
+ * (data returns 1, resumed by mr_proxy_sent). So memory per request stays bounded. */
 #include "proxy/proxy.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "core/gen.h"
-#include "core/worker.h"
+#include "http1/write.h"
 #include "log/log.h"
 #include "lua/lua.h"
-#include "net/net.h"
 #include "proxy/access_log.h"
+#include "proxy/phases.h"
+#include "proxy/route.h"
 
 #define HEAD_LIMIT (256u * 1024u)
-#define SQ_RESERVE 4 /* entries a body piece may need: size line, data, CRLF, last-chunk */
-#define MR_DRAIN_IDLE_GRACE_MS 1000u /* see mr_proxy_shutdown */
+#define BODY_LIMIT ((size_t)1 << 30)
 
-enum { P_NONE = 0, P_HEAD, P_DONE, P_BP };
+static const mr_upconn_ops_t up_ops;
 
-static const mr_sock_ops_t client_ops, up_ops;
-static const mr_http1_cbs_t req_cbs, resp_cbs;
+static void forward_start(mr_req_t *r);
+static void lua_request_outcome(mr_req_t *r, int phase, int rc, const mr_lua_out_t *out);
 
-static void client_feed(mr_client_t *c);
-static void client_close(mr_client_t *c);
-static void client_abort_response(mr_client_t *c);
-static void client_fail(mr_client_t *c, int status);
-static void client_check_finish(mr_client_t *c);
-static void up_close(mr_upconn_t *up);
-static void up_feed(mr_upconn_t *up);
-static void forward_start(mr_client_t *c);
-static void tunnel_pump(mr_client_t *c);
-static void lua_phase_run(mr_client_t *c, int phase);
-static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out);
-static void respond_error(mr_client_t *c, int status, bool close);
-static void after_request_phase(mr_client_t *c);
-static void lua_abandon(mr_client_t *c);
-static void lua_release(mr_client_t *c);
-static int resp_emit_head(mr_upconn_t *up);
-static void send_body_chunk(mr_client_t *c, char *owned, size_t n);
-static void resp_complete(mr_client_t *c);
-static void up_release(mr_upconn_t *up);
-static void up_fail(mr_upconn_t *up, int status, const char *why);
+static inline const mr_config_t *cfg_of(const mr_req_t *r) { return r->gen->cfg; }
+static inline uint64_t bp_limit(const mr_req_t *r) { return cfg_of(r)->buffer_size; }
 
-/* Upstreams chosen at run time by req:set_upstream("ip:port"). Names are never resolved here
- * (that would block the worker); they are kept per worker so their pools are reused. */
-struct mr_dyn_upstream {
-    mr_upstream_t u;
-    mr_upstream_conf_t conf;
-    mr_server_conf_t sconf;
-    mr_server_t *srv[1];
-    int cw[1];
-    char key[64];
-    struct mr_dyn_upstream *next;
-};
-#define MR_MAX_DYN_UPSTREAMS 256
-
-static inline mr_client_t *client_of(mr_sock_t *s) { return (mr_client_t *)s; }
-static inline mr_upconn_t *up_of(mr_sock_t *s) { return (mr_upconn_t *)s; }
-
-static uint64_t bp_limit(const mr_worker_t *w) { return w->cfg->buffer_size; }
-
-static bool sq_full(const mr_sock_t *s, uint64_t limit)
+/* Nothing follows the head: HEAD requests, 1xx, 204 and 304 (RFC 9110 6.4.1). */
+static bool resp_bodiless(const mr_req_t *r)
 {
-    return mr_sock_sq_space(s) < SQ_RESERVE || s->sq_bytes > limit;
+    int st = r->resp.status;
+    return r->method == HTTP_HEAD || st == 204 || st == 304 || st < 200;
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Local responses                                                                              */
+/* The worker's proxy                                                                           */
 
-/* Stores a local response: status, body, and headers in c->local's header store. */
-static int local_set(mr_client_t *c, int status, const char *body, size_t blen, const char *const *hdrs, int nhdrs)
+void mr_proxy_init(mr_proxy_t *px, mr_loop_t *loop, void (*gone)(void *), void *arg)
 {
-    mr_http1_msg_t *m = &c->local;
-    mr_http1_next(m);
-    for (int i = 0; i + 1 < 2 * nhdrs; i += 2) {
-        if (strcasecmp(hdrs[i], "content-length") == 0 || strcasecmp(hdrs[i], "transfer-encoding") == 0 ||
-            strcasecmp(hdrs[i], "connection") == 0)
-            continue;
-        if (mr_http1_add_header(m, hdrs[i], strlen(hdrs[i]), hdrs[i + 1], strlen(hdrs[i + 1])) < 0) return -E2BIG;
-    }
-    mr_vec_reset(&c->local_body);
-    if (blen && mr_vec_append(&c->local_body, body, blen, (size_t)1 << 30) < 0) return -ENOMEM;
-    c->status = status;
-    return 0;
+    px->loop = loop;
+    px->up.loop = loop;
+    px->up.limits = &px->h1limits;
+    px->up.gone = gone;
+    px->up.gone_arg = arg;
 }
 
-/* Serialises and queues the stored local response. */
-static int local_emit(mr_client_t *c)
+void mr_proxy_set_gen(mr_proxy_t *px, mr_gen_t *gen)
 {
-    if (c->resp_started) {
-        /* Too late for a clean answer: the only honest signal left is closing the connection. */
-        c->close_after = true;
-        c->resp_done = true;
-        client_close(c);
-        return -EALREADY;
-    }
-    mr_http1_msg_t *m = &c->local;
-    int status = c->status;
-    mr_vec_t *h = &c->out_head;
-    mr_vec_reset(h);
-    bool nobody = c->head_method || status == 204 || status == 304 || status < 200;
-    int rc = mr_vec_printf(h, HEAD_LIMIT, "HTTP/1.1 %d %s\r\nServer: moonring\r\n", status, mr_http1_reason(status));
-    bool has_ctype = false;
-    for (uint32_t i = 0; i < m->nhdrs && rc == 0; i++) {
-        mr_hdr_t *hd = &m->hdrs[i];
-        if (hd->flags & MR_HDR_DELETED) continue;
-        if (hd->name_len == 12 && strncasecmp(mr_http1_str(m, hd->name_off), "content-type", 12) == 0) has_ctype = true;
-        rc = mr_vec_printf(h, HEAD_LIMIT, "%.*s: %.*s\r\n", (int)hd->name_len, mr_http1_str(m, hd->name_off),
-                           (int)hd->val_len, mr_http1_str(m, hd->val_off));
-    }
-    size_t blen = nobody ? 0 : c->local_body.len;
-    if (rc == 0 && !has_ctype && c->local_body.len) rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Type: text/plain\r\n");
-    if (rc == 0 && status != 204 && status >= 200)
-        rc = mr_vec_printf(h, HEAD_LIMIT, "Content-Length: %u\r\n", c->local_body.len);
-    /* Answering before the request body was read: the rest of it would be parsed as the next
-     * request (0.CL desync), so the connection ends with this response. */
-    if (c->active && !c->req_done && c->req.has_body) c->close_after = true;
-    if (rc == 0 && (c->close_after || c->w->draining)) {
-        c->close_after = true;
-        rc = mr_vec_printf(h, HEAD_LIMIT, "Connection: close\r\n");
-    }
-    if (rc == 0) rc = mr_vec_printf(h, HEAD_LIMIT, "\r\n");
-    if (rc < 0) return rc;
-    c->local_pending = false;
-    c->resp_started = true;
-    c->head_sent = true;
-    c->resp_done = true;
-    c->resp_bytes = blen;
-    c->out_mode = MR_OUT_NONE;
-    mr_sock_send(&c->s, h->p, h->len, MR_NO_BID);
-    if (blen) mr_sock_send(&c->s, c->local_body.p, (uint32_t)blen, MR_NO_BID);
-    return 0;
+    const mr_config_t *cfg = gen->cfg;
+    px->gen = gen;
+    px->h1limits.max_request_line = cfg->limits.max_request_line;
+    px->h1limits.max_header_size = cfg->limits.max_header_size;
+    px->h1limits.max_headers = cfg->limits.max_headers;
 }
 
-int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
-                     const char *const *hdrs, int nhdrs)
+void mr_proxy_drain(mr_proxy_t *px)
 {
-    if (c->resp_started) return local_emit(c);
-    c->local_pending = false;
-    int rc = local_set(c, status, body, blen, hdrs, nhdrs);
-    if (rc < 0) return rc;
-    return local_emit(c);
+    px->draining = true;
+    px->up.draining = true;
+    for (mr_server_t *sv = px->servers.head; sv; sv = sv->next) mr_upconn_close_idle(sv);
 }
 
-int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t blen,
-                           const char *const *hdrs, int nhdrs)
+void mr_proxy_free(mr_proxy_t *px)
 {
-    int rc = local_set(c, status, body, blen, hdrs, nhdrs);
-    if (rc < 0) return rc;
-    c->local_pending = true;
-    c->local_resp_done = c->local_body_done = false;
-    return 0;
-}
-
-static void respond_error(mr_client_t *c, int status, bool close)
-{
-    char body[96];
-    int n = snprintf(body, sizeof body, "%d %s\n", status, mr_http1_reason(status));
-    if (close) c->close_after = true;
-    mr_proxy_respond(c, status, body, (size_t)n, NULL, 0);
-    client_check_finish(c);
+    mr_dyn_upstreams_free(&px->dyn);
+    mr_server_registry_free(&px->servers);
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Routing                                                                                      */
+/* The upstream request head                                                                    */
 
-static bool host_matches(const mr_route_conf_t *r, const char *host, size_t hlen)
+/* The target the upstream sees: the route's prefix taken off (strip_prefix; the writer makes
+ * sure what remains starts with "/"), then the query. */
+static void build_target(const mr_req_t *r, mr_h1_req_head_t *head)
 {
-    const char *colon = memchr(host, ':', hlen);
-    if (colon && host[0] != '[') hlen = (size_t)(colon - host);
-    for (int i = 0; i < r->nhosts; i++) {
-        const char *pat = r->hosts[i];
-        size_t plen = strlen(pat);
-        if (pat[0] == '*' && pat[1] == '.') {
-            size_t sl = plen - 1; /* ".example.com" */
-            if (hlen > sl && strncasecmp(host + hlen - sl, pat + 1, sl) == 0) return true;
-        } else if (plen == hlen && strncasecmp(host, pat, hlen) == 0) {
-            return true;
+    const char *path, *query = NULL;
+    size_t plen, qlen = 0;
+    if (r->has_target_ov) {
+        const char *t = r->target_ov.p;
+        const char *q = memchr(t, '?', r->target_ov.len);
+        path = t;
+        plen = q ? (size_t)(q - t) : r->target_ov.len;
+        if (q) { query = q + 1; qlen = r->target_ov.len - plen - 1; }
+    } else {
+        path = mr_req_view_path(r);
+        plen = r->path_len;
+        if (r->query_off) { query = mr_req_view_query(r); qlen = r->query_len; }
+    }
+    const mr_route_conf_t *rt = r->route;
+    if (rt && rt->strip_prefix && rt->path) {
+        size_t l = strlen(rt->path);
+        if (l > 0 && rt->path[l - 1] == '/') l--; /* keep the slash that starts what remains */
+        if (plen >= l && memcmp(path, rt->path, l) == 0) {
+            path += l;
+            plen -= l;
         }
     }
-    return false;
+    head->path = path;
+    head->path_len = plen;
+    head->query = query;
+    head->query_len = qlen;
 }
 
-static const mr_route_conf_t *route_match(mr_client_t *c)
+static int build_up_head(mr_req_t *r)
 {
-    const mr_config_t *cfg = c->gen->cfg;
-    const mr_http1_msg_t *m = &c->req;
-    const char *url = mr_http1_str(m, m->url_off);
-    size_t plen = m->url_len;
-    const char *q = memchr(url, '?', plen);
-    if (q) plen = (size_t)(q - url);
-    const char *host = "";
-    size_t hlen = 0;
-    if (m->host_idx >= 0) {
-        host = mr_http1_str(m, m->hdrs[m->host_idx].val_off);
-        hlen = m->hdrs[m->host_idx].val_len;
-    }
-    for (int i = 0; i < cfg->nroutes; i++) {
-        const mr_route_conf_t *r = &cfg->routes[i];
-        if (r->methods && !(r->methods & (1ull << m->method))) continue;
-        if (r->exact && (strlen(r->exact) != plen || memcmp(r->exact, url, plen) != 0)) continue;
-        if (r->path) {
-            size_t l = strlen(r->path);
-            if (plen < l || memcmp(r->path, url, l) != 0) continue;
-        }
-        if (r->nhosts && !host_matches(r, host, hlen)) continue;
-        return r;
-    }
-    return NULL;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Upstream selection and pools                                                                 */
-
-void mr_proxy_worker_free(mr_worker_t *w)
-{
-    while (w->dyn) {
-        struct mr_dyn_upstream *d = w->dyn;
-        w->dyn = d->next;
-        free(d);
-    }
-    mr_server_registry_free(&w->servers);
-}
-
-static int parse_ip_port(const char *s, size_t n, mr_addr_t *out)
-{
-    char buf[64];
-    if (n == 0 || n >= sizeof buf) return -1;
-    memcpy(buf, s, n);
-    buf[n] = 0;
-    char *colon = strrchr(buf, ':');
-    if (!colon || colon == buf) return -1;
-    *colon = 0;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 1 || port > 65535) return -1;
-    char *host = buf;
-    if (host[0] == '[') {
-        size_t hl = strlen(host);
-        if (host[hl - 1] != ']') return -1;
-        host[hl - 1] = 0;
-        host++;
-    }
-    memset(out, 0, sizeof *out);
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->sa;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->sa;
-    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        out->len = sizeof *s4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        out->len = sizeof *s6;
-        return 0;
-    }
-    return -1;
-}
-
-int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n)
-{
-    mr_worker_t *w = c->w;
-    if (c->up) return -3;
-    const mr_config_t *cfg = c->gen->cfg;
-    for (int i = 0; i < cfg->nupstreams; i++) {
-        const char *name = cfg->upstreams[i].name;
-        if (strlen(name) == n && memcmp(name, s, n) == 0) { c->dyn_up = &c->gen->ups[i]; return 0; }
-    }
-    mr_addr_t addr;
-    if (parse_ip_port(s, n, &addr) < 0) return -1;
-    for (struct mr_dyn_upstream *d = w->dyn; d; d = d->next)
-        if (strlen(d->key) == n && memcmp(d->key, s, n) == 0) { c->dyn_up = &d->u; return 0; }
-    if (w->ndyn >= MR_MAX_DYN_UPSTREAMS) return -2;
-    struct mr_dyn_upstream *d = calloc(1, sizeof *d);
-    if (!d) return -2;
-    memcpy(d->key, s, n);
-    d->sconf.addr = d->key;
-    d->sconf.sa = addr;
-    d->sconf.weight = 1;
-    d->conf.name = d->key;
-    d->conf.servers = &d->sconf;
-    d->conf.nservers = 1;
-    d->conf.keepalive = 32;
-    d->conf.keepalive_requests = 1000;
-    d->conf.tries = 1;
-    d->conf.keepalive_timeout_ms = 60000;
-    d->conf.connect_timeout_ms = 5000;
-    d->conf.read_timeout_ms = 60000;
-    d->conf.send_timeout_ms = 60000;
-    d->srv[0] = mr_server_get(&w->servers, d->key, &addr, 0);
-    if (!d->srv[0]) { free(d); return -2; }
-    d->u.conf = &d->conf;
-    d->u.servers = d->srv;
-    d->u.current_weight = d->cw;
-    d->u.nservers = 1;
-    d->next = w->dyn;
-    w->dyn = d;
-    w->ndyn++;
-    c->dyn_up = &d->u;
-    return 0;
-}
-
-static void pool_remove(mr_upconn_t *up)
-{
-    mr_server_t *s = up->server;
-    if (!up->pooled) return;
-    if (up->pool_prev) up->pool_prev->pool_next = up->pool_next;
-    else s->idle = up->pool_next;
-    if (up->pool_next) up->pool_next->pool_prev = up->pool_prev;
-    up->pool_next = up->pool_prev = NULL;
-    up->pooled = false;
-    s->nidle--;
-}
-
-static void up_timeout(mr_loop_t *loop, mr_timer_t *t);
-
-static void pool_put(mr_upconn_t *up, const mr_upstream_conf_t *uc)
-{
-    mr_server_t *s = up->server;
-    s->active--;
-    up->client = NULL;
-    if (up->s.closing || up->w->draining || s->nidle >= uc->keepalive ||
-        up->requests >= (uint32_t)uc->keepalive_requests || up->s.nin) {
-        up_close(up);
-        return;
-    }
-    mr_http1_next(&up->resp);
-    up->got_bytes = false;
-    up->pooled = true;
-    /* It may have been paused for backpressure; a pooled connection must keep reading so a
-     * close by the upstream (or stray bytes) is noticed. */
-    mr_sock_resume(&up->s);
-    up->pool_prev = NULL;
-    up->pool_next = s->idle;
-    if (s->idle) s->idle->pool_prev = up;
-    s->idle = up;
-    s->nidle++;
-    mr_timer_set(up->w->loop, &up->timer, uc->keepalive_timeout_ms);
-}
-
-static mr_upconn_t *pool_get(mr_server_t *s)
-{
-    mr_upconn_t *up = s->idle;
-    if (!up) return NULL;
-    pool_remove(up);
-    return up;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Request head serialisation                                                                   */
-
-static int build_up_head(mr_client_t *c)
-{
-    const mr_config_t *cfg = c->w->cfg;
-    mr_http1_msg_t *m = &c->req;
-    mr_vec_t *v = &c->up_head;
+    const mr_config_t *cfg = cfg_of(r);
+    const mr_hdrs_t *h = &r->hdrs;
+    mr_vec_t *v = &r->up_head;
     mr_vec_reset(v);
-    const char *url = c->has_target_ov ? c->target_ov.p : mr_http1_str(m, m->url_off);
-    size_t ulen = c->has_target_ov ? c->target_ov.len : m->url_len;
-    const char *host = NULL;
-    size_t hostlen = 0;
-    /* absolute-form: forward origin-form and let the target's authority become Host. */
-    if (ulen > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
-        const char *a = url + (url[4] == ':' ? 7 : 8);
-        const char *end = url + ulen;
-        const char *slash = memchr(a, '/', (size_t)(end - a));
-        host = a;
-        hostlen = (size_t)((slash ? slash : end) - a);
-        url = slash ? slash : "/";
-        ulen = slash ? (size_t)(end - slash) : 1;
+    mr_h1_req_head_t head = { .method = r->method_name, .hdrs = h,
+                              .skip = MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED };
+    build_target(r, &head);
+    const mr_route_conf_t *rt = r->route;
+    if (rt && rt->set_host) {
+        head.host = rt->set_host;
+        head.host_len = strlen(rt->set_host);
+    } else if (r->host_idx >= 0) {
+        head.host = mr_hdr_value(h, &h->v[r->host_idx]);
+        head.host_len = h->v[r->host_idx].val_len;
+    } else if (r->upstream) {
+        /* An HTTP/1.0 request without Host still goes out as HTTP/1.1, which requires one: use
+         * the upstream's name, as nginx does with $proxy_host. */
+        head.host = r->upstream->conf->name;
+        head.host_len = strlen(head.host);
     }
-    const mr_route_conf_t *r = c->route;
-    if (r && r->strip_prefix && r->path) {
-        size_t l = strlen(r->path);
-        if (l > 1 && ulen >= l) {
-            url += l;
-            ulen -= l;
-            if (ulen == 0 || url[0] != '/') { url--; ulen++; } /* keep a leading slash */
-        }
-    }
-    int rc = 0;
-    rc |= mr_vec_reserve(v, ulen + 64, HEAD_LIMIT);
-    if (rc) return rc;
-    mr_vec_str(v, mr_http1_method_str(m), HEAD_LIMIT);
-    mr_vec_lit(v, " ", HEAD_LIMIT);
-    if (r && r->strip_prefix && url[0] != '/') mr_vec_append(v, "/", 1, HEAD_LIMIT);
-    mr_vec_append(v, url, ulen, HEAD_LIMIT);
-    mr_vec_append(v, " HTTP/1.1\r\n", 11, HEAD_LIMIT);
-    if (r && r->set_host) {
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %s\r\n", r->set_host);
-    } else if (host) {
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %.*s\r\n", (int)hostlen, host);
-    } else if (m->host_idx >= 0) {
-        mr_hdr_t *h = &m->hdrs[m->host_idx];
-        rc |= mr_vec_lit(v, "Host: ", HEAD_LIMIT);
-        rc |= mr_vec_append(v, mr_http1_str(m, h->val_off), h->val_len, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
-    } else if (c->upstream) {
-        /* An HTTP/1.0 request without Host still goes out as HTTP/1.1, which requires one:
-         * use the upstream's name, as nginx does with $proxy_host. */
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Host: %s\r\n", c->upstream->conf->name);
-    }
-    const char *xff = NULL;
-    uint32_t xff_len = 0;
-    const char *via = NULL;
-    uint32_t via_len = 0;
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
-        mr_hdr_t *h = &m->hdrs[i];
-        if (h->flags & (MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED)) continue;
-        if ((h->flags & MR_HDR_XFF) && cfg->xff) { xff = mr_http1_str(m, h->val_off); xff_len = h->val_len; continue; }
-        if ((h->flags & MR_HDR_VIA) && cfg->via) { via = mr_http1_str(m, h->val_off); via_len = h->val_len; continue; }
-        if (cfg->xfp && h->name_len == 17 && strncasecmp(mr_http1_str(m, h->name_off), "x-forwarded-proto", 17) == 0)
-            continue;
-        rc |= mr_vec_reserve(v, (size_t)h->name_len + h->val_len + 4, HEAD_LIMIT);
-        if (rc) return rc;
-        mr_vec_put(v, mr_http1_str(m, h->name_off), h->name_len);
-        mr_vec_put(v, ": ", 2);
-        mr_vec_put(v, mr_http1_str(m, h->val_off), h->val_len);
-        mr_vec_put(v, "\r\n", 2);
-    }
+    mr_h1_field_t extra[3];
+    int n = 0;
     if (cfg->xff) {
-        rc |= mr_vec_lit(v, "X-Forwarded-For: ", HEAD_LIMIT);
-        if (xff) {
-            rc |= mr_vec_append(v, xff, xff_len, HEAD_LIMIT);
-            rc |= mr_vec_lit(v, ", ", HEAD_LIMIT);
+        head.skip |= MR_HDR_XFF;
+        int i = -1;
+        for (uint32_t k = 0; k < h->n; k++)
+            if ((h->v[k].flags & (MR_HDR_XFF | MR_HDR_DELETED)) == MR_HDR_XFF) i = (int)k;
+        mr_h1_field_t *f = &extra[n++];
+        *f = (mr_h1_field_t){ .name = "X-Forwarded-For", .nlen = 15, .val = r->peer->ip,
+                              .vlen = (uint32_t)strlen(r->peer->ip) };
+        if (i >= 0) {
+            f->val2 = f->val;
+            f->vlen2 = f->vlen;
+            f->val = mr_hdr_value(h, &h->v[i]);
+            f->vlen = h->v[i].val_len;
         }
-        rc |= mr_vec_str(v, c->ip, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
     }
-    if (cfg->xfp) rc |= mr_vec_str(v, c->s.tls ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n", HEAD_LIMIT);
+    if (cfg->xfp) {
+        head.skip |= MR_HDR_XFP;
+        const char *proto = r->peer->tls ? "https" : "http";
+        extra[n++] = (mr_h1_field_t){ .name = "X-Forwarded-Proto", .nlen = 17, .val = proto,
+                                      .vlen = (uint32_t)strlen(proto) };
+    }
     if (cfg->via) {
-        if (via) rc |= mr_vec_printf(v, HEAD_LIMIT, "Via: %.*s, 1.%d moonring\r\n", (int)via_len, via, m->minor);
-        else if (m->minor) rc |= mr_vec_lit(v, "Via: 1.1 moonring\r\n", HEAD_LIMIT);
-        else rc |= mr_vec_lit(v, "Via: 1.0 moonring\r\n", HEAD_LIMIT);
+        head.skip |= MR_HDR_VIA;
+        int i = -1;
+        for (uint32_t k = 0; k < h->n; k++)
+            if ((h->v[k].flags & (MR_HDR_VIA | MR_HDR_DELETED)) == MR_HDR_VIA) i = (int)k;
+        const char *self = r->version == 10 ? "1.0 moonring" : "1.1 moonring";
+        mr_h1_field_t *f = &extra[n++];
+        *f = (mr_h1_field_t){ .name = "Via", .nlen = 3, .val = self, .vlen = 12 };
+        if (i >= 0) {
+            f->val2 = f->val;
+            f->vlen2 = f->vlen;
+            f->val = mr_hdr_value(h, &h->v[i]);
+            f->vlen = h->v[i].val_len;
+        }
     }
-    if (m->upgrade) {
-        int u = mr_http1_find(m, "upgrade", 7, 0);
-        if (u >= 0)
-            rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)m->hdrs[u].val_len,
-                                mr_http1_str(m, m->hdrs[u].val_off));
+    head.extra = extra;
+    head.nextra = n;
+    if (r->upgrade) {
+        int u = mr_hdrs_find(h, "upgrade", 7, 0);
+        if (u >= 0) {
+            head.upgrade = mr_hdr_value(h, &h->v[u]);
+            head.upgrade_len = h->v[u].val_len;
+        }
     }
-    if (m->chunked) {
-        rc |= mr_vec_lit(v, "Transfer-Encoding: chunked\r\n", HEAD_LIMIT);
-    } else if (m->content_length >= 0 && (m->content_length > 0 || m->method == HTTP_POST ||
-                                          m->method == HTTP_PUT || m->method == HTTP_PATCH)) {
-        rc |= mr_vec_lit(v, "Content-Length: ", HEAD_LIMIT);
-        rc |= mr_vec_num(v, (uint64_t)m->content_length, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
+    if (r->chunked) {
+        head.framing = MR_H1_FRAME_CHUNKED;
+    } else if (r->content_length >= 0 && (r->content_length > 0 || r->method == HTTP_POST ||
+                                          r->method == HTTP_PUT || r->method == HTTP_PATCH)) {
+        head.framing = MR_H1_FRAME_LENGTH;
+        head.length = r->content_length;
     }
-    rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
-    return rc ? -E2BIG : 0;
+    return mr_http1_write_request(v, &head, HEAD_LIMIT);
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Upstream connections                                                                         */
-
-static void up_free(mr_upconn_t *up)
-{
-    up->w->nupconns--;
-    mr_worker_client_gone(up->w);
-    mr_http1_free(&up->resp);
-    free(up);
-}
-
-static void up_on_closed(mr_sock_t *s)
-{
-    mr_upconn_t *up = up_of(s);
-    if (up->connect_op.active) return; /* the connect completion frees it */
-    up_free(up);
-}
-
-/* Detaches the upstream from its client and closes it (never pooled). */
-static void up_close(mr_upconn_t *up)
-{
-    mr_timer_stop(up->w->loop, &up->timer);
-    pool_remove(up);
-    if (up->client) {
-        up->client->up = NULL;
-        up->client = NULL;
-        up->server->active--;
-    }
-    if (up->connect_op.active) {
-        up->s.closing = true;
-        mr_loop_cancel(up->w->loop, &up->connect_op);
-        return;
-    }
-    mr_sock_close(&up->s);
-}
-
-static void up_send_head(mr_upconn_t *up)
-{
-    mr_client_t *c = up->client;
-    mr_sock_send(&up->s, c->up_head.p, c->up_head.len, MR_NO_BID);
-    up->requests++;
-    mr_timer_set(c->w->loop, &up->timer, c->upstream->conf->read_timeout_ms);
-    if (c->req.expect_continue && c->req.has_body && !c->sent_continue && !c->req_done) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        c->sent_continue = true;
-        mr_sock_send(&c->s, cont, sizeof cont - 1, MR_NO_BID);
-    }
-    if (c->req.upgrade) return; /* the rest of the client's bytes wait for a 101 */
-    if (c->lua_body_state == MR_BODY_DONE || c->lua_body_state == MR_BODY_TOO_LARGE) {
-        /* Read by req:body(): send the buffered copy, framed as the request was. */
-        if (c->lua_body.len) {
-            if (c->req.chunked) {
-                char sz[24];
-                int l = snprintf(sz, sizeof sz, "%x\r\n", c->lua_body.len);
-                mr_sock_send(&up->s, sz, (size_t)l, MR_NO_BID);
-            }
-            /* A copy: the upstream's queue may outlive this request's buffer. */
-            char *copy = malloc(c->lua_body.len);
-            if (copy) {
-                memcpy(copy, c->lua_body.p, c->lua_body.len);
-                mr_sock_send_owned(&up->s, copy, c->lua_body.len);
-            }
-            if (c->req.chunked) mr_sock_send(&up->s, "\r\n", 2, MR_NO_BID);
-        }
-        if (c->req.chunked && c->req_done) mr_sock_send(&up->s, "0\r\n\r\n", 5, MR_NO_BID);
-    }
-    c->forwarding_body = true;
-    if (c->pause_reason == P_HEAD) c->pause_reason = P_NONE;
-    client_feed(c);
-}
+/* Forwarding                                                                                   */
 
 /* Another try for the current request, if it is safe and allowed. Returns true if started. */
-static bool retry(mr_client_t *c)
+static bool retry(mr_req_t *r)
 {
-    const mr_upstream_conf_t *uc = c->upstream->conf;
-    if (c->tries >= uc->tries || c->tries >= c->upstream->nservers + 1) return false;
-    if (c->forwarding_body && c->body_seen > 0) return false; /* body bytes are gone */
-    forward_start(c);
+    const mr_upstream_conf_t *uc = r->upstream->conf;
+    if (r->tries >= uc->tries || r->tries >= r->upstream->nservers + 1) return false;
+    if (r->body_mode == MR_BODY_FORWARD && r->body_seen > 0) return false; /* body bytes are gone */
+    forward_start(r);
     return true;
 }
 
@@ -549,1100 +204,479 @@ static bool method_idempotent(uint8_t m)
            m == HTTP_TRACE;
 }
 
-/* Why a socket failed: the TLS engine's reason when TLS failed, else the errno text. */
-static const char *sock_why(const mr_sock_t *s, int res, char *buf, size_t len)
+/* The upstream side of the request is gone for good (after a failure, or a Lua error on its
+ * response): answer what can still be answered. */
+static void up_lost(mr_req_t *r, int status)
 {
-    if (res == -EPROTO && s->tls && *mr_sock_tls_error(s)) {
-        snprintf(buf, len, "TLS: %s", mr_sock_tls_error(s));
-        return buf;
-    }
-    return strerror(-res);
+    if (r->head_sent) { r->out->abort(r); return; }
+    mr_req_error(r, status, true);
 }
 
-static void up_fail(mr_upconn_t *up, int status, const char *why)
+static void forward_start(mr_req_t *r)
 {
-    mr_client_t *c = up->client;
-    char addr[64];
-    snprintf(addr, sizeof addr, "%s", up->server->addr);
-    /* Retry only where the request cannot have been acted on twice: the connect failed, or a
-     * reused keep-alive connection turned out stale before any response byte, for an idempotent
-     * method (the upstream may have closed it just as we sent). A failed TLS handshake is a
-     * failed connect: no request byte left (the engine takes plaintext only once it is done). */
-    bool tls_failed = up->s.tls && !mr_tls_handshake_done(up->s.tls);
-    if (tls_failed) up->server->down_until = mr_loop_now(up->w->loop) + 1000;
-    bool can_retry = c && !up->got_bytes && !c->resp_started && status == 502 &&
-                     (!up->connected || tls_failed || (up->requests > 1 && method_idempotent(c->req.method)));
-    up_close(up);
-    if (!c) return;
-    if (c->lua_phase == MR_PH_RESPONSE || c->lua_phase == MR_PH_BODY) lua_abandon(c);
-    mr_warn("upstream %s: %s (%s %.*s)", addr, why, mr_http1_method_str(&c->req), (int)c->req.url_len,
-            mr_http1_str(&c->req, c->req.url_off));
-    if (can_retry && retry(c)) return;
-    if (c->resp_started) { client_abort_response(c); return; }
-    respond_error(c, status, true);
-}
-
-static void up_connected(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
-{
-    (void)flags;
-    mr_upconn_t *up = (mr_upconn_t *)((char *)op - offsetof(mr_upconn_t, connect_op));
-    if (up->s.closing) {
-        up->s.closing = false; /* let mr_sock_close run its normal path */
-        mr_sock_close(&up->s);
-        return;
-    }
-    if (res < 0) {
-        up->server->down_until = mr_loop_now(loop) + 1000;
-        char why[96];
-        snprintf(why, sizeof why, "connect failed: %s", strerror(-res));
-        up_fail(up, 502, why);
-        return;
-    }
-    up->connected = true;
-    if (up->s.tls && mr_sock_start_tls(&up->s, up->s.tls, true) < 0) {
-        char why[256];
-        up_fail(up, 502, sock_why(&up->s, -EPROTO, why, sizeof why));
-        return;
-    }
-    mr_sock_start_recv(&up->s);
-    if (up->client) up_send_head(up);
-    else up_close(up); /* its request went away while connecting */
-}
-
-static int up_connect(mr_worker_t *w, mr_server_t *s, const mr_upstream_conf_t *uc, const char *sni,
-                      mr_upconn_t **out)
-{
-    int fd = mr_net_socket_for(&s->sa);
-    if (fd < 0) return fd;
-    mr_upconn_t *up = calloc(1, sizeof *up);
-    if (!up) { close(fd); return -ENOMEM; }
-    mr_sock_init(&up->s, w->loop, fd, &up_ops);
-    up->w = w;
-    w->nupconns++;
-    up->server = s;
-    up->timer.fn = up_timeout;
-    up->connect_op.fn = up_connected;
-    mr_http1_init(&up->resp, MR_HTTP1_RESPONSE, &w->h1limits, &resp_cbs, up);
-    if (uc->tls) {
-        /* Made now, while the config that names the SNI is surely alive; the handshake starts
-         * once the TCP connect completes. The socket owns it from here. */
-        up->s.tls = mr_tls_conn_new(uc->tls, false, sni);
-        if (!up->s.tls) { close(fd); up_free(up); return -ENOMEM; }
-        if (s->tls_sess) mr_tls_set_session(up->s.tls, s->tls_sess);
-    }
-    int rc = mr_loop_connect(w->loop, &up->connect_op, fd, (const struct sockaddr *)&s->sa.sa, s->sa.len);
+    mr_proxy_t *px = r->px;
+    int pick = mr_upstream_pick(r->upstream, mr_loop_now(px->loop));
+    if (pick < 0) { mr_req_error(r, 503, false); return; }
+    mr_server_t *s = r->upstream->servers[pick];
+    r->tries++;
+    mr_upconn_t *u;
+    int rc = mr_upconn_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[pick].sni, &u);
     if (rc < 0) {
-        close(fd);
-        mr_tls_conn_free(up->s.tls);
-        up_free(up);
-        return rc;
-    }
-    mr_timer_set(w->loop, &up->timer, uc->connect_timeout_ms);
-    *out = up;
-    return 0;
-}
-
-static void forward_start(mr_client_t *c)
-{
-    mr_worker_t *w = c->w;
-    int pick = mr_upstream_pick(c->upstream, mr_loop_now(w->loop));
-    if (pick < 0) { respond_error(c, 503, false); return; }
-    mr_server_t *s = c->upstream->servers[pick];
-    c->tries++;
-    mr_upconn_t *up = pool_get(s);
-    if (!up) {
-        int rc = up_connect(w, s, c->upstream->conf, c->upstream->conf->servers[pick].sni, &up);
-        if (rc < 0) {
-            mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
-            if (!retry(c)) respond_error(c, 502, true);
-            return;
-        }
-    }
-    up->client = c;
-    c->up = up;
-    s->active++;
-    if (up->connected) up_send_head(up);
-}
-
-static void up_timeout(mr_loop_t *loop, mr_timer_t *t)
-{
-    (void)loop;
-    mr_upconn_t *up = (mr_upconn_t *)((char *)t - offsetof(mr_upconn_t, timer));
-    if (up->pooled) { up_close(up); return; }
-    if (!up->connected) {
-        up->server->down_until = mr_loop_now(loop) + 1000;
-        mr_client_t *c = up->client;
-        up_close(up);
-        if (c && !retry(c)) respond_error(c, 504, true);
+        mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
+        if (!retry(r)) mr_req_error(r, 502, true);
         return;
     }
-    up_fail(up, 504, "read timeout");
+    mr_upconn_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
+    r->up = u;
+    if (u->connected) up_ops.ready(r, u);
 }
 
-static void up_on_recv(mr_sock_t *s, int res)
+/* The route's upstream (or the one a filter chose) gets the request. */
+static void forward(mr_req_t *r)
 {
-    mr_upconn_t *up = up_of(s);
-    if (res > 0) {
-        if (up->pooled) { up_close(up); return; } /* bytes on an idle connection: not ours to keep */
-        if (!up->client) return;
-        up->got_bytes = true;
-        if (up->client->tunnel) { tunnel_pump(up->client); return; }
-        up_feed(up);
+    const mr_route_conf_t *rt = r->route;
+    r->upstream = r->dyn_up ? r->dyn_up : rt->upstream_id >= 0 ? &r->gen->ups[rt->upstream_id] : &r->gen->adhoc[rt->index - 1];
+    if (build_up_head(r) < 0) { mr_req_error(r, 431, true); return; }
+    forward_start(r);
+}
+
+static void up_ready(void *owner, mr_upconn_t *u)
+{
+    mr_req_t *r = owner;
+    if (mr_upconn_send_head(u, r->up_head.p, r->up_head.len, r->upgrade) < 0) {
+        mr_upconn_close(u);
+        r->up = NULL;
+        mr_req_error(r, 500, true);
         return;
     }
-    if (!up->client) { up_close(up); return; }
-    mr_client_t *c = up->client;
-    if (c->tunnel) { client_close(c); return; }
-    if (res == 0 && up->got_bytes && up->resp.head_done && c->resp_started && !c->resp_done) {
-        /* Close-delimited body ends here; anything else is a truncated response. */
-        if (mr_http1_finish(&up->resp) == 0 && c->resp_done) return;
+    if (r->expect_continue && r->has_body && !r->req_done) r->out->send_continue(r);
+    if (r->upgrade) return; /* the rest of the client's bytes wait for a 101 */
+    if (r->lua_body_state == MR_LBODY_DONE || r->lua_body_state == MR_LBODY_TOO_LARGE) {
+        /* Read by req:body(): send the buffered copy, framed as the request was. */
+        mr_upconn_send_copy(u, r->lua_body.p, r->lua_body.len, r->chunked);
+        if (r->req_done) mr_upconn_end_body(u, r->chunked);
     }
-    if (c->resp_done) return;
-    char why[256];
-    up_fail(up, 502, res == 0 ? "closed the connection prematurely" : sock_why(s, res, why, sizeof why));
+    r->body_mode = MR_BODY_FORWARD;
+    r->body_blocked = false;
+    r->out->read_body(r);
 }
 
-static void up_on_sent(mr_sock_t *s, int res)
+static void up_failed(void *owner, mr_server_t *s, int status, const char *why, int kind)
 {
-    mr_upconn_t *up = up_of(s);
-    mr_client_t *c = up->client;
-    if (!c) return;
-    char why[256];
-    if (res < 0) { up_fail(up, 502, sock_why(s, res, why, sizeof why)); return; }
-    if (c->tunnel) { tunnel_pump(c); return; }
-    if (c->pause_reason == P_BP) {
-        c->pause_reason = P_NONE;
-        client_feed(c);
-    }
+    mr_req_t *r = owner;
+    r->up = NULL;
+    if (r->lua_phase == MR_PH_RESPONSE || r->lua_phase == MR_PH_BODY) mr_phase_abandon(r);
+    mr_warn("upstream %s: %s (%s %.*s)", s->addr, why, r->method_name, (int)r->target_len, mr_req_target_raw(r));
+    bool again = !r->head_sent && (kind == MR_UP_RETRY_ANY || (kind == MR_UP_RETRY_IDEMPOTENT && method_idempotent(r->method)));
+    if (again && retry(r)) return;
+    up_lost(r, status);
 }
 
-/* Response parser callbacks. */
-static int resp_on_head(mr_http1_msg_t *m)
+/* Emits the response head (the status may have been changed by Lua). Returns MR_UP_NOBODY when
+ * the message has no body for the parser to read (HEAD), MR_UP_GO, or -1. */
+static int resp_emit_head(mr_req_t *r, mr_upconn_t *u)
 {
-    mr_upconn_t *up = m->owner;
-    mr_client_t *c = up->client;
-    if (!c) return -1;
-    int st = m->status;
-    if (st >= 100 && st < 200) {
-        if (st == 101 && c->req.upgrade) {
-            c->tunnel = true;
-        } else if (st == 101) {
-            m->error_status = 502;
-            m->error_reason = "101 without an upgrade request";
-            return -1;
-        } else {
-            return 0; /* interim responses are not forwarded (we answered 100-continue ourselves) */
-        }
-    }
-    c->status = st;
-    if (!c->tunnel && (c->route_flags & MR_RF_RESPONSE)) {
+    const mr_http1_msg_t *m = &u->resp;
+    if (cfg_of(r)->via && mr_hdrs_add(&u->hdrs, "Via", 3, "1.1 moonring", 12) < 0) goto too_large;
+    r->resp.hdrs = &u->hdrs;
+    r->resp.reason = r->resp.status == m->status ? mr_http1_str(m, m->reason_off) : NULL;
+    r->resp.reason_len = r->resp.status == m->status ? m->reason_len : 0;
+    if (resp_bodiless(r) || r->tunnel)
+        r->resp.length = r->resp.status != 204 ? m->content_length : -1;
+    else if (m->content_length >= 0 && !m->chunked && !(r->route_flags & MR_RF_BODY))
+        r->resp.length = m->content_length;
+    else
+        r->resp.length = -1;
+    if (r->out->head(r) < 0) goto too_large;
+    r->head_sent = true;
+    return r->method == HTTP_HEAD ? MR_UP_NOBODY : MR_UP_GO;
+too_large:
+    u->resp.error_status = 502;
+    u->resp.error_reason = "response head too large";
+    return -1;
+}
+
+static int up_head(void *owner, mr_upconn_t *u)
+{
+    mr_req_t *r = owner;
+    r->resp.status = u->resp.status;
+    r->tunnel = u->tunnel;
+    if (!r->tunnel && (r->route_flags & MR_RF_RESPONSE)) {
         mr_lua_out_t out = { 0 };
-        c->lua_state = true;
-        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
-        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_RESPONSE, &out); return HPE_PAUSED; }
+        int rc = mr_phase_run(r, MR_PH_RESPONSE, NULL, 0, false, &out);
+        if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_RESPONSE, &out); return MR_UP_HOLD; }
         if (rc == MR_LUA_ERROR) {
-            m->error_status = 500;
-            m->error_reason = "on_response failed";
+            u->resp.error_status = 500;
+            u->resp.error_reason = "on_response failed";
             return -1;
         }
     }
-    return resp_emit_head(up);
+    return resp_emit_head(r, u);
 }
 
-/* Serialises the response head for the client (status may have been changed by Lua). Returns 1
- * when the message has no body for llhttp to read (HEAD), else 0, or -1. */
-static int resp_emit_head(mr_upconn_t *up)
+/* A body piece from Lua (malloc'd, or NULL to drop). */
+static int send_owned(mr_req_t *r, char *owned, size_t n)
 {
-    mr_client_t *c = up->client;
-    mr_http1_msg_t *m = &up->resp;
-    int st = c->status;
-    const mr_config_t *cfg = c->w->cfg;
-    mr_vec_t *v = &c->out_head;
-    mr_vec_reset(v);
-    int rc = 0;
-    if (st == m->status) {
-        rc |= mr_vec_lit(v, "HTTP/1.1 ", HEAD_LIMIT);
-        rc |= mr_vec_num(v, (uint64_t)st, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, " ", HEAD_LIMIT);
-        rc |= mr_vec_append(v, mr_http1_str(m, m->reason_off), m->reason_len, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
-    } else {
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "HTTP/1.1 %d %s\r\n", st, mr_http1_reason(st));
-    }
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
-        mr_hdr_t *h = &m->hdrs[i];
-        if (h->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
-        rc |= mr_vec_reserve(v, (size_t)h->name_len + h->val_len + 4, HEAD_LIMIT);
-        if (rc) break;
-        mr_vec_put(v, mr_http1_str(m, h->name_off), h->name_len);
-        mr_vec_put(v, ": ", 2);
-        mr_vec_put(v, mr_http1_str(m, h->val_off), h->val_len);
-        mr_vec_put(v, "\r\n", 2);
-    }
-    bool nobody = c->head_method || st == 204 || st == 304 || st < 200;
-    if (c->tunnel) {
-        c->out_mode = MR_OUT_NONE;
-        int u = mr_http1_find(m, "upgrade", 7, 0);
-        rc |= mr_vec_printf(v, HEAD_LIMIT, "Connection: upgrade\r\n");
-        if (u >= 0)
-            rc |= mr_vec_printf(v, HEAD_LIMIT, "Upgrade: %.*s\r\n", (int)m->hdrs[u].val_len, mr_http1_str(m, m->hdrs[u].val_off));
-    } else if (nobody) {
-        c->out_mode = MR_OUT_NONE;
-        if (m->content_length >= 0 && st != 204)
-            rc |= mr_vec_printf(v, HEAD_LIMIT, "Content-Length: %lld\r\n", (long long)m->content_length);
-    } else if (m->content_length >= 0 && !m->chunked && !(c->route_flags & MR_RF_BODY)) {
-        c->out_mode = MR_OUT_LENGTH;
-        rc |= mr_vec_lit(v, "Content-Length: ", HEAD_LIMIT);
-        rc |= mr_vec_num(v, (uint64_t)m->content_length, HEAD_LIMIT);
-        rc |= mr_vec_lit(v, "\r\n", HEAD_LIMIT);
-    } else if (c->req.minor >= 1) {
-        c->out_mode = MR_OUT_CHUNKED;
-        rc |= mr_vec_lit(v, "Transfer-Encoding: chunked\r\n", HEAD_LIMIT);
-    } else {
-        c->out_mode = MR_OUT_CLOSE;
-        c->close_after = true;
-    }
-    if (cfg->via) rc |= mr_vec_lit(v, "Via: 1.1 moonring\r\n", HEAD_LIMIT);
-    if (!c->req_done && !c->tunnel) c->close_after = true; /* early response: no desync */
-    if (c->w->draining) c->close_after = true;
-    if (!c->tunnel) {
-        if (c->close_after) rc |= mr_vec_lit(v, "Connection: close\r\n", HEAD_LIMIT);
-        else if (c->req.minor == 0) rc |= mr_vec_lit(v, "Connection: keep-alive\r\n", HEAD_LIMIT);
-    }
-    rc |= mr_vec_append(v, "\r\n", 2, HEAD_LIMIT);
-    if (rc) {
-        m->error_status = 502;
-        m->error_reason = "response head too large";
-        return -1;
-    }
-    c->resp_started = true;
-    c->head_sent = true;
-    mr_sock_send(&c->s, v->p, v->len, MR_NO_BID);
-    mr_timer_set(c->w->loop, &up->timer, c->upstream->conf->read_timeout_ms);
-    return c->head_method ? 1 : 0;
+    if (!owned || n == 0) { free(owned); return 0; } /* an empty chunk would end a chunked body */
+    r->resp_bytes += n;
+    return r->out->data(r, owned, n, MR_NO_BID, owned);
 }
 
-static int resp_on_body(mr_http1_msg_t *m, const char *p, size_t n)
+static int up_body(void *owner, mr_upconn_t *u, const char *p, size_t n, int32_t bid)
 {
-    if (n == 0) return 0; /* llhttp flushes empty spans at buffer ends; a 0 chunk would end the body */
-    mr_upconn_t *up = m->owner;
-    mr_client_t *c = up->client;
-    if (!c) return -1;
-    if (c->route_flags & MR_RF_BODY) {
+    mr_req_t *r = owner;
+    if (r->route_flags & MR_RF_BODY) {
         mr_lua_out_t out = { 0 };
-        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, p, n, false, &out);
-        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_BODY, &out); return HPE_PAUSED; }
+        int rc = mr_phase_run(r, MR_PH_BODY, p, n, false, &out);
+        if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_BODY, &out); return MR_UP_HOLD; }
         if (rc == MR_LUA_ERROR) {
-            m->error_status = 500;
-            m->error_reason = "on_body failed";
+            u->resp.error_status = 500;
+            u->resp.error_reason = "on_body failed";
             return -1;
         }
-        send_body_chunk(c, out.chunk, out.chunk_len);
-        return sq_full(&c->s, bp_limit(c->w)) ? HPE_PAUSED : 0;
+        return send_owned(r, out.chunk, out.chunk_len) ? MR_UP_HOLD : MR_UP_GO;
     }
-    int32_t bid = up->s.in[0].bid;
-    if (c->out_mode == MR_OUT_CHUNKED) {
-        char sz[24];
-        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
-        mr_sock_send(&c->s, sz, (size_t)l, MR_NO_BID);
-        mr_sock_send(&c->s, p, n, bid);
-        mr_sock_send(&c->s, "\r\n", 2, MR_NO_BID);
-    } else {
-        mr_sock_send(&c->s, p, n, bid);
-    }
-    c->resp_bytes += n;
-    if (sq_full(&c->s, bp_limit(c->w))) return HPE_PAUSED;
-    return 0;
+    r->resp_bytes += n;
+    return r->out->data(r, p, n, bid, NULL) ? MR_UP_HOLD : MR_UP_GO;
 }
 
-static int resp_on_done(mr_http1_msg_t *m)
+/* The response is complete and its upstream connection can go. */
+static void resp_complete(mr_req_t *r)
 {
-    mr_upconn_t *up = m->owner;
-    mr_client_t *c = up->client;
-    if (!c) return -1;
-    if (!c->resp_started) return 0; /* an interim (1xx) response ended */
-    if (c->tunnel) return HPE_PAUSED;
-    if ((c->route_flags & MR_RF_BODY) && !c->head_method && c->out_mode != MR_OUT_NONE) {
+    mr_upconn_t *u = r->up;
+    r->up = NULL;
+    if (u) mr_upconn_release(u, r->req_done);
+    r->resp_done = true;
+    r->out->finish(r);
+}
+
+static void up_done(void *owner, mr_upconn_t *u)
+{
+    mr_req_t *r = owner;
+    if ((r->route_flags & MR_RF_BODY) && !resp_bodiless(r)) {
         mr_lua_out_t out = { 0 };
-        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, "", 0, true, &out);
+        int rc = mr_phase_run(r, MR_PH_BODY, "", 0, true, &out);
         if (rc == MR_LUA_YIELD) {
-            c->lua_body_eof = true;
-            lua_park(c, MR_PH_BODY, &out);
-            return HPE_PAUSED;
+            r->lua_body_eof = true;
+            mr_phase_park(r, MR_PH_BODY, &out);
+            return; /* the connection stays bound until the phase ends */
         }
         if (rc == MR_LUA_ERROR) {
-            m->error_status = 500;
-            m->error_reason = "on_body failed";
-            return -1;
+            mr_warn("upstream %s: on_body failed (%s %.*s)", mr_upconn_addr(u), r->method_name, (int)r->target_len,
+                    mr_req_target_raw(r));
+            mr_upconn_close(u);
+            r->up = NULL;
+            up_lost(r, 500);
+            return;
         }
-        send_body_chunk(c, out.chunk, out.chunk_len);
+        send_owned(r, out.chunk, out.chunk_len);
     }
-    resp_complete(c);
-    return HPE_PAUSED; /* stop here: the connection goes back to the pool after this feed */
+    resp_complete(r);
 }
 
-static const mr_http1_cbs_t resp_cbs = { resp_on_head, resp_on_body, resp_on_done };
-
-static void up_release(mr_upconn_t *up)
+static void up_sent(void *owner, mr_upconn_t *u)
 {
-    mr_client_t *c = up->client;
-    mr_timer_stop(up->w->loop, &up->timer);
-    bool reuse = c->req_done && up->resp.keep_alive && c->out_mode != MR_OUT_CLOSE && !up->s.nin &&
-                 !up->s.eof && !up->s.err;
-    if (up->s.tls && !mr_tls_session_reused(up->s.tls)) {
-        /* Keep the newest session for the next connection's handshake (taken after a whole
-         * exchange, so TLS 1.3 tickets, sent after the handshake, have arrived). */
-        mr_tls_session_t *sess = mr_tls_get_session(up->s.tls);
-        if (sess) {
-            if (up->server->tls_sess) mr_tls_session_free(up->server->tls_sess);
-            up->server->tls_sess = sess;
-        }
-    }
-    c->up = NULL;
-    if (reuse) {
-        mr_http1_resume(&up->resp);
-        pool_put(up, c->upstream->conf);
-    } else {
-        up_close(up);
+    (void)u;
+    mr_req_t *r = owner;
+    if (r->body_blocked) {
+        r->body_blocked = false;
+        r->out->read_body(r);
     }
 }
 
-static void up_feed(mr_upconn_t *up)
+static void up_tunnel(void *owner, mr_upconn_t *u)
 {
-    while (up->client && !up->s.closing) {
-        mr_client_t *c = up->client;
-        bool resumed = false;
-        if (mr_http1_paused(&up->resp)) {
-            if (c->resp_done || c->lua_phase) break;
-            if (sq_full(&c->s, bp_limit(c->w))) {
-                /* The client reads slower than the upstream sends: bound the wait. */
-                mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.send_timeout_ms);
-                break;
-            }
-            mr_http1_resume(&up->resp);
-            resumed = true;
-        }
-        /* After a resume llhttp may finish a message without more input (HEAD, 204). */
-        if (!up->s.nin && !resumed) break;
-        mr_in_t *in = up->s.nin ? &up->s.in[0] : NULL;
-        const char *p = in ? mr_loop_buf_ptr(up->w->loop, (uint16_t)in->bid) + in->off : "";
-        size_t len = in ? in->len : 0;
-        size_t used = 0;
-        int rc = mr_http1_feed(&up->resp, p, len, &used);
-        if (rc < 0) {
-            char why[160];
-            int st = up->resp.error_status == 500 ? 500 : 502;
-            snprintf(why, sizeof why, "invalid response: %s", up->resp.error_reason ? up->resp.error_reason : "parse error");
-            mr_sock_consume(&up->s, len);
-            up_fail(up, st, why);
-            return;
-        }
-        mr_sock_consume(&up->s, used);
-        if (c->tunnel && (rc == MR_HTTP1_UPGRADE || rc == MR_HTTP1_PAUSED)) {
-            mr_timer_stop(up->w->loop, &up->timer);
-            c->forwarding_body = true;
-            c->pause_reason = P_NONE;
-            tunnel_pump(c);
-            return;
-        }
-        if (c->resp_done) {
-            up_release(up);
-            client_check_finish(c);
-            return;
-        }
-        if (!in && rc == MR_HTTP1_OK) break;
-    }
-    if (up->s.closing) return;
-    if (up->client && up->s.nin >= MR_IN_MAX - 2) mr_sock_pause(&up->s);
-    else mr_sock_resume(&up->s);
+    mr_req_t *r = owner;
+    r->body_mode = MR_BODY_FORWARD;
+    r->out->tunnel(r, &u->s);
 }
 
-static const mr_sock_ops_t up_ops = { up_on_recv, up_on_sent, up_on_closed };
+static const mr_upconn_ops_t up_ops = { up_ready, up_head, up_body, up_done, up_failed, up_sent, up_tunnel };
 
 /* ------------------------------------------------------------------------------------------ */
-/* WebSocket / Upgrade tunnel: raw bytes both ways, zero-copy from receive buffers.            */
-
-static void pump(mr_sock_t *from, mr_sock_t *to, uint64_t limit)
-{
-    while (from->nin && !sq_full(to, limit)) {
-        mr_in_t *in = &from->in[0];
-        mr_sock_send(to, mr_loop_buf_ptr(from->loop, (uint16_t)in->bid) + in->off, in->len, in->bid);
-        mr_sock_consume(from, in->len);
-    }
-    if (from->nin >= MR_IN_MAX - 2 || sq_full(to, limit)) mr_sock_pause(from);
-    else mr_sock_resume(from);
-}
-
-static void tunnel_pump(mr_client_t *c)
-{
-    mr_upconn_t *up = c->up;
-    if (!up) { client_close(c); return; }
-    uint64_t limit = bp_limit(c->w);
-    pump(&c->s, &up->s, limit);
-    pump(&up->s, &c->s, limit);
-    if ((c->s.eof && !c->s.nin) || (up->s.eof && !up->s.nin)) client_close(c);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Client connections                                                                           */
-
-static void client_timeout(mr_loop_t *loop, mr_timer_t *t)
-{
-    (void)loop;
-    mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, timer));
-    if (c->tunnel) return;
-    if (c->lingering || c->close_on_sent) { client_close(c); return; }
-    if (!c->active) {
-        if (c->s.nin || c->req.head_bytes || c->req.url_len) client_fail(c, 408);
-        else client_close(c);
-        return;
-    }
-    if (!c->req_done && !c->resp_started) { client_fail(c, 408); return; }
-    client_close(c);
-}
-
-static void client_on_closed(mr_sock_t *s)
-{
-    mr_client_t *c = client_of(s);
-    mr_worker_t *w = c->w;
-    mr_http1_free(&c->req);
-    mr_vec_free(&c->up_head);
-    mr_vec_free(&c->out_head);
-    mr_vec_free(&c->local_body);
-    mr_vec_free(&c->target_ov);
-    mr_vec_free(&c->lua_body);
-    mr_http1_free(&c->local);
-    free(c);
-    w->nclosing--;
-    mr_worker_client_gone(w);
-}
-
-static void client_close(mr_client_t *c)
-{
-    if (c->s.closing) return;
-    mr_worker_t *w = c->w;
-    mr_timer_stop(w->loop, &c->timer);
-    lua_release(c);
-    if (c->gen) {
-        mr_gen_unref(c->gen);
-        c->gen = NULL;
-    }
-    if (c->up) up_close(c->up);
-    if (c->ip_counted) {
-        mr_iplimit_release(&w->iplimit, c->ip);
-        c->ip_counted = false;
-    }
-    if (c->prev) c->prev->next = c->next;
-    else w->clients = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->next = c->prev = NULL;
-    w->nclients--;
-    w->nclosing++; /* until its last completion frees it; the loop must not stop before */
-    mr_sock_close(&c->s);
-}
-
-/* Closing with unread input makes the kernel send RST, which can destroy the response we just
- * sent before the client reads it. So shut the write side, drain briefly, then close. */
-static void client_linger_close(mr_client_t *c)
-{
-    if (c->s.closing || c->lingering) return;
-    if (c->up) up_close(c->up);
-    if (c->s.eof || c->s.err) { client_close(c); return; }
-    c->lingering = true;
-    mr_sock_shutdown_write(&c->s); /* TLS: close_notify first */
-    mr_sock_consume(&c->s, (size_t)-1);
-    mr_sock_resume(&c->s);
-    mr_timer_set(c->w->loop, &c->timer, 2000);
-}
-
-/* The response cannot be completed (the upstream failed after its head went out): the client
- * learns it from the close, but only after the bytes already queued, which are valid, reach it;
- * closing at once would cancel those sends and leave it with less than the origin sent. */
-static void client_abort_response(mr_client_t *c)
-{
-    if (c->s.closing) return;
-    if (c->up) up_close(c->up);
-    if (!c->s.sq_count || c->s.err) { client_close(c); return; }
-    c->close_on_sent = true;
-    mr_sock_pause(&c->s);
-    mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.send_timeout_ms);
-}
-
-/* Answers an error for the current (or a half-read) request and closes after it. */
-static void client_fail(mr_client_t *c, int status)
-{
-    if (c->up) up_close(c->up);
-    if (!c->active) {
-        c->active = true;
-        c->resp_started = c->resp_done = c->head_method = false;
-        c->route_flags = 0;
-        c->route = NULL;
-        c->started_ms = mr_loop_now(c->w->loop);
-    }
-    c->req_done = true; /* nothing more will be read as a request */
-    if (c->resp_started) { client_abort_response(c); return; }
-    respond_error(c, status, true);
-}
-
-static void request_finish(mr_client_t *c)
-{
-    mr_worker_t *w = c->w;
-    if (c->gen && (c->route_flags & MR_RF_LOG)) {
-        mr_lua_out_t out = { 0 };
-        c->lua_state = true;
-        /* A yield in on_log continues detached from the request, which ends now. */
-        if (mr_lua_run(c->gen->lua, c, c->route, MR_PH_LOG, NULL, 0, false, &out) == MR_LUA_YIELD &&
-            mr_lua_detach(c->gen->lua, c, &out) < 0)
-            mr_warn("route %s: on_log yielded and could not continue detached; the rest of it was dropped",
-                    c->route->name);
-    }
-    lua_release(c);
-    if (w->alog) mr_access_log_request(w->alog, c);
-    if (c->gen) {
-        mr_gen_unref(c->gen);
-        c->gen = NULL;
-    }
-    w->nrequests++;
-    c->nrequests++;
-    c->active = false;
-    c->route = NULL;
-    c->upstream = NULL;
-    if (c->close_after) { client_linger_close(c); return; }
-    mr_http1_next(&c->req);
-    c->pause_reason = P_NONE;
-    mr_http1_resume(&c->req);
-    uint32_t idle = c->s.nin ? w->cfg->limits.header_timeout_ms : w->cfg->limits.keepalive_timeout_ms;
-    if (w->draining) {
-        /* Draining began after this response's head promised keep-alive: the client may send
-         * its next request at any moment, so close only after the idle grace (see below). */
-        c->close_after = true;
-        if (idle > MR_DRAIN_IDLE_GRACE_MS) idle = MR_DRAIN_IDLE_GRACE_MS;
-    }
-    mr_timer_set(w->loop, &c->timer, idle);
-    client_feed(c);
-}
-
-static void client_check_finish(mr_client_t *c)
-{
-    if (!c->active || c->s.closing) return;
-    if (!c->resp_done || mr_sock_sending(&c->s)) return;
-    if (!c->req_done && !c->close_after && !c->discard_body) return;
-    if (!c->req_done && c->discard_body && !c->close_after) return; /* still draining the body */
-    if (!c->req_done) { client_linger_close(c); return; }
-    request_finish(c);
-}
-
-static void client_on_sent(mr_sock_t *s, int res)
-{
-    mr_client_t *c = client_of(s);
-    if (res < 0 || c->close_on_sent) { client_close(c); return; }
-    if (c->tunnel) { tunnel_pump(c); return; }
-    if (c->active && c->req_done && c->resp_started && !c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
-    /* A parser paused for backpressure may have nothing left to read but its own completion
-     * (the last body span ended the input), so resume it even with no input. */
-    if (c->up && (c->up->s.nin || mr_http1_paused(&c->up->resp))) up_feed(c->up);
-    else if (c->up) mr_sock_resume(&c->up->s);
-    client_check_finish(c);
-}
-
-static void client_on_recv(mr_sock_t *s, int res)
-{
-    mr_client_t *c = client_of(s);
-    if (c->close_on_sent) {
-        if (res <= 0) client_close(c);
-        return;
-    }
-    if (c->lingering) {
-        if (res <= 0) client_close(c);
-        else mr_sock_consume(&c->s, (size_t)-1);
-        return;
-    }
-    if (res <= 0) {
-        if (c->tunnel) { tunnel_pump(c); return; }
-        if (c->active && c->req_done && !c->resp_done) {
-            c->close_after = true; /* half-close after a full request: still answer it */
-            return;
-        }
-        client_close(c);
-        return;
-    }
-    if (c->tunnel) { tunnel_pump(c); return; }
-    if (!c->active && !mr_timer_armed(&c->timer)) mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.header_timeout_ms);
-    else if (!c->active && c->req.head_bytes == 0)
-        mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.header_timeout_ms);
-    client_feed(c);
-}
-
-static void client_feed(mr_client_t *c)
-{
-    if (c->failed) {
-        /* The rest of a rejected request (e.g. a header flood spanning several reads) must not
-         * be parsed again, nor trigger a second answer: drop it until the close. */
-        mr_sock_consume(&c->s, (size_t)-1);
-        return;
-    }
-    if (c->in_feed) { c->feed_again = true; return; }
-    c->in_feed = true;
-    do {
-        c->feed_again = false;
-        while (!c->s.closing && !c->tunnel) {
-            bool resumed = false;
-            if (mr_http1_paused(&c->req)) {
-                if (c->pause_reason == P_HEAD && !c->forwarding_body && !c->discard_body &&
-                    c->lua_body_state != MR_BODY_READING)
-                    break;
-                if (c->pause_reason == P_DONE && c->active) break;
-                if (c->pause_reason == P_BP) {
-                    if (c->up && sq_full(&c->up->s, bp_limit(c->w))) break;
-                    c->pause_reason = P_NONE;
-                }
-                mr_http1_resume(&c->req);
-                resumed = true;
-            }
-            /* After a resume llhttp may have work that needs no input (e.g. completing a
-             * bodiless request), so feed it an empty span once. */
-            if (!c->s.nin && !resumed) break;
-            mr_in_t *in = c->s.nin ? &c->s.in[0] : NULL;
-            const char *p = in ? mr_loop_buf_ptr(c->w->loop, (uint16_t)in->bid) + in->off : "";
-            size_t len = in ? in->len : 0;
-            size_t used = 0;
-            int rc = mr_http1_feed(&c->req, p, len, &used);
-            if (rc < 0) {
-                mr_sock_consume(&c->s, len);
-                int st = c->req.error_status ? c->req.error_status : 400;
-                mr_info("client %s: %d: %s", c->ip, st, c->req.error_reason ? c->req.error_reason : "bad request");
-                c->failed = true;
-                client_fail(c, st);
-                break;
-            }
-            mr_sock_consume(&c->s, used);
-            if (rc == MR_HTTP1_UPGRADE) break; /* tunnel bytes wait for the upstream's 101 */
-            if (!in && rc == MR_HTTP1_OK) break;
-        }
-    } while (c->feed_again && !c->s.closing);
-    c->in_feed = false;
-    if (c->s.closing || c->tunnel) return;
-    /* Read ahead only while it is useful and bounded. */
-    if (c->s.nin >= MR_IN_MAX - 2 || (c->s.nin && c->active && c->pause_reason != P_NONE)) mr_sock_pause(&c->s);
-    else mr_sock_resume(&c->s);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Lua phases. A phase that yields parks the request: the parser stays paused (request phases
- * pause at the head already; response phases return HPE_PAUSED), and lua_timer resumes it. */
-
-static void lua_park(mr_client_t *c, int phase, const mr_lua_out_t *out)
-{
-    c->lua_phase = (uint8_t)phase;
-    if (out->wait_io) mr_timer_stop(c->w->loop, &c->lua_timer); /* the I/O wakes it */
-    else mr_timer_set(c->w->loop, &c->lua_timer, out->sleep_ms);
-}
-
-/* A parked phase whose request is being abandoned (upstream failed, client gone). */
-static void lua_abandon(mr_client_t *c)
-{
-    if (!c->lua_phase) return;
-    mr_timer_stop(c->w->loop, &c->lua_timer);
-    c->lua_phase = 0;
-}
-
-static void lua_release(mr_client_t *c)
-{
-    lua_abandon(c);
-    if (c->lua_state) {
-        mr_lua_finish(c->gen->lua, c);
-        c->lua_state = false;
-    }
-}
-
-static void after_request_phase(mr_client_t *c)
-{
-    mr_worker_t *w = c->w;
-    const mr_route_conf_t *r = c->route;
-    if (r->kind == MR_ROUTE_HANDLER) {
-        /* The body stays unread while the handler runs (req:body() may want it); it is
-         * drained once the handler is done. */
-        lua_phase_run(c, MR_PH_HANDLER);
-        return;
-    }
-    c->upstream = c->dyn_up ? c->dyn_up : r->upstream_id >= 0 ? &c->gen->ups[r->upstream_id] : &c->gen->adhoc[r->index - 1];
-    (void)w;
-    if (build_up_head(c) < 0) { client_fail(c, 431); return; }
-    forward_start(c);
-}
+/* Lua phases. A phase that yields parks the request (mr_phase_park): the session reads no body
+ * meanwhile and a held upstream response waits; lua_timer resumes it. */
 
 /* Runs the chain's on_response and on_body on a local response from Lua, then sends it. Each
  * step may park (yield); lua_timer_fired comes back here. */
-static void local_finish(mr_client_t *c)
+static void local_finish(mr_req_t *r)
 {
     mr_lua_out_t out = { 0 };
-    if ((c->route_flags & MR_RF_RESPONSE) && !c->local_resp_done) {
-        c->local_resp_done = true;
-        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_RESPONSE, NULL, 0, false, &out);
-        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_RESPONSE, &out); return; }
-        if (rc == MR_LUA_ERROR) { c->local_pending = false; respond_error(c, 500, false); return; }
+    if ((r->route_flags & MR_RF_RESPONSE) && !r->local_resp_done) {
+        r->local_resp_done = true;
+        int rc = mr_phase_run(r, MR_PH_RESPONSE, NULL, 0, false, &out);
+        if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_RESPONSE, &out); return; }
+        if (rc == MR_LUA_ERROR) { r->local_pending = false; mr_req_error(r, 500, false); return; }
     }
-    if ((c->route_flags & MR_RF_BODY) && !c->local_body_done && !c->head_method) {
-        c->local_body_done = true;
-        int rc = mr_lua_run(c->gen->lua, c, c->route, MR_PH_BODY, c->local_body.p, c->local_body.len, true, &out);
-        if (rc == MR_LUA_YIELD) { lua_park(c, MR_PH_BODY, &out); return; }
-        if (rc == MR_LUA_ERROR) { c->local_pending = false; respond_error(c, 500, false); return; }
-        mr_vec_reset(&c->local_body);
-        if (out.chunk) mr_vec_append(&c->local_body, out.chunk, out.chunk_len, (size_t)1 << 30);
+    if ((r->route_flags & MR_RF_BODY) && !r->local_body_done && r->method != HTTP_HEAD) {
+        r->local_body_done = true;
+        int rc = mr_phase_run(r, MR_PH_BODY, r->local_body.p, r->local_body.len, true, &out);
+        if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_BODY, &out); return; }
+        if (rc == MR_LUA_ERROR) { r->local_pending = false; mr_req_error(r, 500, false); return; }
+        mr_vec_reset(&r->local_body);
+        if (out.chunk) mr_vec_append(&r->local_body, out.chunk, out.chunk_len, BODY_LIMIT);
         free(out.chunk);
     }
-    local_emit(c);
-    client_check_finish(c);
+    if (mr_req_local_emit(r) == -E2BIG) r->out->abort(r);
+}
+
+static void after_request_phase(mr_req_t *r)
+{
+    if (r->route->kind == MR_ROUTE_HANDLER) {
+        /* The body stays unread while the handler runs (req:body() may want it); it is
+         * drained once the handler is done. */
+        mr_lua_out_t out = { 0 };
+        int rc = mr_phase_run(r, MR_PH_HANDLER, NULL, 0, false, &out);
+        lua_request_outcome(r, MR_PH_HANDLER, rc, &out);
+        return;
+    }
+    forward(r);
 }
 
 /* Outcome of a request-side phase (on_request or the handler), run or resumed. */
-static void lua_request_outcome(mr_client_t *c, int phase, int rc, const mr_lua_out_t *out)
+static void lua_request_outcome(mr_req_t *r, int phase, int rc, const mr_lua_out_t *out)
 {
-    if (rc == MR_LUA_YIELD) { lua_park(c, phase, out); return; }
-    c->lua_phase = 0;
+    if (rc == MR_LUA_YIELD) { mr_phase_park(r, phase, out); return; }
+    r->lua_phase = 0;
     if (rc == MR_LUA_ERROR) {
-        c->discard_body = true;
-        c->local_pending = false;
-        if (!c->resp_started) respond_error(c, 500, false);
+        r->body_mode = MR_BODY_DISCARD;
+        r->local_pending = false;
+        if (!r->head_sent) mr_req_error(r, 500, false);
     } else if (rc == MR_LUA_RESPONDED || phase == MR_PH_HANDLER) {
-        c->discard_body = true;
-        if (c->local_pending) local_finish(c);
-        else client_check_finish(c);
+        r->body_mode = MR_BODY_DISCARD;
+        if (r->local_pending) local_finish(r);
     } else {
-        after_request_phase(c);
+        after_request_phase(r);
+        return;
     }
-    if (!c->s.closing) client_feed(c); /* drain or forward the body now that we know where it goes */
-}
-
-static void lua_phase_run(mr_client_t *c, int phase)
-{
-    mr_lua_out_t out = { 0 };
-    c->lua_state = true;
-    int rc = mr_lua_run(c->gen->lua, c, c->route, phase, NULL, 0, false, &out);
-    lua_request_outcome(c, phase, rc, &out);
-}
-
-static void send_body_chunk(mr_client_t *c, char *owned, size_t n)
-{
-    if (!owned || n == 0) { free(owned); return; } /* an empty chunk would end a chunked body */
-    if (c->out_mode == MR_OUT_CHUNKED) {
-        char sz[24];
-        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
-        mr_sock_send(&c->s, sz, (size_t)l, MR_NO_BID);
-        mr_sock_send_owned(&c->s, owned, n);
-        mr_sock_send(&c->s, "\r\n", 2, MR_NO_BID);
-    } else {
-        mr_sock_send_owned(&c->s, owned, n);
-    }
-    c->resp_bytes += n;
-}
-
-static void resp_complete(mr_client_t *c)
-{
-    if (c->out_mode == MR_OUT_CHUNKED) mr_sock_send(&c->s, "0\r\n\r\n", 5, MR_NO_BID);
-    c->resp_done = true;
-}
-
-static void body_feed(mr_loop_t *loop, mr_defer_t *d)
-{
-    (void)loop;
-    mr_client_t *c = (mr_client_t *)((char *)d - offsetof(mr_client_t, body_defer));
-    if (!c->s.closing && c->lua_body_state == MR_BODY_READING) client_feed(c);
-}
-
-int mr_proxy_body_read(mr_client_t *c, int64_t max)
-{
-    switch (c->lua_body_state) {
-    case MR_BODY_READING: return 1;
-    case MR_BODY_DONE: return 0;
-    case MR_BODY_TOO_LARGE: return -5;
-    default: break;
-    }
-    if (!c->req.has_body) { c->lua_body_state = MR_BODY_DONE; return 0; }
-    if (c->req_done || c->forwarding_body || c->discard_body || c->up || c->body_seen > 0) return -3;
-    if (c->req.content_length > max) return -5;
-    c->lua_body_max = max;
-    c->lua_body_state = MR_BODY_READING;
-    if (c->pause_reason == P_HEAD) c->pause_reason = P_NONE;
-    if (c->req.expect_continue && !c->sent_continue) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        c->sent_continue = true;
-        mr_sock_send(&c->s, cont, sizeof cont - 1, MR_NO_BID);
-    }
-    /* Parsing now would run proxy callbacks inside the FFI call: do it after the phase parks. */
-    c->body_defer.fn = body_feed;
-    mr_loop_defer(c->w->loop, &c->body_defer);
-    return 1;
+    r->out->read_body(r); /* drain the body now that it goes nowhere */
 }
 
 static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
 {
     (void)loop;
-    mr_client_t *c = (mr_client_t *)((char *)t - offsetof(mr_client_t, lua_timer));
-    int phase = c->lua_phase;
+    mr_req_t *r = (mr_req_t *)((char *)t - offsetof(mr_req_t, lua_timer));
+    int phase = r->lua_phase;
     if (!phase) return;
     mr_lua_out_t out = { 0 };
-    int rc = mr_lua_resume(c->gen->lua, c, c->route, &out);
-    if (phase == MR_PH_REQUEST || phase == MR_PH_HANDLER) { lua_request_outcome(c, phase, rc, &out); return; }
-    mr_upconn_t *up = c->up;
-    if (rc == MR_LUA_YIELD) { lua_park(c, phase, &out); return; }
-    c->lua_phase = 0;
-    if (c->local_pending) {
-        if (rc == MR_LUA_ERROR) { free(out.chunk); c->local_pending = false; respond_error(c, 500, false); return; }
+    int rc = mr_phase_resume(r, &out);
+    if (phase == MR_PH_REQUEST || phase == MR_PH_HANDLER) { lua_request_outcome(r, phase, rc, &out); return; }
+    if (rc == MR_LUA_YIELD) { mr_phase_park(r, phase, &out); return; }
+    r->lua_phase = 0;
+    if (r->local_pending) {
+        if (rc == MR_LUA_ERROR) { free(out.chunk); r->local_pending = false; mr_req_error(r, 500, false); return; }
         if (phase == MR_PH_BODY) {
-            mr_vec_reset(&c->local_body);
-            if (out.chunk) mr_vec_append(&c->local_body, out.chunk, out.chunk_len, (size_t)1 << 30);
+            mr_vec_reset(&r->local_body);
+            if (out.chunk) mr_vec_append(&r->local_body, out.chunk, out.chunk_len, BODY_LIMIT);
             free(out.chunk);
         }
-        local_finish(c);
+        local_finish(r);
         return;
     }
-    if (!up) { free(out.chunk); return; }
-    if (rc == MR_LUA_ERROR) { free(out.chunk); up_fail(up, 500, "a Lua response phase failed"); return; }
+    mr_upconn_t *u = r->up;
+    if (!u) { free(out.chunk); return; }
+    if (rc == MR_LUA_ERROR) {
+        free(out.chunk);
+        mr_warn("upstream %s: a Lua response phase failed (%s %.*s)", mr_upconn_addr(u), r->method_name,
+                (int)r->target_len, mr_req_target_raw(r));
+        mr_upconn_close(u);
+        r->up = NULL;
+        up_lost(r, 500);
+        return;
+    }
     if (phase == MR_PH_RESPONSE) {
-        if (resp_emit_head(up) == 1) mr_http1_skip_body(&up->resp);
+        int st = resp_emit_head(r, u);
+        if (st < 0) {
+            mr_upconn_close(u);
+            r->up = NULL;
+            up_lost(r, 502);
+            return;
+        }
+        if (st == MR_UP_NOBODY) mr_upconn_skip_body(u);
     } else if (phase == MR_PH_BODY) {
-        send_body_chunk(c, out.chunk, out.chunk_len);
-        if (c->lua_body_eof) {
-            c->lua_body_eof = false;
-            resp_complete(c);
-            up_release(up);
-            client_check_finish(c);
+        send_owned(r, out.chunk, out.chunk_len);
+        if (r->lua_body_eof) {
+            r->lua_body_eof = false;
+            resp_complete(r);
             return;
         }
     }
-    up_feed(up);
+    mr_upconn_resume(u);
 }
 
-/* Request parser callbacks. */
-static int req_on_head(mr_http1_msg_t *m)
-{
-    mr_client_t *c = m->owner;
-    mr_worker_t *w = c->w;
-    const mr_config_t *cfg = w->cfg;
-    c->active = true;
-    c->pause_reason = P_HEAD;
-    c->req_done = c->resp_started = c->resp_done = c->forwarding_body = false;
-    c->sent_continue = c->tunnel = c->discard_body = false;
-    c->body_seen = 0;
-    c->resp_bytes = 0;
-    c->status = 0;
-    c->tries = 0;
-    c->started_ms = mr_loop_now(w->loop);
-    c->head_method = m->method == HTTP_HEAD;
-    c->dyn_up = NULL;
-    c->has_target_ov = false;
-    c->local_pending = false;
-    c->head_sent = false;
-    c->lua_phase = 0;
-    c->route_flags = 0;
-    c->lua_body_state = MR_BODY_NONE;
-    mr_vec_reset(&c->lua_body);
-    c->close_after = !m->keep_alive || w->draining || c->nrequests + 1 >= cfg->limits.keepalive_requests;
-    if (m->has_body) mr_timer_set(w->loop, &c->timer, cfg->limits.body_timeout_ms);
-    else mr_timer_stop(w->loop, &c->timer);
+/* ------------------------------------------------------------------------------------------ */
+/* Session entry points                                                                         */
 
+void mr_proxy_start(mr_req_t *r)
+{
+    mr_proxy_t *px = r->px;
+    r->started_ms = mr_loop_now(px->loop);
+    r->lua_timer.fn = lua_timer_fired;
     /* The request runs to its end on the generation current now, whatever reloads happen. */
-    if (!c->gen) {
-        c->gen = w->gen;
-        mr_gen_ref(c->gen);
+    if (!r->gen) {
+        r->gen = px->gen;
+        mr_gen_ref(r->gen);
     }
-    const mr_route_conf_t *r;
-    if (c->gen->cfg->lua_routing) {
-        c->lua_state = true;
-        int i = mr_lua_route(c->gen->lua, c);
+    const mr_config_t *cfg = cfg_of(r);
+    if (px->draining) r->close = true;
+    const char *why = NULL;
+    int st = mr_route_view(r, &why);
+    if (st) {
+        mr_info("client %s: %d: %s", r->peer->ip, st, why);
+        mr_proxy_fail(r, st);
+        return;
+    }
+    const mr_route_conf_t *rt;
+    if (cfg->lua_routing) {
+        int i = mr_phase_route(r);
         if (i < 0) {
-            c->discard_body = true;
-            respond_error(c, 500, false);
-            return 0;
+            mr_req_error(r, 500, false);
+            return;
         }
-        r = i > 0 ? &c->gen->cfg->routes[i - 1] : NULL;
+        rt = i > 0 ? &cfg->routes[i - 1] : NULL;
     } else {
-        r = route_match(c);
+        rt = mr_route_match(cfg, r);
     }
-    c->route = r;
-    int64_t max_body = r && r->client_max_body_size >= 0 ? r->client_max_body_size : cfg->limits.client_max_body_size;
-    c->max_body = max_body;
-    if (max_body > 0 && m->content_length > max_body) {
-        client_fail(c, 413);
-        return 0;
+    r->route = rt;
+    r->max_body = rt && rt->client_max_body_size >= 0 ? rt->client_max_body_size : cfg->limits.client_max_body_size;
+    if (r->max_body > 0 && r->content_length > r->max_body) {
+        mr_proxy_fail(r, 413);
+        return;
     }
-    if (!r) {
-        c->discard_body = true;
-        respond_error(c, 404, false);
-        return 0;
+    if (!rt) {
+        mr_req_error(r, 404, false);
+        return;
     }
-    c->route_flags = (uint8_t)mr_lua_route_flags(c->gen->lua, r->index);
-    if (c->route_flags & MR_RF_REQUEST) lua_phase_run(c, MR_PH_REQUEST);
-    else after_request_phase(c);
-    return 0;
+    r->route_flags = (uint8_t)mr_lua_route_flags(r->gen->lua, rt->index);
+    if (r->route_flags & MR_RF_REQUEST) {
+        mr_lua_out_t out = { 0 };
+        int rc = mr_phase_run(r, MR_PH_REQUEST, NULL, 0, false, &out);
+        lua_request_outcome(r, MR_PH_REQUEST, rc, &out);
+    } else {
+        after_request_phase(r);
+    }
 }
 
-static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
+int mr_proxy_body(mr_req_t *r, const char *p, size_t n, int32_t bid)
 {
-    if (n == 0) return 0; /* llhttp flushes empty spans at buffer ends; a 0 chunk would end the body */
-    mr_client_t *c = m->owner;
-    c->body_seen += (int64_t)n;
-    if (c->max_body > 0 && c->body_seen > c->max_body) {
-        m->error_status = 413;
-        m->error_reason = "request body too large";
-        return -1;
-    }
-    mr_timer_set(c->w->loop, &c->timer, c->w->cfg->limits.body_timeout_ms);
-    if (c->lua_body_state == MR_BODY_READING) {
+    r->body_seen += (int64_t)n;
+    if (r->max_body > 0 && r->body_seen > r->max_body) return -413;
+    if (r->lua_body_state == MR_LBODY_READING) {
         /* A span is kept whole (it cannot be pushed back), so the copy may pass max by less
          * than one read; the rest of the body stays unparsed. */
-        if (mr_vec_append(&c->lua_body, p, n, (size_t)1 << 31) < 0) {
-            /* These bytes are consumed and could not be kept: the body cannot be honoured. */
-            m->error_status = 500;
-            m->error_reason = "out of memory buffering the request body";
-            return -1;
-        }
-        if ((int64_t)c->lua_body.len > c->lua_body_max) {
-            c->lua_body_state = MR_BODY_TOO_LARGE;
-            c->pause_reason = P_HEAD;
-            if (c->lua_phase) mr_timer_set(c->w->loop, &c->lua_timer, 0);
-            return HPE_PAUSED;
+        if (mr_vec_append(&r->lua_body, p, n, (size_t)1 << 31) < 0) return -500;
+        if ((int64_t)r->lua_body.len > r->lua_body_max) {
+            r->lua_body_state = MR_LBODY_TOO_LARGE;
+            r->body_mode = MR_BODY_HOLD;
+            if (r->lua_phase) mr_timer_set(r->px->loop, &r->lua_timer, 0);
+            return 1;
         }
         return 0;
     }
-    if (c->discard_body || !c->up) return 0;
-    mr_sock_t *us = &c->up->s;
-    int32_t bid = c->s.in[0].bid;
-    if (m->chunked) {
-        char sz[24];
-        int l = snprintf(sz, sizeof sz, "%zx\r\n", n);
-        mr_sock_send(us, sz, (size_t)l, MR_NO_BID);
-        mr_sock_send(us, p, n, bid);
-        mr_sock_send(us, "\r\n", 2, MR_NO_BID);
-    } else {
-        mr_sock_send(us, p, n, bid);
-    }
-    if (sq_full(us, bp_limit(c->w))) {
-        c->pause_reason = P_BP;
-        return HPE_PAUSED;
+    if (r->body_mode != MR_BODY_FORWARD || !r->up) return 0;
+    mr_upconn_send_body(r->up, p, n, bid, r->chunked);
+    if (mr_upconn_full(r->up)) {
+        r->body_blocked = true;
+        return 1;
     }
     return 0;
 }
 
-static int req_on_done(mr_http1_msg_t *m)
+void mr_proxy_body_end(mr_req_t *r)
 {
-    mr_client_t *c = m->owner;
-    c->req_done = true;
-    c->pause_reason = P_DONE;
-    if (c->lua_body_state == MR_BODY_READING) {
-        c->lua_body_state = MR_BODY_DONE;
-        mr_timer_stop(c->w->loop, &c->timer);
-        if (c->lua_phase) mr_timer_set(c->w->loop, &c->lua_timer, 0);
+    r->req_done = true;
+    if (r->lua_body_state == MR_LBODY_READING) {
+        r->lua_body_state = MR_LBODY_DONE;
+        if (r->lua_phase) mr_timer_set(r->px->loop, &r->lua_timer, 0);
     }
-    if (m->chunked && c->up && !c->discard_body) mr_sock_send(&c->up->s, "0\r\n\r\n", 5, MR_NO_BID);
-    if (c->resp_done) mr_timer_stop(c->w->loop, &c->timer);
-    else if (c->up) mr_timer_stop(c->w->loop, &c->timer); /* the upstream's read timeout rules now */
-    client_check_finish(c);
+    if (r->body_mode == MR_BODY_FORWARD && r->up && !r->tunnel) mr_upconn_end_body(r->up, r->chunked);
+}
+
+void mr_proxy_sent(mr_req_t *r)
+{
+    if (r->up && !r->lua_phase && !r->tunnel && r->head_sent && !r->resp_done) mr_upconn_resume(r->up);
+}
+
+static void release(mr_req_t *r)
+{
+    if (r->up) {
+        mr_upconn_close(r->up);
+        r->up = NULL;
+    }
+    if (r->gen) {
+        mr_phase_release(r);
+        mr_gen_unref(r->gen);
+        r->gen = NULL;
+    }
+}
+
+void mr_proxy_end(mr_req_t *r)
+{
+    mr_proxy_t *px = r->px;
+    if (r->gen && (r->route_flags & MR_RF_LOG)) mr_phase_log(r);
+    if (r->gen) mr_phase_release(r);
+    if (px->alog) mr_access_log_request(px->alog, r);
+    release(r);
+    px->nrequests++;
+}
+
+void mr_proxy_drop(mr_req_t *r)
+{
+    release(r);
+}
+
+void mr_proxy_detach_lua(mr_req_t *r)
+{
+    if (r->gen) mr_phase_release(r);
+    r->route_flags &= (uint8_t)~MR_RF_LOG;
+}
+
+void mr_proxy_fail(mr_req_t *r, int status)
+{
+    if (r->up) {
+        mr_upconn_close(r->up);
+        r->up = NULL;
+    }
+    r->req_done = true; /* nothing more will be read as a request */
+    if (!r->started_ms) r->started_ms = mr_loop_now(r->px->loop);
+    if (r->head_sent) { r->out->abort(r); return; }
+    mr_req_error(r, status, true);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lua API                                                                                      */
+
+int mr_proxy_set_upstream(mr_req_t *r, const char *s, size_t n)
+{
+    if (r->up) return -3;
+    const mr_config_t *cfg = cfg_of(r);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        const char *name = cfg->upstreams[i].name;
+        if (strlen(name) == n && memcmp(name, s, n) == 0) { r->dyn_up = &r->gen->ups[i]; return 0; }
+    }
+    int err = 0;
+    mr_upstream_t *u = mr_dyn_upstream_get(&r->px->dyn, &r->px->servers, s, n, &err);
+    if (!u) return err == -EINVAL ? -1 : -2;
+    r->dyn_up = u;
     return 0;
 }
 
-static const mr_http1_cbs_t req_cbs = { req_on_head, req_on_body, req_on_done };
-static const mr_sock_ops_t client_ops = { client_on_recv, client_on_sent, client_on_closed };
-
-int mr_proxy_accept(mr_worker_t *w, int fd, mr_tls_ctx_t *tls)
+int mr_proxy_body_read(mr_req_t *r, int64_t max)
 {
-    char ip[sizeof ((mr_client_t *)0)->ip];
-    mr_net_peer_ip(fd, ip, sizeof ip);
-    uint32_t per_ip = w->cfg->limits.max_connections_per_ip;
-    if (per_ip && mr_iplimit_acquire(&w->iplimit, ip, per_ip) < 0) {
-        /* Refused at accept, before any memory, handshake or timer is spent on it; one log line
-         * per second at most, since this is what a flood looks like. */
-        uint64_t now = mr_loop_now(w->loop);
-        if (now - w->ip_refused_ms >= 1000) {
-            w->ip_refused_ms = now;
-            mr_warn("connection from %s refused: it has %u open already (limits.max_connections_per_ip)", ip,
-                    per_ip);
-        }
-        close(fd);
-        return -EBUSY;
+    switch (r->lua_body_state) {
+    case MR_LBODY_READING: return 1;
+    case MR_LBODY_DONE: return 0;
+    case MR_LBODY_TOO_LARGE: return -5;
+    default: break;
     }
-    mr_client_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        if (per_ip) mr_iplimit_release(&w->iplimit, ip);
-        close(fd);
-        return -ENOMEM;
-    }
-    memcpy(c->ip, ip, sizeof ip);
-    c->ip_counted = per_ip != 0;
-    mr_net_set_nodelay(fd);
-    mr_sock_init(&c->s, w->loop, fd, &client_ops);
-    if (tls) {
-        mr_tls_conn_t *t = mr_tls_conn_new(tls, true, NULL);
-        if (!t) {
-            if (per_ip) mr_iplimit_release(&w->iplimit, ip);
-            close(fd);
-            free(c);
-            return -ENOMEM;
-        }
-        /* A client that never finishes the handshake sends no request: the header timeout
-         * armed below closes it. */
-        mr_sock_start_tls(&c->s, t, false);
-    }
-    c->w = w;
-    c->timer.fn = client_timeout;
-    c->lua_timer.fn = lua_timer_fired;
-    mr_http1_init(&c->req, MR_HTTP1_REQUEST, &w->h1limits, &req_cbs, c);
-    mr_http1_init(&c->local, MR_HTTP1_RESPONSE, &w->h1limits, &req_cbs, c);
-    c->next = w->clients;
-    if (w->clients) w->clients->prev = c;
-    w->clients = c;
-    w->nclients++;
-    mr_timer_set(w->loop, &c->timer, w->cfg->limits.header_timeout_ms);
-    int rc = mr_sock_start_recv(&c->s);
-    if (rc < 0) client_close(c);
-    return rc;
-}
-
-void mr_proxy_shutdown(mr_worker_t *w)
-{
-    mr_client_t *c = w->clients;
-    while (c) {
-        mr_client_t *next = c->next;
-        /* A response already started without Connection: close keeps its promise: request_finish
-         * gives the connection the idle grace below instead of closing it under the client. */
-        if (!c->resp_started || c->tunnel) c->close_after = true;
-        /* An idle keep-alive connection is not closed at once: its client may have sent the next
-         * request already (a pipelining or busy client has no idle time on its side), and that
-         * request would be reset. It gets a short grace instead; a request arriving in it is
-         * answered with Connection: close. */
-        if (!c->active && !c->s.nin && !c->tunnel)
-            mr_timer_set(w->loop, &c->timer, w->cfg->limits.keepalive_timeout_ms < MR_DRAIN_IDLE_GRACE_MS
-                         ? w->cfg->limits.keepalive_timeout_ms : MR_DRAIN_IDLE_GRACE_MS);
-        c = next;
-    }
-    for (mr_server_t *sv = w->servers.head; sv; sv = sv->next)
-        while (sv->idle) up_close(sv->idle);
-}
-
-int mr_proxy_close_gen(mr_worker_t *w, mr_gen_t *g, int *tunnels)
-{
-    int closed = 0;
-    *tunnels = 0;
-    for (mr_client_t *c = w->clients, *next; c; c = next) {
-        next = c->next;
-        if (c->gen != g || c->s.closing) continue;
-        if (c->tunnel) {
-            /* A tunnel only relays bytes: it gives up its Lua state (and its on_log, which would
-             * need the VM) and keeps running. */
-            lua_release(c);
-            c->route_flags &= (uint8_t)~MR_RF_LOG;
-            (*tunnels)++;
-            continue;
-        }
-        client_close(c);
-        closed++;
-    }
-    return closed;
-}
-
-void mr_proxy_close_all(mr_worker_t *w)
-{
-    while (w->clients) client_close(w->clients);
-    mr_proxy_shutdown(w);
+    if (!r->has_body) { r->lua_body_state = MR_LBODY_DONE; return 0; }
+    if (r->req_done || r->body_mode != MR_BODY_HOLD || r->up || r->body_seen > 0) return -3;
+    if (r->content_length > max) return -5;
+    r->lua_body_max = max;
+    r->lua_body_state = MR_LBODY_READING;
+    r->out->send_continue(r);
+    /* read_body defers: parsing now would run proxy callbacks inside this FFI call. */
+    r->body_mode = MR_BODY_LUA;
+    r->out->read_body(r);
+    return 1;
 }

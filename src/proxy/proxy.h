@@ -1,126 +1,81 @@
-/* The HTTP/1.1 request lifecycle: client connections, forwarding to upstream connections, local
- * (Lua handler / error) responses, WebSocket tunnels. All state here belongs to one worker and is
- * touched only from its loop thread. */
+/* The proxy core: what happens to a request between the session that parsed it and the answer.
+ * It works only on requests (proxy/req.h): routes them, runs their Lua chains (proxy/phases.h),
+ * picks an upstream server and talks to it through the upstream client (upstream/upconn.h), and
+ * sends the response back through the request's response interface. It never knows which
+ * protocol the client speaks, and never touches a client socket.
+ *
+ * Calls from sessions (mr_proxy_start, _body, _body_end, _sent, _end, _drop) never call back into
+ * the session synchronously except through r->out, whose functions are written for that. Every
+ * request is served entirely under the generation it started on (r->gen: routes, upstreams, Lua,
+ * and settings alike). Thread affinity: the worker; no locks. */
 #ifndef MR_PROXY_H
 #define MR_PROXY_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config/config.h"
 #include "http1/http1.h"
 #include "loop/loop.h"
-#include "proxy/sock.h"
+#include "proxy/req.h"
+#include "upstream/dyn.h"
+#include "upstream/upconn.h"
 #include "upstream/upstream.h"
-#include "util/vec.h"
 
-typedef struct mr_worker mr_worker_t;
-typedef struct mr_client mr_client_t;
-typedef struct mr_upconn mr_upconn_t;
-typedef struct mr_gen mr_gen_t;
+typedef struct mr_access_log mr_access_log_t;
 
-struct mr_upconn {
-    mr_sock_t s;
-    mr_worker_t *w;
-    mr_server_t *server;
-    mr_client_t *client;        /* bound request, or NULL while pooled */
-    mr_http1_msg_t resp;
-    mr_timer_t timer;
-    mr_op_t connect_op;
-    mr_upconn_t *pool_next, *pool_prev;
-    uint32_t requests;
-    bool connected, pooled, got_bytes;
+/* The worker's proxy: what the request core needs from the worker, owned here and embedded in
+ * the worker, so lower layers never include the worker. */
+struct mr_proxy {
+    mr_loop_t *loop;
+    mr_gen_t *gen;                  /* current generation: new requests start here */
+    mr_http1_limits_t h1limits;     /* the current generation's head limits (parsers point here) */
+    bool draining;                  /* graceful stop: responses close their connections */
+    mr_upconn_ctx_t up;             /* upstream connections */
+    mr_server_registry_t servers;   /* upstream servers and their pools, across generations */
+    mr_dyn_upstreams_t dyn;         /* run-time upstreams (req:set_upstream("ip:port")) */
+    mr_access_log_t *alog;
+    uint64_t nrequests;
 };
 
-/* Response framing towards the client. */
-enum { MR_OUT_LENGTH = 0, MR_OUT_CHUNKED, MR_OUT_CLOSE, MR_OUT_NONE };
-/* req:body() progress. */
-enum { MR_BODY_NONE = 0, MR_BODY_READING, MR_BODY_DONE, MR_BODY_TOO_LARGE };
+/* Sets up the worker's proxy on its loop; gone(arg) is called whenever an upstream connection is
+ * freed (a draining worker stops once nothing is left). */
+void mr_proxy_init(mr_proxy_t *px, mr_loop_t *loop, void (*gone)(void *), void *arg);
+/* The current generation changes (start, reload commit): new requests take it. */
+void mr_proxy_set_gen(mr_proxy_t *px, mr_gen_t *gen);
+/* Graceful stop: idle upstream connections close, released ones are not pooled. */
+void mr_proxy_drain(mr_proxy_t *px);
+/* After the loop stopped: frees the server registry and run-time upstreams. */
+void mr_proxy_free(mr_proxy_t *px);
 
-struct mr_client {
-    mr_sock_t s;
-    mr_worker_t *w;
-    mr_client_t *next, *prev;   /* worker's list of clients */
-    mr_http1_msg_t req;
-    mr_timer_t timer;
-    char ip[48];
-    bool ip_counted;            /* holds a count in w->iplimit */
+/* Session → core. The head is complete (r's head fields and hdrs set): route, run the chain,
+ * forward or answer. */
+void mr_proxy_start(mr_req_t *r);
+/* Request body bytes (bid: the loop buffer they are in, for zero-copy forwarding). Returns 0,
+ * 1 to pause delivery until r->out->read_body, or -status to fail the request (413, 500). */
+int mr_proxy_body(mr_req_t *r, const char *p, size_t n, int32_t bid);
+/* The whole request was received. */
+void mr_proxy_body_end(mr_req_t *r);
+/* The client's send queue drained (a held upstream response may go on). */
+void mr_proxy_sent(mr_req_t *r);
+/* The exchange is over (response sent, request read): on_log, the access log line, and every
+ * reference the request holds are released. The session may reuse r afterwards. */
+void mr_proxy_end(mr_req_t *r);
+/* The client went away (or the connection is being closed): release everything, log nothing. */
+void mr_proxy_drop(mr_req_t *r);
+/* A tunnel outliving its generation's drain deadline gives up its Lua state (and on_log). */
+void mr_proxy_detach_lua(mr_req_t *r);
+/* Answers a session-detected error (a malformed head, a timeout) for r; the connection closes
+ * after it. The head fields may be partial (r->line_known). */
+void mr_proxy_fail(mr_req_t *r, int status);
 
-    /* The current request. */
-    mr_gen_t *gen;              /* generation the request started on (referenced) */
-    const mr_route_conf_t *route;
-    mr_upstream_t *upstream;
-    mr_upconn_t *up;
-    mr_vec_t up_head;           /* serialized request head for the upstream */
-    mr_vec_t out_head;          /* serialized response head for the client */
-    mr_vec_t local_body;        /* body of a local response */
-    int64_t body_seen;          /* request body bytes received */
-    int64_t max_body;           /* 0 = unlimited */
-    int32_t feed_bid;
-    uint8_t pause_reason;       /* why the request parser is paused (P_* in proxy.c) */
-    bool in_feed, feed_again;   /* re-entrancy guard for client_feed */
-    uint64_t resp_bytes;
-    uint64_t started_ms;
-    int status;                 /* final status sent */
-    int tries;
-    uint32_t nrequests;
-    uint8_t out_mode;
-    bool active;                /* a request is in progress */
-    bool req_done;              /* request fully read */
-    bool resp_started, resp_done;
-    bool forwarding_body;       /* client parser resumed into the body */
-    bool close_after;           /* Connection: close after this response */
-    bool sent_continue;
-    bool tunnel;
-    bool head_method;
-    bool discard_body;          /* local response sent; request body is being dropped */
-    bool lingering;             /* response sent, write side shut, draining input before close */
-    bool close_on_sent;         /* the response broke off midway: send what is queued, then close */
-    bool failed;                /* a parse error was answered: further input is discarded */
-
-    /* Lua chain state for the current request. */
-    uint8_t route_flags;        /* MR_RF_* of the matched route */
-    uint8_t lua_phase;          /* parked phase (MR_PH_*), 0 = none */
-    bool lua_state;             /* the VM holds state for this request (finish it) */
-    bool lua_body_eof;          /* the parked body phase was the final one */
-    bool head_sent;             /* response head queued to the client */
-    mr_timer_t lua_timer;
-    mr_upstream_t *dyn_up;      /* chosen by req:set_upstream */
-    mr_vec_t target_ov;         /* set by req:set_path / set_query */
-    bool has_target_ov;
-    /* A local response (req:respond) waits here while on_response/on_body run on it. */
-    mr_http1_msg_t local;       /* only its header store is used */
-    bool local_pending, local_resp_done, local_body_done;
-    /* req:body(): the request body buffered for Lua; a proxied request sends this copy. */
-    mr_vec_t lua_body;
-    int64_t lua_body_max;
-    uint8_t lua_body_state;     /* MR_BODY_* */
-    mr_defer_t body_defer;
-};
-
-/* tls: the listener's server context (NULL: plain TCP); the connection takes a reference. */
-int mr_proxy_accept(mr_worker_t *w, int fd, mr_tls_ctx_t *tls);
-/* req:set_upstream: an upstream name from the config or a numeric "ip:port". 0, -1 unknown, -2 bad. */
-int mr_proxy_set_upstream(mr_client_t *c, const char *s, size_t n);
-/* Answers the current request locally (errors from C). Copies body and headers; sends now. */
-int mr_proxy_respond(mr_client_t *c, int status, const char *body, size_t blen,
-                     const char *const *hdrs, int nhdrs);
-/* Records a local response from Lua (req:respond). It is sent after the current phase returns,
- * once the chain's on_response/on_body ran on it (Lua must not be re-entered from an FFI call). */
-int mr_proxy_respond_later(mr_client_t *c, int status, const char *body, size_t blen,
-                           const char *const *hdrs, int nhdrs);
+/* Lua API (src/lua/api.c). */
+/* req:set_upstream: a configured upstream's name or a numeric "ip:port". 0, -1 unknown, -2 bad
+ * or too many, -3 too late (already forwarded). */
+int mr_proxy_set_upstream(mr_req_t *r, const char *s, size_t n);
 /* req:body(max): starts or polls buffering the request body. 1 = reading (the caller parks on
- * I/O; the request's park timer is armed when it ends), 0 = complete (in c->lua_body),
+ * I/O; the request's park timer is armed when it ends), 0 = complete (in r->lua_body),
  * -5 = larger than max (what was read stays buffered and is still forwarded), -3 = the body is
  * gone (already streamed or discarded). Never calls back synchronously. */
-int mr_proxy_body_read(mr_client_t *c, int64_t max);
-void mr_proxy_shutdown(mr_worker_t *w);       /* graceful: close idle, finish active */
-void mr_proxy_close_all(mr_worker_t *w);      /* immediate */
-/* Drain deadline of a retired generation: closes every client whose request still holds g,
- * except tunnels, which are detached from its VM (no Lua runs for them again) and keep going;
- * *tunnels counts those. Returns the number of clients closed. */
-int mr_proxy_close_gen(mr_worker_t *w, mr_gen_t *g, int *tunnels);
-/* Frees the worker's upstream registry and run-time upstreams (after the loop stopped). */
-void mr_proxy_worker_free(mr_worker_t *w);
+int mr_proxy_body_read(mr_req_t *r, int64_t max);
 
 #endif

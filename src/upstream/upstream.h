@@ -14,12 +14,12 @@
 
 typedef struct mr_server mr_server_t;
 typedef struct mr_upstream mr_upstream_t;
-struct mr_upconn;
+struct mr_pool_link;
 
 struct mr_server {
     char addr[64];              /* as configured, for logs */
     mr_addr_t sa;
-    struct mr_upconn *idle;     /* pooled connections, most recent first */
+    struct mr_pool_link *idle;  /* pooled connections, most recent first (upstream/pool.h) */
     int nidle;
     int active;                 /* connections bound to requests */
     uint64_t down_until;        /* ms; skipped by balancers until then after a connect failure */

@@ -1,6 +1,12 @@
 /* A socket endpoint on the loop: one multishot recv feeding held input buffers, and an ordered
  * send queue of iovecs (zero-copy references into provided buffers, inline framing bytes, or
- * caller-owned memory that must outlive the send).
+ * caller-owned memory that must outlive the send). Used by client connections and upstream
+ * connections alike.
+ *
+ * Memory: an idle socket holds no send queue and no input buffer. The queue (about 2 KiB of iovecs
+ * and entries) is taken from a per-thread cache when something is queued and goes back once it is
+ * empty and no send is in flight, so thousands of idle keep-alive connections cost only this
+ * struct each.
  *
  * TLS is transparent here (mr_sock_start_tls): the owner keeps reading and queueing plaintext
  * exactly as on a plain socket. Received ciphertext is fed to the engine (which copies it, so the
@@ -27,6 +33,7 @@
 #define MR_SQ_ENT 32
 #define MR_SQ_IOV 16
 #define MR_IN_MAX 8      /* held input buffers before reading pauses */
+#define MR_IN_INLINE 2   /* input entries held without an allocation */
 #define MR_NO_BID (-1)
 
 typedef struct mr_sock mr_sock_t;
@@ -47,6 +54,15 @@ typedef struct {
     char inl[24];
 } mr_sq_ent_t;
 
+/* The send queue: a ring of entries and the iovecs of the send in flight. */
+typedef struct mr_sq {
+    struct msghdr msg;
+    struct iovec iov[MR_SQ_IOV];
+    mr_sq_ent_t ent[MR_SQ_ENT];
+    uint32_t head, count;
+    struct mr_sq *next_free;
+} mr_sq_t;
+
 typedef struct {
     int32_t bid;
     uint32_t off, len;
@@ -58,22 +74,20 @@ struct mr_sock {
     int fd;
     mr_op_t recv_op, send_op;
     mr_defer_t flush;
-    struct msghdr msg;
-    struct iovec iov[MR_SQ_IOV];
-    mr_sq_ent_t ent[MR_SQ_ENT];
-    uint32_t sq_head, sq_count;
+    mr_sq_t *sq;        /* NULL while nothing is queued or in flight */
     uint64_t sq_bytes;
     mr_in_t *in;        /* held input; grows to absorb a multishot burst before a pause lands */
     uint32_t nin, in_cap;
+    mr_in_t in_inl[MR_IN_INLINE];
     bool recv_paused;   /* owner asked to stop reading (backpressure) */
     bool closing;
     bool eof;
+    bool shut_wr, shut_done; /* write side: close_notify queued / shutdown(2) done */
+    bool eof_pending;        /* EOF (close_notify) to report after the data before it */
     int err;            /* first socket error seen (-EPROTO for TLS: see mr_sock_tls_error) */
     /* TLS (NULL on plain TCP); owned, freed after the last completion. */
     mr_tls_conn_t *tls;
     mr_defer_t tls_pump;     /* decrypt what the engine holds after a resume/consume */
-    bool shut_wr, shut_done; /* write side: close_notify queued / shutdown(2) done */
-    bool eof_pending;        /* EOF (close_notify) to report after the data before it */
 };
 
 void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops);
@@ -85,10 +99,10 @@ void mr_sock_resume(mr_sock_t *s);
  * bid == MR_NO_BID the memory must stay valid until on_sent reports the queue empty. Short data
  * (<= 24 bytes) is copied inline. Returns 0 or -ENOSPC when the queue is full. */
 int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid);
-int mr_sock_send_copy(mr_sock_t *s, const char *p, size_t len);
 /* Queue malloc'd memory; the queue frees it after the send (or on close). */
 int mr_sock_send_owned(mr_sock_t *s, char *p, size_t len);
-static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT - s->sq_count; }
+static inline uint32_t mr_sock_queued(const mr_sock_t *s) { return s->sq ? s->sq->count : 0; }
+static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT - mr_sock_queued(s); }
 /* Drop the first n bytes of held input (releasing buffers). */
 void mr_sock_consume(mr_sock_t *s, size_t n);
 void mr_sock_close(mr_sock_t *s);
@@ -103,8 +117,21 @@ static inline const char *mr_sock_tls_error(const mr_sock_t *s) { return s->tls 
  * close_notify and shuts down once the ciphertext is out. */
 void mr_sock_shutdown_write(mr_sock_t *s);
 /* True while queued bytes (plaintext or, on TLS, ciphertext) are not sent yet. */
-static inline bool mr_sock_sending(const mr_sock_t *s) { return s->sq_count || (s->tls && mr_tls_pending_out(s->tls)); }
+static inline bool mr_sock_sending(const mr_sock_t *s) { return mr_sock_queued(s) || (s->tls && mr_tls_pending_out(s->tls)); }
 /* True while any op is in flight. */
 static inline bool mr_sock_busy(const mr_sock_t *s) { return s->recv_op.active || s->send_op.active; }
+/* Moves held input of `from` to the send queue of `to` (zero-copy, by buffer reference) while `to`
+ * has room below limit, and pauses or resumes reading on `from` accordingly: one direction of a
+ * raw tunnel. */
+void mr_sock_pump(mr_sock_t *from, mr_sock_t *to, uint64_t limit);
+/* True when the send queue is over limit bytes or has too few entries left for one more body piece
+ * with its framing (backpressure). */
+#define MR_SQ_RESERVE 4 /* entries a body piece may need: size line, data, CRLF, last-chunk */
+static inline bool mr_sock_full(const mr_sock_t *s, uint64_t limit)
+{
+    return mr_sock_sq_space(s) < MR_SQ_RESERVE || s->sq_bytes > limit;
+}
+/* Frees the per-thread cache of send queues (at thread exit). */
+void mr_sock_thread_free(void);
 
 #endif

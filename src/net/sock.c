@@ -1,4 +1,4 @@
-#include "proxy/sock.h"
+#include "net/sock.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -6,24 +6,78 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Send queues are recycled per thread: a connection takes one only while it sends. */
+#define SQ_CACHE_MAX 256
+static _Thread_local mr_sq_t *sq_cache;
+static _Thread_local int sq_cached;
+
+static mr_sq_t *sq_get(mr_sock_t *s)
+{
+    if (s->sq) return s->sq;
+    mr_sq_t *q = sq_cache;
+    if (q) {
+        sq_cache = q->next_free;
+        sq_cached--;
+    } else if (!(q = malloc(sizeof *q))) {
+        return NULL;
+    }
+    q->head = q->count = 0;
+    q->next_free = NULL;
+    s->sq = q;
+    return q;
+}
+
+/* The queue goes back once nothing is queued and the kernel holds none of its iovecs. */
+static void sq_put(mr_sock_t *s)
+{
+    mr_sq_t *q = s->sq;
+    if (!q || q->count || s->send_op.active) return;
+    s->sq = NULL;
+    if (sq_cached >= SQ_CACHE_MAX) { free(q); return; }
+    q->next_free = sq_cache;
+    sq_cache = q;
+    sq_cached++;
+}
+
+void mr_sock_thread_free(void)
+{
+    while (sq_cache) {
+        mr_sq_t *q = sq_cache;
+        sq_cache = q->next_free;
+        free(q);
+    }
+    sq_cached = 0;
+}
+
+static void release_head(mr_sock_t *s)
+{
+    mr_sq_t *q = s->sq;
+    mr_sq_ent_t *e = &q->ent[q->head];
+    if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
+    free(e->owned);
+    e->owned = NULL;
+    q->head = (q->head + 1) % MR_SQ_ENT;
+    q->count--;
+}
+
+static void in_free(mr_sock_t *s)
+{
+    for (uint32_t i = 0; i < s->nin; i++)
+        if (s->in[i].bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)s->in[i].bid);
+    s->nin = 0;
+    if (s->in != s->in_inl) free(s->in);
+    s->in = s->in_inl;
+    s->in_cap = MR_IN_INLINE;
+}
+
 static void maybe_closed(mr_sock_t *s)
 {
     if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued || s->tls_pump.queued) return;
     close(s->fd);
     s->fd = -1;
-    for (uint32_t i = 0; i < s->nin; i++)
-        if (s->in[i].bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)s->in[i].bid);
-    s->nin = 0;
-    free(s->in);
-    s->in = NULL;
-    s->in_cap = 0;
-    while (s->sq_count) {
-        mr_sq_ent_t *e = &s->ent[s->sq_head];
-        if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
-        free(e->owned);
-        s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
-        s->sq_count--;
-    }
+    in_free(s);
+    while (s->sq && s->sq->count) release_head(s);
+    sq_put(s);
     s->sq_bytes = 0;
     /* Only now: in-flight sends pointed into the engine's output chunks. */
     mr_tls_conn_free(s->tls);
@@ -36,8 +90,14 @@ static bool in_grow(mr_sock_t *s)
     if (s->nin < s->in_cap) return true;
     /* A multishot recv can post a burst before a pause lands; the loop's buffer ring bounds
      * the total, so growing this list is bounded too. */
-    uint32_t cap = s->in_cap ? s->in_cap * 2 : 8;
-    mr_in_t *in = realloc(s->in, cap * sizeof *in);
+    uint32_t cap = s->in_cap * 2;
+    mr_in_t *in;
+    if (s->in == s->in_inl) {
+        in = malloc(cap * sizeof *in);
+        if (in) memcpy(in, s->in_inl, sizeof s->in_inl);
+    } else {
+        in = realloc(s->in, cap * sizeof *in);
+    }
     if (!in) return false;
     s->in = in;
     s->in_cap = cap;
@@ -48,15 +108,6 @@ static bool in_grow(mr_sock_t *s)
 
 static void submit_send(mr_sock_t *s);
 
-static void release_head(mr_sock_t *s)
-{
-    mr_sq_ent_t *e = &s->ent[s->sq_head];
-    if (e->bid >= 0) mr_loop_buf_unref(s->loop, (uint16_t)e->bid);
-    free(e->owned);
-    e->owned = NULL;
-    s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
-    s->sq_count--;
-}
 
 /* Encrypts queued plaintext (as much as the engine takes) and sends pending ciphertext straight
  * from the engine's chunks. Returns 1 if a send was submitted, 0 if there is nothing to send now,
@@ -67,15 +118,16 @@ static int tls_submit(mr_sock_t *s)
      * write, so they leave as one TLS record instead of one record each: every record costs a
      * header, a tag and a decryption on the peer. */
     char gather[16384];
-    while (s->sq_count) {
-        mr_sq_ent_t *e = &s->ent[s->sq_head];
+    mr_sq_t *q = s->sq;
+    while (q && q->count) {
+        mr_sq_ent_t *e = &q->ent[q->head];
         if (e->len == 0) { release_head(s); continue; }
         const char *src = e->p;
         size_t len = e->len;
-        if (len < sizeof gather && s->sq_count > 1) {
+        if (len < sizeof gather && q->count > 1) {
             len = 0;
-            for (uint32_t i = 0; i < s->sq_count && len < sizeof gather; i++) {
-                const mr_sq_ent_t *g = &s->ent[(s->sq_head + i) % MR_SQ_ENT];
+            for (uint32_t i = 0; i < q->count && len < sizeof gather; i++) {
+                const mr_sq_ent_t *g = &q->ent[(q->head + i) % MR_SQ_ENT];
                 size_t n = g->len < sizeof gather - len ? g->len : sizeof gather - len;
                 memcpy(gather + len, g->p, n);
                 len += n;
@@ -89,7 +141,7 @@ static int tls_submit(mr_sock_t *s)
         /* The engine copied (encrypted) the bytes: the buffer references can go now. */
         s->sq_bytes -= taken;
         while (taken) {
-            e = &s->ent[s->sq_head];
+            e = &q->ent[q->head];
             size_t n = taken < e->len ? taken : e->len;
             e->p += n;
             e->len -= (uint32_t)n;
@@ -97,18 +149,23 @@ static int tls_submit(mr_sock_t *s)
             if (e->len == 0) release_head(s);
         }
     }
-    int n = mr_tls_out_iov(s->tls, 0, s->iov, MR_SQ_IOV);
-    if (n <= 0) {
-        if (s->shut_wr && !s->shut_done && !s->sq_count) {
+    size_t pending = mr_tls_pending_out(s->tls);
+    if (!pending) {
+        if (s->shut_wr && !s->shut_done && !mr_sock_queued(s)) {
             s->shut_done = true;
             shutdown(s->fd, SHUT_WR);
         }
+        sq_put(s);
         return 0;
     }
-    memset(&s->msg, 0, sizeof s->msg);
-    s->msg.msg_iov = s->iov;
-    s->msg.msg_iovlen = (size_t)n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &s->msg);
+    /* The ciphertext iovecs live in the queue's storage while the send is in flight. */
+    if (!(q = sq_get(s))) return -ENOMEM;
+    int n = mr_tls_out_iov(s->tls, 0, q->iov, MR_SQ_IOV);
+    if (n <= 0) { sq_put(s); return 0; }
+    memset(&q->msg, 0, sizeof q->msg);
+    q->msg.msg_iov = q->iov;
+    q->msg.msg_iovlen = (size_t)n;
+    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
     return 1;
 }
 
@@ -293,25 +350,23 @@ static void send_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
         if (rc < 0) {
             if (!s->err) s->err = rc;
             s->ops->on_sent(s, rc);
-        } else if (rc == 0 && !s->sq_count) {
+        } else if (rc == 0 && !mr_sock_queued(s)) {
             s->ops->on_sent(s, 0);
         }
         return;
     }
+    mr_sq_t *q = s->sq;
     size_t n = (size_t)res;
-    while (s->sq_count && n) {
-        mr_sq_ent_t *e = &s->ent[s->sq_head];
+    while (q->count && n) {
+        mr_sq_ent_t *e = &q->ent[q->head];
         if (n < e->len) { e->p += n; e->len -= (uint32_t)n; s->sq_bytes -= n; break; }
         n -= e->len;
         s->sq_bytes -= e->len;
-        if (e->bid >= 0) mr_loop_buf_unref(loop, (uint16_t)e->bid);
-        free(e->owned);
-        e->owned = NULL;
-        s->sq_head = (s->sq_head + 1) % MR_SQ_ENT;
-        s->sq_count--;
+        release_head(s);
     }
-    if (s->sq_count) submit_send(s);
-    else s->ops->on_sent(s, 0);
+    if (q->count) { submit_send(s); return; }
+    sq_put(s);
+    s->ops->on_sent(s, 0);
 }
 
 static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
@@ -328,7 +383,7 @@ static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
         }
         return;
     }
-    if (s->sq_count) submit_send(s);
+    if (mr_sock_queued(s)) submit_send(s);
 }
 
 void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops)
@@ -341,6 +396,8 @@ void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *op
     s->send_op.fn = send_done;
     s->flush.fn = flush_deferred;
     s->tls_pump.fn = tls_pump_deferred;
+    s->in = s->in_inl;
+    s->in_cap = MR_IN_INLINE;
 }
 
 int mr_sock_start_recv(mr_sock_t *s)
@@ -367,24 +424,27 @@ void mr_sock_resume(mr_sock_t *s)
 static void submit_send(mr_sock_t *s)
 {
     if (s->tls) { tls_submit(s); return; }
+    mr_sq_t *q = s->sq;
     uint32_t n = 0;
-    for (uint32_t i = 0; i < s->sq_count && n < MR_SQ_IOV; i++) {
-        mr_sq_ent_t *e = &s->ent[(s->sq_head + i) % MR_SQ_ENT];
-        s->iov[n].iov_base = (void *)e->p;
-        s->iov[n].iov_len = e->len;
+    for (uint32_t i = 0; i < q->count && n < MR_SQ_IOV; i++) {
+        mr_sq_ent_t *e = &q->ent[(q->head + i) % MR_SQ_ENT];
+        q->iov[n].iov_base = (void *)e->p;
+        q->iov[n].iov_len = e->len;
         n++;
     }
-    memset(&s->msg, 0, sizeof s->msg);
-    s->msg.msg_iov = s->iov;
-    s->msg.msg_iovlen = n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &s->msg);
+    memset(&q->msg, 0, sizeof q->msg);
+    q->msg.msg_iov = q->iov;
+    q->msg.msg_iovlen = n;
+    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
 }
 
 int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)
 {
     if (len == 0) return 0;
-    if (s->sq_count == MR_SQ_ENT) return -ENOSPC;
-    mr_sq_ent_t *e = &s->ent[(s->sq_head + s->sq_count) % MR_SQ_ENT];
+    mr_sq_t *q = sq_get(s);
+    if (!q) return -ENOMEM;
+    if (q->count == MR_SQ_ENT) return -ENOSPC;
+    mr_sq_ent_t *e = &q->ent[(q->head + q->count) % MR_SQ_ENT];
     e->bid = bid;
     e->owned = NULL;
     e->len = (uint32_t)len;
@@ -395,7 +455,7 @@ int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)
         e->p = p;
         if (bid >= 0) mr_loop_buf_ref(s->loop, (uint16_t)bid);
     }
-    s->sq_count++;
+    q->count++;
     s->sq_bytes += len;
     /* Submit at the end of this loop turn, so a head and its body leave in one sendmsg. */
     if (!s->send_op.active && !s->closing) mr_loop_defer(s->loop, &s->flush);
@@ -407,15 +467,11 @@ int mr_sock_send_owned(mr_sock_t *s, char *p, size_t len)
     if (len == 0) { free(p); return 0; }
     int rc = mr_sock_send(s, p, len, MR_NO_BID);
     if (rc < 0) { free(p); return rc; }
-    mr_sq_ent_t *e = &s->ent[(s->sq_head + s->sq_count - 1) % MR_SQ_ENT];
+    mr_sq_t *q = s->sq;
+    mr_sq_ent_t *e = &q->ent[(q->head + q->count - 1) % MR_SQ_ENT];
     if (e->p == e->inl) free(p); /* short data was copied inline */
     else e->owned = p;
     return 0;
-}
-
-int mr_sock_send_copy(mr_sock_t *s, const char *p, size_t len)
-{
-    return mr_sock_send(s, p, len, MR_NO_BID);
 }
 
 void mr_sock_consume(mr_sock_t *s, size_t n)
@@ -438,4 +494,15 @@ void mr_sock_close(mr_sock_t *s)
     if (s->recv_op.active) mr_loop_cancel(s->loop, &s->recv_op);
     if (s->send_op.active) mr_loop_cancel(s->loop, &s->send_op);
     maybe_closed(s);
+}
+
+void mr_sock_pump(mr_sock_t *from, mr_sock_t *to, uint64_t limit)
+{
+    while (from->nin && !mr_sock_full(to, limit)) {
+        mr_in_t *in = &from->in[0];
+        mr_sock_send(to, mr_loop_buf_ptr(from->loop, (uint16_t)in->bid) + in->off, in->len, in->bid);
+        mr_sock_consume(from, in->len);
+    }
+    if (from->nin >= MR_IN_MAX - 2 || mr_sock_full(to, limit)) mr_sock_pause(from);
+    else mr_sock_resume(from);
 }

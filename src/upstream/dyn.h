@@ -1,0 +1,27 @@
+/* Upstreams chosen at run time by req:set_upstream("ip:port"): one single-server group per
+ * address, kept per worker so their keep-alive pools are reused across requests and reloads.
+ * Names are never resolved here (that would block the worker). Bounded: at most
+ * MR_DYN_UPSTREAMS_MAX addresses per worker. Thread affinity: the owning worker. */
+#ifndef MR_UPSTREAM_DYN_H
+#define MR_UPSTREAM_DYN_H
+
+#include <stddef.h>
+
+#include "upstream/upstream.h"
+
+#define MR_DYN_UPSTREAMS_MAX 256
+
+typedef struct mr_dyn_upstream mr_dyn_upstream_t;
+
+typedef struct {
+    mr_dyn_upstream_t *head;
+    int count;
+} mr_dyn_upstreams_t;
+
+/* The group for a numeric "ip:port" / "[ip6]:port", created on first use. Returns it, or NULL
+ * with *err = -EINVAL (not a numeric address), -ENOSPC (too many) or -ENOMEM. */
+mr_upstream_t *mr_dyn_upstream_get(mr_dyn_upstreams_t *d, mr_server_registry_t *reg, const char *s, size_t n,
+                                   int *err);
+void mr_dyn_upstreams_free(mr_dyn_upstreams_t *d);
+
+#endif
