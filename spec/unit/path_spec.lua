@@ -448,4 +448,20 @@ describe("route prefix, exact and strip_prefix semantics", function()
     end
   end)
 
+  it("agrees with the Lua router's prefix and exact rules on generated paths", function()
+    local router = require "moonring.router"
+    local SEGS = { "a", "b", "ab", "a;x", "", "." }
+    math.randomseed(7)
+    local rng = math.random
+    local function rp()
+      local parts = {}
+      for i = 1, rng(0, 4) do parts[i] = SEGS[rng(#SEGS)] end
+      return "/" .. table.concat(parts, "/")
+    end
+    for _ = 1, 5000 do
+      local a, b = rp(), rp()
+      assert.equal(pm(a, b), router.prefix_match(a, b), show(a) .. " on " .. show(b))
+      assert.equal(em(a, b), router.exact_match(a, b), show(a) .. " on " .. show(b))
+    end
+  end)
 end)
