@@ -6,7 +6,6 @@
 #include "http/path.h"
 
 #include <arpa/inet.h>
-#include <stdint.h>
 #include <string.h>
 
 /* Classes of a raw input byte. */
