@@ -2,9 +2,13 @@
 --
 -- Semantics (the contract, kept by `naive` below and checked against it by spec/unit/router_spec.lua):
 -- routes are tried in order and the first one whose every key matches wins. Keys: `method` (set),
--- `exact` (whole path), `path` (prefix), `host` (exact names or "*.suffix"; the request host is
+-- `exact` (whole path; parameters of the last segment are ignored, "/login;jsessionid=1" matches
+-- "/login"), `path` (prefix at a segment boundary: "/api" and "/api/" both match "/api", "/api/x"
+-- and "/api;v=1", not "/apix"), `host` (exact names or "*.suffix"; the request host is
 -- lowercased without its port), `headers` (name -> exact value, or "~lua pattern"), `pattern` (LPeg
 -- `re` over the path; named captures become req.params), `match` (function(req) -> bool).
+-- The prefix and exact rules are the C ones (src/http/path.h: mr_path_prefix_match,
+-- mr_path_exact_match); spec/unit/path_spec.lua checks that both agree.
 --
 -- The compiled matcher avoids trying every route: routes are bucketed by host (a hash for exact
 -- hosts, a hash per wildcard suffix, one bucket for routes without host), and inside a bucket by
@@ -17,6 +21,43 @@
 local M = {}
 
 local byte, sub, find = string.byte, string.sub, string.find
+
+local SLASH, SEMI = 47, 59
+
+-- The part of a prefix that decides matching: a trailing slash does not change the subtree a
+-- prefix names ("/api/" is "/api"), except for "/" itself.
+local function prefix_key(p)
+  if #p > 1 and byte(p, #p) == SLASH then return sub(p, 1, -2) end
+  return p
+end
+
+-- Segment-boundary prefix match (mr_path_prefix_match).
+function M.prefix_match(prefix, path)
+  if byte(prefix, 1) ~= SLASH or byte(path, 1) ~= SLASH then return false end
+  local p = prefix_key(prefix)
+  local n = #p
+  if n == 1 then return true end
+  if sub(path, 1, n) ~= p then return false end
+  local c = byte(path, n + 1)
+  return c == nil or c == SLASH or c == SEMI
+end
+
+-- The path without the parameters of its last segment, or nil when it has none.
+local function exact_base(path)
+  if not find(path, ";", 1, true) then return nil end
+  local last = find(path, "/[^/]*$") or 1
+  local semi = find(path, ";", last, true)
+  if semi then return sub(path, 1, semi - 1) end
+  return nil
+end
+
+-- Exact match ignoring the last segment's parameters (mr_path_exact_match).
+function M.exact_match(exact, path)
+  if exact == path then return true end
+  return exact_base(path) == exact
+end
+
+local prefix_match, exact_match = M.prefix_match, M.exact_match
 
 local lpeg, re
 local function need_re()
@@ -64,10 +105,7 @@ end
 local function residual(rec, req, path)
   local ms = rec.methods
   if ms and not ms[req.method] then return false end
-  if rec.prefix then
-    local p = rec.prefix
-    if sub(path, 1, #p) ~= p then return false end
-  end
+  if rec.prefix and not prefix_match(rec.prefix, path) then return false end
   if rec.hosts and not host_ok(rec.hosts, req.host) then return false end
   local hs = rec.headers
   if hs then
@@ -113,7 +151,7 @@ function M.naive(routes)
     local path = req.path
     for i = 1, #recs do
       local rec = recs[i]
-      if (not rec.exact or path == rec.exact) and residual(rec, req, path) then return i end
+      if (not rec.exact or exact_match(rec.exact, path)) and residual(rec, req, path) then return i end
     end
     return 0
   end
@@ -130,8 +168,9 @@ local function bucket_add(b, r, rec)
     l[#l + 1] = rec
   elseif r.path then
     local node = b.trie
-    for k = 1, #r.path do
-      local c = byte(r.path, k)
+    local key = prefix_key(r.path)
+    for k = 1, #key do
+      local c = byte(key, k)
       local nx = node[c]
       if not nx then nx = {}; node[c] = nx end
       node = nx
@@ -172,16 +211,25 @@ function M.compile(routes)
   -- Scratch for candidate lists: matching never yields, and match functions do not re-enter it.
   local lists, pos = {}, {}
 
-  local function gather(b, path, n)
+  -- base: the path without its last segment's parameters (or nil), for exact routes
+  local function gather(b, path, base, n)
     local l = b.exact[path]
     if l then n = n + 1; lists[n] = l end
+    if base then
+      l = b.exact[base]
+      if l then n = n + 1; lists[n] = l end
+    end
     if b.has_trie then
       local node = b.trie
       for k = 1, #path do
         node = node[byte(path, k)]
         if not node then break end
         local ids = node.ids
-        if ids then n = n + 1; lists[n] = ids end
+        if ids then
+          -- a prefix matches at a segment boundary; the only one-byte key is "/", which always does
+          local c = byte(path, k + 1)
+          if k == 1 or c == nil or c == SLASH or c == SEMI then n = n + 1; lists[n] = ids end
+        end
       end
     end
     if b.has_any then n = n + 1; lists[n] = b.any end
@@ -190,23 +238,24 @@ function M.compile(routes)
 
   return function(req)
     local path = req.path
+    local base = exact_base(path)
     local n = 0
     if has_hosts then
       local host = req.host
       local b = exact_hosts[host]
-      if b then n = gather(b, path, n) end
+      if b then n = gather(b, path, base, n) end
       if has_wild then
         local p = 2 -- "*.x" needs at least one character before the dot
         while true do
           local d = find(host, ".", p, true)
           if not d then break end
           b = wild_hosts[sub(host, d)]
-          if b then n = gather(b, path, n) end
+          if b then n = gather(b, path, base, n) end
           p = d + 1
         end
       end
     end
-    n = gather(any_host, path, n)
+    n = gather(any_host, path, base, n)
     if n == 0 then return 0 end
     if n == 1 then
       local l = lists[1]

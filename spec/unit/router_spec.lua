@@ -3,7 +3,7 @@
 -- the same order (first matching route wins, exactly).
 local router = require "moonring.router"
 
-local SEGS = { "a", "b", "ab", "c", "api", "v1" }
+local SEGS = { "a", "b", "ab", "c", "api", "v1", "a;x" }
 local HOSTS = { "a.com", "b.a.com", "x.b.a.com", "c.org", "A.com", "", ".a.com" }
 local HOST_PATS = { "a.com", "b.a.com", "c.org", "*.a.com", "*.b.a.com", "*.org", "x.b.a.com" }
 local METHODS = { "GET", "POST", "PUT" }
@@ -18,6 +18,7 @@ local function rand_path(rng, max)
   local p = "/" .. table.concat(parts, "/")
   if n > 0 and rng(4) == 1 then p = p .. "/" end
   if rng(6) == 1 then p = p:sub(1, math.max(1, #p - 1)) end -- prefixes that cut a segment
+  if rng(8) == 1 then p = p .. ";p" end -- parameters of the last segment
   return p
 end
 
@@ -112,6 +113,48 @@ describe("moonring.router", function()
     assert.equal(2, m { method = "GET", path = "/api/x", host = "example.com" })
     assert.equal(3, m { method = "GET", path = "/apx", host = "x.example.com" })
     assert.equal(3, m { method = "GET", path = "/api", host = ".example.com" == "" and "" or "example.org" })
+  end)
+
+  it("matches prefixes at segment boundaries only, with or without a trailing slash", function()
+    local routes = {
+      { path = "/api" },
+      { path = "/static/" },
+      { path = "/a/b" },
+      { path = "/" },
+    }
+    for _, m in ipairs { router.compile(routes), router.naive(routes) } do
+      local function at(path) return m { method = "GET", path = path, host = "" } end
+      assert.equal(1, at("/api"))
+      assert.equal(1, at("/api/"))
+      assert.equal(1, at("/api/x"))
+      assert.equal(1, at("/api;v=1"))
+      assert.equal(4, at("/apix"))
+      assert.equal(4, at("/api.json"))
+      assert.equal(2, at("/static"))
+      assert.equal(2, at("/static/x.css"))
+      assert.equal(4, at("/staticx"))
+      assert.equal(3, at("/a/b/c"))
+      assert.equal(4, at("/a/bc"))
+      assert.equal(4, at("/a"))
+    end
+    -- without a catch-all, a path that only shares bytes with a prefix matches nothing
+    local m = router.compile { { path = "/admin" } }
+    assert.equal(0, m { method = "GET", path = "/administrator", host = "" })
+    assert.equal(1, m { method = "GET", path = "/admin/users", host = "" })
+  end)
+
+  it("matches exact routes ignoring the parameters of the last segment", function()
+    local routes = { { exact = "/login" }, { exact = "/a;x" }, { path = "/" } }
+    for _, m in ipairs { router.compile(routes), router.naive(routes) } do
+      local function at(path) return m { method = "GET", path = path, host = "" } end
+      assert.equal(1, at("/login"))
+      assert.equal(1, at("/login;jsessionid=1"))
+      assert.equal(3, at("/login/"))
+      assert.equal(3, at("/login;x/y"))
+      assert.equal(2, at("/a;x"))
+      assert.equal(3, at("/a;x;y"))
+      assert.equal(3, at("/a"))
+    end
   end)
 
   it("returns 0 without a match and fills params from a pattern", function()
