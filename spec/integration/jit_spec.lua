@@ -1,7 +1,5 @@
 -- The hot request API must JIT-compile: it is reached through LuaJIT FFI (no lua_CFunction),
 -- so a loop over header reads/writes and path/method access records traces without aborts.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 describe("hot Lua API", function()

@@ -1,8 +1,6 @@
 -- Yielding I/O from Lua through the real binary: cosockets (moonring.tcp) against a raw line
 -- server, the HTTP client (moonring.http) against mr-origin, timers (moonring.timer) including
 -- premature runs on reload, and req:body() with forwarding of the buffered body.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

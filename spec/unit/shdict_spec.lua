@@ -2,13 +2,8 @@
 -- through the core shared library (MOONRING_FFI_LIB, default <repo>/build/libmoonring_ffi.so).
 local ffi = require "ffi"
 
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-local repo = this:match("^(.*)/spec/unit/[^/]*$") or "."
-package.path = repo .. "/lua/?.lua;" .. repo .. "/lua/?/init.lua;" .. package.path
-
 local helpers = require "helpers"
-local lib, lib_path = helpers.core_lib_or_rerun(this, "shared dicts")
+local lib, lib_path = helpers.core_lib_or_rerun("shared dicts")
 if not lib then return end
 pcall(ffi.cdef, [[
 int mr_shdict_define(const char *name, size_t size);
