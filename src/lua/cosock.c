@@ -15,8 +15,8 @@
 #include "lua/lua.h"
 #include "net/net.h"
 #include "tls/tls.h"
+#include "util/export.h"
 
-#define MR_EXPORT __attribute__((visibility("default"), used))
 #define RBUF_SIZE 16384
 #define KEY_MAX 384 /* host:port or opts.pool, plus "\ntls\n<server name>\n<verify>" */
 #define HOST_MAX 254

@@ -16,8 +16,7 @@
 #include "core/watch.h"
 #include "log/log.h"
 #include "lua/cosock.h"
-
-#define MR_EXPORT __attribute__((visibility("default"), used))
+#include "util/export.h"
 
 struct mr_lua_vm {
     lua_State *L;

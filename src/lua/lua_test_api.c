@@ -6,8 +6,7 @@
 
 #include "http1/http1.h"
 #include "proxy/proxy.h"
-
-#define MR_EXPORT __attribute__((visibility("default"), used))
+#include "util/export.h"
 
 typedef struct {
     mr_client_t c;              /* first: the API casts the pointer back to mr_client_t */

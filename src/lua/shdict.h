@@ -29,9 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef MR_EXPORT
-#define MR_EXPORT __attribute__((visibility("default"), used))
-#endif
+#include "util/export.h"
 
 typedef struct mr_shdict mr_shdict_t;
 
@@ -130,11 +128,5 @@ MR_EXPORT int mr_shdict_flush_expired(mr_shdict_t *d, int max);
 
 MR_EXPORT size_t mr_shdict_capacity(mr_shdict_t *d);
 MR_EXPORT size_t mr_shdict_free_space(mr_shdict_t *d);   /* budget minus the bytes charged */
-
-/* Test helper: `threads` pthreads each do `iters` incr of one counter key, interleaved with
- * sets (random sizes and short ttls, so eviction and expiry churn), gets, deletes and get_keys on
- * other keys. Deletes the counter first; returns its final value (threads * iters when the dict
- * is thread-safe), or -1 on error. Use a dict of at least 64k. */
-MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters);
 
 #endif
