@@ -25,7 +25,7 @@ static int parse(test_client_t *t)
     mr_http1_init(&c->local, MR_HTTP1_RESPONSE, &limits, &cbs, c);
     size_t used = 0;
     int rc = mr_http1_feed(&c->req, t->head, t->n, &used);
-    return rc < 0 || !c->req.head_done ? -1 : 0;
+    return rc < 0 || !c->req.head_done ? MR_FFI_BAD_ARG : MR_FFI_OK;
 }
 
 static void release(test_client_t *t)
@@ -46,7 +46,7 @@ MR_EXPORT void *mr_lua_test_client_new(const char *head, size_t n)
     memcpy(t->head, head, n);
     t->n = n;
     strcpy(t->c.ip, "127.0.0.1");
-    if (parse(t) < 0) {
+    if (parse(t) != MR_FFI_OK) {
         mr_lua_test_client_free(t);
         return NULL;
     }

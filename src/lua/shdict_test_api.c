@@ -22,7 +22,7 @@ static void *stress_main(void *p)
         double out;
         int forcible, type, stale;
         uint32_t flags;
-        if (mr_shdict_incr(a->d, STRESS_KEY, sizeof STRESS_KEY - 1, 1, 1, 0, 0, &out, &forcible) != MR_SHD_OK)
+        if (mr_shdict_incr(a->d, STRESS_KEY, sizeof STRESS_KEY - 1, 1, 1, 0, 0, &out, &forcible) != MR_FFI_OK)
             a->failed = 1;
         x ^= x << 13; x ^= x >> 17; x ^= x << 5;
         int kl = snprintf(key, sizeof key, "s:%d:%u", a->id % 4, (x >> 9) % 128);
@@ -44,7 +44,7 @@ static void *stress_main(void *p)
             mr_shdict_delete(a->d, key, (size_t)kl);
             break;
         case 6:
-            if (mr_shdict_ttl(a->d, key, (size_t)kl, &ms) == MR_SHD_OK) mr_shdict_expire(a->d, key, (size_t)kl, 0.001);
+            if (mr_shdict_ttl(a->d, key, (size_t)kl, &ms) == MR_FFI_OK) mr_shdict_expire(a->d, key, (size_t)kl, 0.001);
             break;
         default:
             if ((i & 63) == 7) mr_shdict_get_keys(a->d, 16, keys, &n, &kl);
@@ -58,7 +58,7 @@ static void *stress_main(void *p)
 
 MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters)
 {
-    if (!d || threads < 1 || threads > 256 || iters < 0) return -1;
+    if (!d || threads < 1 || threads > 256 || iters < 0) return MR_FFI_ERROR;
     mr_shdict_delete(d, STRESS_KEY, sizeof STRESS_KEY - 1);
     pthread_t tid[256];
     stress_arg_t args[256];
@@ -72,13 +72,13 @@ MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters)
         pthread_join(tid[i], NULL);
         failed |= args[i].failed;
     }
-    if (failed) return -1;
+    if (failed) return MR_FFI_ERROR;
     int type, stale;
     double num = 0;
     size_t len = 0;
     uint32_t flags;
-    if (mr_shdict_get(d, STRESS_KEY, sizeof STRESS_KEY - 1, 0, &type, &num, NULL, &len, &flags, &stale) != MR_SHD_OK
+    if (mr_shdict_get(d, STRESS_KEY, sizeof STRESS_KEY - 1, 0, &type, &num, NULL, &len, &flags, &stale) != MR_FFI_OK
         || type != MR_SHD_TNUMBER)
-        return -1;
+        return MR_FFI_ERROR;
     return (int)num;
 }

@@ -10,7 +10,7 @@
 /* `threads` pthreads each do `iters` incr of one counter key, interleaved with
  * sets (random sizes and short ttls, so eviction and expiry churn), gets, deletes and get_keys on
  * other keys. Deletes the counter first; returns its final value (threads * iters when the dict
- * is thread-safe), or -1 on error. Use a dict of at least 64k. */
+ * is thread-safe), or MR_FFI_ERROR. Use a dict of at least 64k. */
 MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters);
 
 #endif
