@@ -31,9 +31,8 @@ enum {
                             * applied on resume with mr_http1_skip_body */
 };
 
-/* Returns 0, or the error status. type is MR_HTTP1_REQUEST (0) or MR_HTTP1_RESPONSE (1). */
-int mr_http1_parse_once(int type, const char *data, size_t len, char *out, size_t outlen);
-/* step > 0 feeds the input in pieces of that many bytes (the result must not depend on it); a
+/* Returns 0, or the error status. type is MR_HTTP1_REQUEST (0) or MR_HTTP1_RESPONSE (1).
+ * step > 0 feeds the input in pieces of that many bytes (the result must not depend on it); a
  * zero limit takes the default (8k request line, 32k header section, 100 headers). */
 MR_EXPORT int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_line, uint32_t max_header_size,
                                 uint32_t max_headers, const char *data, size_t len, char *out, size_t outlen);

@@ -1,6 +1,6 @@
 /* The per-worker event loop: a completion-style interface with two backends, io_uring
  * (loop_uring.c) and epoll (loop_epoll.c), chosen per loop at mr_loop_init. Everything below holds
- * for both; callers cannot tell which one runs (mr_loop_backend says, for logging).
+ * for both; callers cannot tell which one runs (mr_loop_choose says which one a loop gets, for logging).
  *
  * Thread affinity: a loop belongs to the thread that called mr_loop_init; every function here must
  * be called from that thread (the ring is created SINGLE_ISSUER where the kernel allows it).
@@ -92,7 +92,6 @@ int mr_loop_choose(mr_loop_backend_t want, mr_loop_backend_t *out, mr_loop_featu
 /* Creates a loop owned by the calling thread. opts->backend AUTO resolves as mr_loop_choose does;
  * an explicit backend that cannot be set up fails with -errno (no silent fallback). */
 MR_EXPORT int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
-mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
 MR_EXPORT void mr_loop_free(mr_loop_t *loop);
 /* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
 int mr_loop_run(mr_loop_t *loop);
