@@ -16,6 +16,10 @@ local function probe(req, body)
     if what == "abort" then aborts[#aborts + 1] = { otr, oex, func, pc }
     elseif what == "stop" then stops = stops + 1 end
   end
+  -- One call first, interpreted, resolves the FFI symbols the body uses: recording a first
+  -- lookup aborts ("symbol not in cache"), which happens when a hot-counter collision makes a
+  -- function hot on its very first call.
+  body(req, 0)
   jit.flush()
   jit.attach(on_trace, "trace")
   local n = 0
