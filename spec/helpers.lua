@@ -196,10 +196,10 @@ end
 -- ASan-instrumented core (scripts/test --sanitize) can only be dlopen'ed by a process that started
 -- with the ASan runtime, so then the calling spec file is registered to run again in a child
 -- busted preloading it (only there: a preload inherited by curl or the origin would hang them),
--- and nil is returned: the caller returns at once. `spec_path` is the calling file, `name` its
--- describe label.
-function helpers.core_lib_or_rerun(spec_path, name)
+-- and nil is returned: the caller returns at once. `name` is the calling file's describe label.
+function helpers.core_lib_or_rerun(name)
   local lib_path = os.getenv("MOONRING_FFI_LIB") or (helpers.root .. "/build/libmoonring_ffi.so")
+  local spec_path = debug.getinfo(2, "S").source:gsub("^@", "")
   if spec_path:sub(1, 1) ~= "/" then spec_path = (os.getenv("PWD") or ".") .. "/" .. spec_path end
   local sanitized = (read_file(lib_path) or ""):find("libasan.so", 1, true)
   if not sanitized or (read_file("/proc/self/maps") or ""):find("libasan", 1, true) then
@@ -213,9 +213,10 @@ function helpers.core_lib_or_rerun(spec_path, name)
       local out = run("ldd " .. shq(lib_path))
       local asan = out:match("libasan%.so[%.%d]* => (%S+)")
       assert.is_string(asan, "libasan not found by ldd " .. lib_path)
-      local res = run(("LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=86 "
+      -- from the root, where busted finds its settings (.busted)
+      local res = run(("cd %s && LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=86 "
         .. "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MOONRING_FFI_LIB=%s "
-        .. "busted --lua=luajit -o plainTerminal %s 2>&1"):format(shq(asan), shq(lib_path), shq(spec_path)))
+        .. "busted -o plainTerminal %s 2>&1"):format(shq(helpers.root), shq(asan), shq(lib_path), shq(spec_path)))
       assert.matches("[1-9]%d* successes / 0 failures / 0 errors", res, 1, false, res)
       assert.not_matches("Sanitizer", res, 1, false, res)
     end)

@@ -17,7 +17,6 @@ static void usage(void)
             "            the config (with -c) would get\n");
 }
 
-#ifndef MR_NO_MAIN
 int main(int argc, char **argv)
 {
     const char *conf = "conf/moonring.lua", *sig = NULL;
@@ -36,4 +35,3 @@ int main(int argc, char **argv)
     mr_server_opts_t opts = { .watch = watch != 0, .argv = argv };
     return mr_server_run(conf, &opts);
 }
-#endif

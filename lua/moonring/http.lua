@@ -6,6 +6,7 @@
 -- opts.max_body_size). https:// verifies the server (opts.ssl_verify = false opts out) and
 -- resumes the last TLS session to the same host:port on new connections.
 local moonring = require "moonring"
+local base = require "moonring.base"
 local tcp = require("moonring.tcp").tcp
 
 local M = {}
@@ -130,7 +131,7 @@ local function read_until_close(sock, max)
       if total > max then return nil, "response too large" end
       parts[#parts + 1] = data
     end
-    if err == "closed" then return concat(parts) end
+    if err == base.ERR_CLOSED then return concat(parts) end
     if err then return nil, err end
   end
 end
@@ -245,7 +246,7 @@ function M.request(opts)
 
   local res, err, reused = attempt(o, false)
   -- A kept-alive connection the server closed meanwhile: try once on a new one.
-  if not res and reused and (err == "closed" or err == "connection reset by peer") and IDEMPOTENT[method] then
+  if not res and reused and (err == base.ERR_CLOSED or err == base.ERR_RESET) and IDEMPOTENT[method] then
     res, err = attempt(o, true)
   end
   return res, err

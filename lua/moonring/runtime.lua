@@ -38,6 +38,8 @@ int mr_req_tls(void *r, const char **v, int *reused);
 ]]
 
 local C = ffi.C
+local base = require "moonring.base"
+local OK, AGAIN, LIMIT, DECLINED, BAD_CONTEXT = base.OK, base.AGAIN, base.LIMIT, base.DECLINED, base.BAD_CONTEXT
 local ffi_string = ffi.string
 local find = string.find
 local ffi_cast = ffi.cast
@@ -98,9 +100,9 @@ local req_mt = {}
 local function target(self)
   local t = rawget(self, "_target")
   if not t then
-    local rc = C.mr_req_target(live(self), pp, pn, pp2, pn2)
+    C.mr_req_target(live(self), pp, pn, pp2, pn2)
     t = ffi_string(pp[0], pn[0])
-    if rc == 0 and pp2[0] ~= nil then t = t .. "?" .. ffi_string(pp2[0], pn2[0]) end
+    if pp2[0] ~= nil then t = t .. "?" .. ffi_string(pp2[0], pn2[0]) end
     rawset(self, "_target", t)
   end
   return t
@@ -127,7 +129,7 @@ local function tls_info(self)
   local t = rawget(self, "_tls")
   if t == nil then
     t = false
-    if C.mr_req_tls(live(self), tls_v, tls_reused) == 0 then
+    if C.mr_req_tls(live(self), tls_v, tls_reused) == OK then
       t = { protocol = opt_string(tls_v[0]), cipher = opt_string(tls_v[1]), sni = opt_string(tls_v[2]),
             alpn = opt_string(tls_v[3]), client_subject = opt_string(tls_v[4]),
             client_fingerprint = opt_string(tls_v[5]), session_reused = tls_reused[0] ~= 0 }
@@ -156,14 +158,14 @@ end
 
 function req_methods.header(self, name)
   check_name("req:header", name)
-  if C.mr_req_header(live(self), name, #name, pp, pn) ~= 0 then return nil end
+  if C.mr_req_header(live(self), name, #name, pp, pn) ~= OK then return nil end
   return ffi_string(pp[0], pn[0])
 end
 
 local function collect(count_fn, at_fn, r)
   local t = {}
   for i = 0, count_fn(r) - 1 do
-    if at_fn(r, i, pp, pn, pp2, pn2) == 0 then
+    if at_fn(r, i, pp, pn, pp2, pn2) == OK then
       local k = ffi_string(pp[0], pn[0]):lower()
       local v = ffi_string(pp2[0], pn2[0])
       local old = t[k]
@@ -179,7 +181,7 @@ local function set_req_header(self, fn, name, value, mode)
   check_name(fn, name)
   if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
   local rc = C.mr_req_set_header(live(self), name, #name, value, #value, mode)
-  if rc ~= 0 then return nil, "cannot change request headers now" end
+  if rc ~= OK then return nil, "cannot change request headers now" end
   if #name == 4 and name:lower() == "host" then
     rawset(self, "host", nil)
     rawset(self, "_host_set", true)
@@ -207,7 +209,7 @@ end
 
 local function set_target(self, path, query)
   local t = query ~= "" and (path .. "?" .. query) or path
-  if C.mr_req_set_target(live(self), t, #t) ~= 0 then return nil, "cannot change the target now" end
+  if C.mr_req_set_target(live(self), t, #t) ~= OK then return nil, "cannot change the target now" end
   rawset(self, "_target", t)
   rawset(self, "path", path)
   rawset(self, "query", query)
@@ -230,8 +232,8 @@ end
 function req_methods.set_upstream(self, name)
   if type(name) ~= "string" then error("req:set_upstream(name): name must be a string", 2) end
   local rc = C.mr_req_set_upstream(live(self), name, #name)
-  if rc == 0 then return true end
-  if rc == -1 then return nil, "unknown upstream '" .. name .. "' (declare it in upstreams, or use a numeric host:port)" end
+  if rc == OK then return true end
+  if rc == DECLINED then return nil, "unknown upstream '" .. name .. "' (declare it in upstreams, or use a numeric host:port)" end
   return nil, "cannot set the upstream now"
 end
 
@@ -247,18 +249,18 @@ function req_methods.body(self)
   local max = l and l.max_body or DEFAULT_MAX_BODY
   if max > 2 ^ 30 then max = 2 ^ 30 end -- one buffer, and a span past it, must stay below 2 GiB
   local rc = C.mr_req_body_read(r, max)
-  if rc == 1 then
+  if rc == AGAIN then
     moonring._yield("io")
     rc = C.mr_req_body_read(live(self), max)
   end
-  if rc == 0 then
+  if rc == OK then
     C.mr_req_body_get(r, pp, pn)
     b = ffi_string(pp[0], pn[0])
     rawset(self, "_body", b)
     return b
   end
-  if rc == -5 then return nil, "too large" end
-  if rc == -3 then return nil, "the request body is gone (already forwarded or discarded); read it in on_request or the handler" end
+  if rc == LIMIT then return nil, "too large" end
+  if rc == BAD_CONTEXT then return nil, "the request body is gone (already forwarded or discarded); read it in on_request or the handler" end
   return nil, "the request body could not be read (" .. rc .. ")"
 end
 
@@ -290,8 +292,8 @@ function req_methods.respond(self, status, body, headers)
     end
   end
   local rc = C.mr_req_respond(live(self), status, body, #body, hdr_buf, n)
-  if rc == -3 then return nil, "a response was already sent" end
-  if rc ~= 0 then error("req:respond failed (" .. rc .. ")", 2) end
+  if rc == BAD_CONTEXT then return nil, "a response was already sent" end
+  if rc ~= OK then error("req:respond failed (" .. rc .. ")", 2) end
   rawset(self, "_responded", true)
   return true
 end
@@ -309,7 +311,7 @@ end
 res_mt.__newindex = function(self, k, v)
   if k == "status" then
     if type(v) ~= "number" or v < 200 or v > 999 then error("res.status must be a number from 200 to 999", 2) end
-    if C.mr_resp_set_status(live(self), v) ~= 0 then error("res.status cannot change after the head was sent", 2) end
+    if C.mr_resp_set_status(live(self), v) ~= OK then error("res.status cannot change after the head was sent", 2) end
     return
   end
   rawset(self, k, v)
@@ -317,7 +319,7 @@ end
 
 function res_methods.header(self, name)
   check_name("res:header", name)
-  if C.mr_resp_header(live(self), name, #name, pp, pn) ~= 0 then return nil end
+  if C.mr_resp_header(live(self), name, #name, pp, pn) ~= OK then return nil end
   return ffi_string(pp[0], pn[0])
 end
 
@@ -326,7 +328,7 @@ function res_methods.headers(self) return collect(C.mr_resp_header_count, C.mr_r
 local function set_res_header(self, fn, name, value, mode)
   check_name(fn, name)
   if mode ~= MODE_DEL then value = check_value(fn, value) else value = "" end
-  if C.mr_resp_set_header(live(self), name, #name, value, #value, mode) ~= 0 then
+  if C.mr_resp_set_header(live(self), name, #name, value, #value, mode) ~= OK then
     return nil, "cannot change response headers now"
   end
   return true

@@ -13,6 +13,7 @@
 --   shared.use_lib(ffi.load(os.getenv("MOONRING_FFI_LIB") or "build/libmoonring_ffi.so"))
 -- The helper name use_lib is looked up before dict names: a dict named "use_lib" is shadowed.
 local ffi = require "ffi"
+local base = require "moonring.base"
 
 ffi.cdef [[
 void *mr_shdict_find(const char *name, size_t len);
@@ -37,15 +38,16 @@ local ffi_new, ffi_string = ffi.new, ffi.string
 local type, tostring, tonumber, error, setmetatable, rawset, pairs =
   type, tostring, tonumber, error, setmetatable, rawset, pairs
 
--- Status codes and value types of src/lua/shdict.h.
-local OK, AGAIN = 0, -6
+local OK, DECLINED, TOO_SMALL = base.OK, base.DECLINED, base.TOO_SMALL
+-- ngx.shared's words for the codes src/lua/shdict.h returns
+local ERRS = {
+  [DECLINED] = base.ERR_NOT_FOUND, [base.BAD_ARG] = "bad key", [base.EXISTS] = base.ERR_EXISTS,
+  [base.BAD_TYPE] = "not a number", [base.NOMEM] = base.ERR_NOMEM, [base.RETIRED] = "dict removed",
+}
+-- Value types and store operations of src/lua/shdict.h.
 local T_NIL, T_BOOLEAN, T_NUMBER, T_STRING = 0, 1, 3, 4
 local OP_SET, OP_ADD, OP_REPLACE, OP_SAFE = 0, 1, 2, 8
 local KEY_MAX = 65535
-local ERRS = {
-  [-1] = "not found", [-2] = "bad key", [-3] = "exists", [-4] = "not a number",
-  [-5] = "no memory", [-7] = "dict removed",
-}
 
 -- Out-parameters, allocated once per VM (a VM is single-threaded and calls do not yield).
 local BUF_SIZE = 16384
@@ -113,7 +115,7 @@ local function get_big(d, key, n, stale_ok)
       if t == T_STRING then v = ffi_string(tmp, o_len[0]) else v = decode(t, 0) end
       return rc, v
     end
-    if rc ~= AGAIN then return rc end
+    if rc ~= TOO_SMALL then return rc end
   end
 end
 
@@ -129,11 +131,11 @@ local function get(self, key, stale_ok)
   local v
   if rc == OK then
     v = decode(o_type[0], o_len[0])
-  elseif rc == AGAIN then
+  elseif rc == TOO_SMALL then
     rc, v = get_big(d, k, n, stale_ok)
   end
   if rc ~= OK then
-    if rc == -1 then return nil end
+    if rc == DECLINED then return nil end
     return nil, ERRS[rc]
   end
   local flags = o_flags[0]
@@ -288,7 +290,7 @@ function methods.get_keys(self, max)
     o_len[0] = cap
     local rc = C.mr_shdict_get_keys(d, max, b, o_len, o_count)
     if rc == OK then break end
-    if rc ~= AGAIN then return nil, ERRS[rc] end
+    if rc ~= TOO_SMALL then return nil, ERRS[rc] end
     cap = tonumber(o_len[0]) + 4096
     b = ffi_new("char[?]", cap)
     if cap <= KEYBUF_KEEP then keybuf, keybuf_cap = b, cap end

@@ -4,6 +4,7 @@
 -- keeps serving meanwhile. Buffering and the receive patterns live here; C only moves bytes.
 local ffi = require "ffi"
 local moonring = require "moonring"
+local base = require "moonring.base"
 
 ffi.cdef [[
 typedef struct mr_cosock mr_cosock_t;
@@ -23,9 +24,8 @@ int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni
 mr_cosock_sess_t *mr_cosock_tls_session(mr_cosock_t *s);
 void mr_cosock_sess_free(mr_cosock_sess_t *b);
 int mr_cosock_tls_reused(mr_cosock_t *s);
-const char *mr_cosock_tls_error(mr_cosock_t *s);
 const char *mr_cosock_pool_key(mr_cosock_t *s);
-char *strerror(int errnum);
+const char *mr_cosock_error(mr_cosock_t *s);
 ]]
 
 local C = ffi.C
@@ -38,16 +38,19 @@ local M = {}
 local methods = {}
 local sock_mt = { __index = methods }
 
+local OK, AGAIN, TIMEOUT, RESET = base.OK, base.AGAIN, base.TIMEOUT, base.RESET
+local ERR_CLOSED = base.ERR_CLOSED
+
+-- Failures OpenResty has its own words for; C describes any other one (mr_cosock_error: "broken
+-- pipe", "host not found", a TLS verification failure...).
 local ERRORS = {
-  [110] = "timeout", [111] = "connection refused", [104] = "connection reset by peer",
-  [32] = "broken pipe", [113] = "no route to host", [101] = "network is unreachable",
-  [107] = "closed", [9] = "closed", [125] = "timeout",
-  [2] = "host not found", [11] = "temporary failure in name resolution", [5] = "name resolution failed",
-  [28] = "too many pending name resolutions", [22] = "invalid host name",
+  [TIMEOUT] = base.ERR_TIMEOUT, [base.CLOSED] = ERR_CLOSED, [base.REFUSED] = base.ERR_REFUSED,
+  [RESET] = base.ERR_RESET, [base.NOMEM] = base.ERR_NOMEM,
 }
 
-local function errstr(rc)
-  return ERRORS[-rc] or ffi_string(C.strerror(-rc)):lower()
+-- The message for failure code rc of socket s; call it before closing s.
+local function errstr(s, rc)
+  return ERRORS[rc] or ffi_string(C.mr_cosock_error(s))
 end
 
 local DEFAULT_TIMEOUT = 60000
@@ -76,10 +79,14 @@ local function live(self, fn)
   return s, o
 end
 
--- Parks until the operation submitted with result code rc completes; returns its result.
+-- Parks until the operation submitted with code rc completes; returns its result (a count >= 0,
+-- or a failure code < 0).
 local function finish(s, rc)
-  if rc == 1 then moonring._yield("io") end
-  if rc < 0 then return rc end
+  if rc == AGAIN then
+    moonring._yield("io")
+  elseif rc ~= OK then
+    return rc
+  end
   return C.mr_cosock_result(s, pp)
 end
 
@@ -135,9 +142,10 @@ function methods.connect(self, host, port, opts)
   adopt(self, s, o)
   local rc = finish(s, C.mr_cosock_connect(s, host, #host, port, self.ct, o.waker))
   if rc < 0 then
+    local err = errstr(s, rc)
+    -- C's own descriptions (a name that did not resolve, an unreachable network) name the host
+    if not ERRORS[rc] then err = err .. " (" .. host .. ")" end
     drop(self)
-    local err = errstr(rc)
-    if rc == -2 or rc == -11 or rc == -5 or rc == -22 then err = err .. " (" .. host .. ")" end
     return nil, err
   end
   return 1
@@ -155,12 +163,13 @@ function methods.send(self, data)
     error("sock:send(data): data must be a string, a number or an array of strings", 2)
   end
   local s, o = live(self, "send")
-  if not s then return nil, "closed" end
+  if not s then return nil, ERR_CLOSED end
   self.tls_fresh = nil
   local rc = finish(s, C.mr_cosock_send(s, data, #data, self.st, o.waker))
   if rc < 0 then
+    local err = errstr(s, rc)
     drop(self) -- even on a timeout: part of the data may have left, the stream is out of step
-    return nil, errstr(rc)
+    return nil, err
   end
   return #data
 end
@@ -168,13 +177,14 @@ end
 -- Reads once more from the socket: the bytes, or nil and an error ("closed" at EOF).
 local function fill(self)
   local s, o = live(self, "receive")
-  if not s then return nil, "closed" end
+  if not s then return nil, ERR_CLOSED end
   self.tls_fresh = nil
   local rc = finish(s, C.mr_cosock_recv(s, self.rt, o.waker))
   if rc > 0 then return ffi_string(pp[0], rc) end
-  if rc == 0 then drop(self); return nil, "closed" end
-  if rc ~= -110 then drop(self) end
-  return nil, errstr(rc)
+  if rc == 0 then drop(self); return nil, ERR_CLOSED end
+  local err = errstr(s, rc)
+  if rc ~= TIMEOUT then drop(self) end -- a read timeout leaves the socket usable
+  return nil, err
 end
 
 local function receive_line_slow(self)
@@ -238,7 +248,7 @@ local function receive_all(self)
   while true do
     local data, err = fill(self)
     if not data then
-      if err == "closed" then return concat(parts) end
+      if err == ERR_CLOSED then return concat(parts) end
       return nil, err, concat(parts)
     end
     parts[#parts + 1] = data
@@ -328,7 +338,7 @@ function methods.settimeouts(self, c, s, r)
 end
 
 function methods.close(self)
-  if not self.s then return nil, "closed" end
+  if not self.s then return nil, ERR_CLOSED end
   drop(self)
   return 1
 end
@@ -339,14 +349,18 @@ function methods.setkeepalive(self, idle_ms, pool_size)
   if idle_ms ~= nil and (type(idle_ms) ~= "number" or idle_ms < 0) then error("sock:setkeepalive(idle_ms, pool_size): idle_ms must be a non-negative number", 2) end
   if pool_size ~= nil and (type(pool_size) ~= "number" or pool_size < 1) then error("sock:setkeepalive(idle_ms, pool_size): pool_size must be a positive number", 2) end
   local s = live(self, "setkeepalive")
-  if not s then return nil, "closed" end
+  if not s then return nil, ERR_CLOSED end
   if #self.buf > 0 then drop(self); return nil, "unread data in buffer" end
   local key = self.tls_key or self.key
   self.s = nil
   if self.owner.socks then self.owner.socks[self] = nil end
   self.owner = nil
   local rc = C.mr_cosock_keepalive(s, key, #key, math.floor(idle_ms or 60000), math.floor(pool_size or 30))
-  if rc < 0 then C.mr_cosock_close(s); return nil, errstr(rc) end
+  if rc < 0 then
+    local err = errstr(s, rc)
+    C.mr_cosock_close(s)
+    return nil, err
+  end
   return 1
 end
 
@@ -371,7 +385,7 @@ function methods.sslhandshake(self, session, server_name, verify)
     error("sock:sslhandshake(session, server_name, verify): verify must be a boolean", 2)
   end
   local s, o = live(self, "sslhandshake")
-  if not s then return nil, "closed" end
+  if not s then return nil, ERR_CLOSED end
   local tls_key = self.key .. "\ntls\n" .. (server_name or "") .. "\n" .. (verify == false and "0" or "1")
   if self.tls_key then
     -- Already TLS (taken from the pool, or a second call): OpenResty returns at once. A pooled
@@ -389,17 +403,9 @@ function methods.sslhandshake(self, session, server_name, verify)
   local rc = finish(s, C.mr_cosock_sslhandshake(s, rt and rt.vm, verify ~= false and 1 or 0, server_name,
     session or nil, self.ct, o.waker))
   if rc < 0 then
-    local err
-    if rc == -71 then
-      err = ffi_string(C.mr_cosock_tls_error(s))
-      if err == "" then err = "handshake failed" end
-    elseif rc == -104 then
-      err = "handshake failed: connection closed by the server"
-    elseif rc == -95 then
-      err = "TLS is only available on a serving worker"
-    else
-      err = errstr(rc)
-    end
+    -- otherwise C's words: the engine's reason ("certificate verify failed: ..."), or "TLS is
+    -- only available on a serving worker"
+    local err = rc == RESET and "handshake failed: connection closed by the server" or errstr(s, rc)
     drop(self)
     return nil, err
   end
@@ -410,12 +416,12 @@ end
 
 -- moonring extension: whether the handshake resumed the session passed to sslhandshake.
 function methods.ssl_reused(self)
-  if not self.s then return nil, "closed" end
+  if not self.s then return nil, ERR_CLOSED end
   return C.mr_cosock_tls_reused(self.s) ~= 0
 end
 
 function methods.getreusedtimes(self)
-  if not self.s then return nil, "closed" end
+  if not self.s then return nil, ERR_CLOSED end
   return C.mr_cosock_reused(self.s)
 end
 

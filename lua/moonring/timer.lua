@@ -4,6 +4,7 @@
 -- (a yield in on_log) run as fibers too.
 local ffi = require "ffi"
 local moonring = require "moonring"
+local base = require "moonring.base"
 
 ffi.cdef [[
 int mr_lua_timer_new(void *vm, double delay, double interval, int cap, void **out);
@@ -14,7 +15,7 @@ int mr_lua_vm_retired(void *vm);
 
 local C = ffi.C
 local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
-local DONE, YIELD = 0, 1
+local DONE, YIELD = base.RUN_DONE, base.RUN_YIELD
 local DEFAULT_MAX = 1024
 
 local M = {}
@@ -47,10 +48,12 @@ local function new(api, delay, interval, fn, ...)
   local lua_cfg = rt.config and rt.config.lua
   local max = lua_cfg and lua_cfg.max_timers or DEFAULT_MAX
   local rc = C.mr_lua_timer_new(rt.vm, delay, interval, max, outp)
-  if rc == -1 then return nil, "timers can only be created on a serving worker" end
-  if rc == -2 then return nil, "the configuration generation that would own the timer was retired by a reload" end
-  if rc == -3 then return nil, "too many pending timers (lua.max_timers = " .. max .. ")" end
-  if rc ~= 0 then return nil, "out of memory" end
+  if rc ~= base.OK then
+    if rc == base.BAD_CONTEXT then return nil, "timers can only be created on a serving worker" end
+    if rc == base.RETIRED then return nil, "the configuration generation that would own the timer was retired by a reload" end
+    if rc == base.LIMIT then return nil, "too many pending timers (lua.max_timers = " .. max .. ")" end
+    return nil, base.ERR_NOMEM
+  end
   local f = outp[0]
   local key = tonumber(ffi.cast("uintptr_t", f))
   local info = debug.getinfo(fn, "S")

@@ -2,8 +2,6 @@
 -- in the log) and the worker keeps serving. Covers the two ways moonring can stop a loop: the
 -- watchdog's count hook (interpreted code) and the check at every request-API call (also in
 -- JIT-compiled loops). A compiled loop that does neither cannot be stopped; see docs/config.md.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

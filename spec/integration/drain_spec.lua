@@ -1,8 +1,6 @@
 -- reload.drain_timeout: requests still holding a retired generation after the deadline are
 -- closed and its VM freed (with a log line); WebSocket tunnels hold no VM and are not cut; the
 -- key is validated.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

@@ -3,8 +3,6 @@
 -- refuses to start. build/no_uring (spec/fixtures/seccomp_no_uring.c) installs the filter and
 -- execs its arguments. These specs pick the backend themselves, so MOONRING_LOOP (set by
 -- scripts/test for the other suites) is removed from moonring's environment unless a test sets it.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

@@ -1,8 +1,6 @@
 -- Yielding I/O from Lua through the real binary: cosockets (moonring.tcp) against a raw line
 -- server, the HTTP client (moonring.http) against mr-origin, timers (moonring.timer) including
 -- premature runs on reload, and req:body() with forwarding of the buffered body.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 
@@ -114,6 +112,7 @@ return {
         s:close()
         out[#out + 1] = select(2, s:send("x"))
         out[#out + 1] = select(2, s:receive(1))
+        out[#out + 1] = select(2, moonring.tcp():connect("bad host", 80))
         return 200, table.concat(out, "|")
       end },
     { path = "/tcp/reuse", handler = function(req)
@@ -289,11 +288,13 @@ return {
     assert.equal("connection refused", f[1])
     -- "host not found", or without any DNS server "temporary failure in name resolution"
     assert.is_truthy(f[2]:find("host not found", 1, true) or f[2]:find("name resolution", 1, true), f[2])
+    assert.equal(" (no-such-host.invalid)", f[2]:sub(-23))
     assert.equal("timeout", f[3])
     assert.is_true(tonumber(f[4]) >= 0.1 and tonumber(f[4]) < 1.5, f[4])
     assert.equal("again", f[5])
     assert.equal("closed", f[6])
     assert.equal("closed", f[7])
+    assert.equal("invalid host name (bad host)", f[8])
   end)
 
   it("reuses kept-alive connections from the worker's pool", function()

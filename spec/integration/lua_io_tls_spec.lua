@@ -2,8 +2,6 @@
 -- name, session reuse, keep-alive pooling of TLS connections) and moonring.http.request with
 -- https:// URLs. The TLS servers are a second moonring instance with TLS listeners in front of
 -- mr-origin; the PKI is made here with the openssl CLI in a temp dir.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 local pki = helpers.pki("luatls-pki")

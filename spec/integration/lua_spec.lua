@@ -1,7 +1,5 @@
 -- Lua filter chains and handlers through the real binary: phase order, request and response
 -- edits, short-circuits, yielding (moonring.sleep) in every phase, error containment.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

@@ -1,7 +1,5 @@
 -- Operations: access log formats, pid file and -s, SIGQUIT, connection limits, balancing,
 -- and 1 GiB transfers in both directions with bounded memory.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

@@ -1,7 +1,5 @@
 -- moonring's behaviour contract as a reverse proxy, checked end to end against
 -- the real binary (MOONRING_BIN) in front of mr-origin (MR_ORIGIN_BIN).
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

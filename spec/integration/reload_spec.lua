@@ -1,8 +1,6 @@
 -- Hot reload: new generations per request without dropping anything, refusal of broken configs,
 -- in-flight requests finishing on their own generation, listeners kept (same socket), shared
 -- dicts kept, listeners added and removed, and resources stable over many reloads.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

@@ -1,8 +1,6 @@
 -- Large plain route tables: up to 1,000 routes are matched by the C scan, beyond that by the
 -- compiled Lua matcher (lua/moonring/router.lua). Both must pick the same route for the same
 -- request: first match wins, exact and prefix paths, exact and wildcard hosts, methods.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 local function config(port, n)

@@ -1,6 +1,4 @@
 -- Shared dicts across workers, and stock filters through the real binary.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 describe("shared dicts and stock filters", function()

@@ -2,8 +2,6 @@
 -- of mr-origin (which counts requests at /count and echoes the head it received at /head) and of a
 -- capture upstream served by this process (to see the exact bytes moonring forwards). Every case
 -- checks the status, Connection: close where framing is in doubt, and what the upstream saw.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

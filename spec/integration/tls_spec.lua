@@ -3,8 +3,6 @@
 -- reuse, 502 on failure), config errors for certificate files, and certificate reload that keeps
 -- established connections. Real clients: openssl s_client and curl. The PKI is made here with the
 -- openssl CLI in a temp dir.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

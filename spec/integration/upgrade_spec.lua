@@ -1,8 +1,6 @@
 -- Binary upgrade (SIGUSR2, moonring -s upgrade): the new process adopts every listening socket,
 -- the old one stops accepting, drains and exits; zero failed requests under load, the same
 -- listening sockets (inodes), and a failed start leaves the old process serving.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 local write = helpers.write_file

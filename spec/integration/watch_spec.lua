@@ -1,8 +1,6 @@
 -- --watch: a development mode that reloads when the config file or a Lua file it loaded changes
 -- (in place or renamed over), refuses a broken edit with file:line while the old generation keeps
 -- serving, and recovers when the file is fixed.
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?integration/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 
 local write = helpers.write_file

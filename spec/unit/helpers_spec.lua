@@ -1,7 +1,4 @@
 -- The test origin (mr-origin) and the spec helpers, exercised directly (no moonring).
--- find spec/helpers.lua whatever --lpath says
-local spec_dir = debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)/?unit/[^/]*$")
-package.path = (spec_dir ~= "" and spec_dir or ".") .. "/?.lua;" .. package.path
 local helpers = require "helpers"
 local socket = require "socket"
 

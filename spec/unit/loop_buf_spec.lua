@@ -2,12 +2,8 @@
 -- addressed and reference-counted like provided buffers, driven through the core shared library.
 local ffi = require "ffi"
 
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-package.path = (this:match("^(.*)/unit/[^/]*$") or ".") .. "/?.lua;" .. package.path
-
 local helpers = require "helpers"
-local lib = helpers.core_lib_or_rerun(this, "loop extra buffers")
+local lib = helpers.core_lib_or_rerun("loop extra buffers")
 if not lib then return end
 pcall(ffi.cdef, [[
 typedef struct mr_loop mr_loop_t;

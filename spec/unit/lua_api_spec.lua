@@ -4,13 +4,8 @@
 -- API check.
 local ffi = require "ffi"
 
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-local repo = this:match("^(.*)/spec/unit/[^/]*$") or "."
-package.path = repo .. "/lua/?.lua;" .. repo .. "/lua/?/init.lua;" .. package.path
-
 local helpers = require "helpers"
-local lib, lib_path = helpers.core_lib_or_rerun(this, "lua request API")
+local lib, lib_path = helpers.core_lib_or_rerun("lua request API")
 if not lib then return end
 -- the runtime reaches the core through ffi.C, as in the server: make the library global
 local global_lib = ffi.load(lib_path, true)

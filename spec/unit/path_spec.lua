@@ -6,7 +6,7 @@
 local helpers = require "helpers"
 local ffi = require "ffi"
 
-local lib = helpers.core_lib_or_rerun(debug.getinfo(1, "S").source:gsub("^@", ""), "path normalisation")
+local lib = helpers.core_lib_or_rerun("path normalisation")
 if not lib then return end
 
 ffi.cdef [[

@@ -2,13 +2,8 @@
 -- through the core shared library (MOONRING_FFI_LIB, default <repo>/build/libmoonring_ffi.so).
 local ffi = require "ffi"
 
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-local repo = this:match("^(.*)/spec/unit/[^/]*$") or "."
-package.path = repo .. "/lua/?.lua;" .. repo .. "/lua/?/init.lua;" .. package.path
-
 local helpers = require "helpers"
-local lib, lib_path = helpers.core_lib_or_rerun(this, "shared dicts")
+local lib, lib_path = helpers.core_lib_or_rerun("shared dicts")
 if not lib then return end
 pcall(ffi.cdef, [[
 int mr_shdict_define(const char *name, size_t size);
@@ -18,6 +13,7 @@ int mr_shdict_stress(void *d, int threads, int iters);
 int usleep(unsigned int usec);
 ]])
 
+local base = require "moonring.base"
 local shared = require "moonring.shared"
 shared.use_lib(lib)
 
@@ -28,7 +24,7 @@ local names, seq = {}, 0
 local function new_dict(size)
   seq = seq + 1
   local name = "t" .. seq
-  assert.equal(0, lib.mr_shdict_define(name, size or 1024 * 1024))
+  assert.equal(base.OK, lib.mr_shdict_define(name, size or 1024 * 1024))
   names[#names + 1] = { name = name, size = size or 1024 * 1024 }
   local d = shared[name]
   assert.is_table(d)
@@ -58,18 +54,18 @@ describe("moonring.shared", function()
     end)
 
     it("rejects bad definitions", function()
-      assert.equal(-1, lib.mr_shdict_define("", 1024))
-      assert.equal(-1, lib.mr_shdict_define("zero", 0))
-      assert.equal(-1, lib.mr_shdict_define(("n"):rep(256), 1024))
+      assert.equal(base.BAD_ARG, lib.mr_shdict_define("", 1024))
+      assert.equal(base.BAD_ARG, lib.mr_shdict_define("zero", 0))
+      assert.equal(base.BAD_ARG, lib.mr_shdict_define(("n"):rep(256), 1024))
       assert.is_nil(shared.zero)
     end)
 
     it("redefining with the same or a bigger size keeps the contents", function()
       local d, name = new_dict(65536)
       assert.is_true((d:set("k", "v")))
-      assert.equal(0, lib.mr_shdict_define(name, 65536))
+      assert.equal(base.OK, lib.mr_shdict_define(name, 65536))
       assert.equal("v", d:get("k"))
-      assert.equal(0, lib.mr_shdict_define(name, 1024 * 1024))
+      assert.equal(base.OK, lib.mr_shdict_define(name, 1024 * 1024))
       assert.equal("v", d:get("k"))
       assert.equal(1024 * 1024, d:capacity())
       for i = 1, 5000 do assert.is_true((d:set("k" .. i, i))) end   -- rehashed buckets work
@@ -80,9 +76,9 @@ describe("moonring.shared", function()
       local d, name = new_dict(65536)
       local v = ("x"):rep(1000)
       for i = 1, 40 do assert.is_true((d:set("k" .. i, v))) end
-      assert.equal(0, lib.mr_shdict_define(name, 60000))   -- still fits: nothing lost
+      assert.equal(base.OK, lib.mr_shdict_define(name, 60000))   -- still fits: nothing lost
       for i = 1, 40 do assert.equal(v, d:get("k" .. i)) end
-      assert.equal(0, lib.mr_shdict_define(name, 10 * charge(3, 1000)))
+      assert.equal(base.OK, lib.mr_shdict_define(name, 10 * charge(3, 1000)))
       local kept = d:get_keys(0)
       assert.equal(10, #kept)
       for i = 31, 40 do assert.equal(v, d:get("k" .. i)) end   -- the 10 most recently used
@@ -614,7 +610,7 @@ describe("moonring.shared", function()
       assert.is_true((d:set("k", "v")))
       lib.mr_shdict_reload_begin()
       for _, n in ipairs(names) do
-        if n.name ~= name then assert.equal(0, lib.mr_shdict_define(n.name, n.size)) end
+        if n.name ~= name then assert.equal(base.OK, lib.mr_shdict_define(n.name, n.size)) end
       end
       lib.mr_shdict_reload_end()
       shared.use_lib(lib)   -- a fresh VM: drops cached handles
@@ -629,7 +625,7 @@ describe("moonring.shared", function()
       local other = shared[names[1].name]
       assert.is_table(other)
       -- defining it again revives it, empty
-      assert.equal(0, lib.mr_shdict_define(name, 65536))
+      assert.equal(base.OK, lib.mr_shdict_define(name, 65536))
       local again = shared[name]
       assert.is_nil(again:get("k"))
       assert.is_true((again:set("k", "v2")))

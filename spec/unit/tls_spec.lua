@@ -3,12 +3,8 @@
 -- default <repo>/build/libmoonring_ffi.so). Test certificates are made with the openssl CLI.
 local ffi = require "ffi"
 
-local this = debug.getinfo(1, "S").source:gsub("^@", "")
-if this:sub(1, 1) ~= "/" then this = (os.getenv("PWD") or ".") .. "/" .. this end
-local repo = this:match("^(.*)/spec/unit/[^/]*$") or "."
-
 local helpers = require "helpers"
-local lib, lib_path = helpers.core_lib_or_rerun(this, "tls engine")
+local lib, lib_path = helpers.core_lib_or_rerun("tls engine")
 if not lib then return end
 pcall(ffi.cdef, [[
 typedef struct mr_tls_ctx mr_tls_ctx_t;

@@ -6,7 +6,7 @@
 
 #include "http/path.h"
 
-#define MR_EXPORT __attribute__((visibility("default"), used))
+#include "util/export.h"
 
 MR_EXPORT int mr_path_test_normalize(int merge_slashes, int escaped_slashes, int path_params, const char *in,
                                      size_t len, char *out, size_t cap, size_t *outlen, const char **why)

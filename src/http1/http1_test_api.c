@@ -188,8 +188,3 @@ int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_lin
     mr_hdrs_free(&trls);
     return status;
 }
-
-int mr_http1_parse_once(int type, const char *data, size_t len, char *out, size_t outlen)
-{
-    return mr_http1_parse_ex(type, 0, 0, 0, 0, 0, data, len, out, outlen);
-}

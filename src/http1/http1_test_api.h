@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/export.h"
+
 enum {
     MR_H1T_HEAD = 1,  /* responses answer HEAD requests: no body whatever the headers say */
     MR_H1T_EOF = 2,   /* the peer closes after the input (ends read-until-close bodies) */
@@ -29,11 +31,10 @@ enum {
                             * applied on resume with mr_http1_skip_body */
 };
 
-/* Returns 0, or the error status. type is MR_HTTP1_REQUEST (0) or MR_HTTP1_RESPONSE (1). */
-int mr_http1_parse_once(int type, const char *data, size_t len, char *out, size_t outlen);
-/* step > 0 feeds the input in pieces of that many bytes (the result must not depend on it); a
+/* Returns 0, or the error status. type is MR_HTTP1_REQUEST (0) or MR_HTTP1_RESPONSE (1).
+ * step > 0 feeds the input in pieces of that many bytes (the result must not depend on it); a
  * zero limit takes the default (8k request line, 32k header section, 100 headers). */
-int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_line, uint32_t max_header_size,
-                      uint32_t max_headers, const char *data, size_t len, char *out, size_t outlen);
+MR_EXPORT int mr_http1_parse_ex(int type, int flags, size_t step, uint32_t max_request_line, uint32_t max_header_size,
+                                uint32_t max_headers, const char *data, size_t len, char *out, size_t outlen);
 
 #endif

@@ -19,7 +19,6 @@ int mr_log_level_parse(const char *name)
     return -1;
 }
 
-void mr_log_set_level(mr_log_level_t level) { mr_log_min_level = (int)level; }
 void mr_log_set_thread_tag(const char *tag) { thread_tag = tag; }
 const char *mr_log_thread_tag(void) { return thread_tag; }
 

@@ -11,7 +11,6 @@ typedef enum { MR_LOG_DEBUG = 0, MR_LOG_INFO, MR_LOG_NOTICE, MR_LOG_WARN, MR_LOG
 /* Opens the error log ("stderr" or a path, appended). Returns 0 or -errno. Main thread only. */
 int mr_log_open(const char *target, mr_log_level_t level);
 int mr_log_level_parse(const char *name); /* -1 when unknown */
-void mr_log_set_level(mr_log_level_t level);
 /* Tags the calling thread's lines (e.g. "w0"); the pointer must stay valid for the thread's life. */
 void mr_log_set_thread_tag(const char *tag);
 const char *mr_log_thread_tag(void);

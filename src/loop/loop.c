@@ -101,8 +101,6 @@ int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts)
 
 mr_loop_t *mr_loop_current(void) { return current; }
 
-mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop) { return loop->backend; }
-
 void mr_loop_free(mr_loop_t *loop)
 {
     if (!loop) return;

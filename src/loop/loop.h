@@ -1,6 +1,6 @@
 /* The per-worker event loop: a completion-style interface with two backends, io_uring
  * (loop_uring.c) and epoll (loop_epoll.c), chosen per loop at mr_loop_init. Everything below holds
- * for both; callers cannot tell which one runs (mr_loop_backend says, for logging).
+ * for both; callers cannot tell which one runs (mr_loop_choose says which one a loop gets, for logging).
  *
  * Thread affinity: a loop belongs to the thread that called mr_loop_init; every function here must
  * be called from that thread (the ring is created SINGLE_ISSUER where the kernel allows it).
@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+
+#include "util/export.h"
 
 typedef struct mr_loop mr_loop_t;
 typedef struct mr_op mr_op_t;
@@ -89,13 +91,12 @@ int mr_loop_choose(mr_loop_backend_t want, mr_loop_backend_t *out, mr_loop_featu
 
 /* Creates a loop owned by the calling thread. opts->backend AUTO resolves as mr_loop_choose does;
  * an explicit backend that cannot be set up fails with -errno (no silent fallback). */
-int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
-mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
+MR_EXPORT int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
 /* The loop the calling thread created (the worker's), or NULL on a thread without one (the main
  * thread, config checks, unit specs): modules that run on whatever worker calls them (Lua timers,
  * cosockets, request phases) find their loop here instead of being handed one through layers. */
 mr_loop_t *mr_loop_current(void);
-void mr_loop_free(mr_loop_t *loop);
+MR_EXPORT void mr_loop_free(mr_loop_t *loop);
 /* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
 int mr_loop_run(mr_loop_t *loop);
 void mr_loop_stop(mr_loop_t *loop);
@@ -116,16 +117,16 @@ int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t 
  * -ENOENT if target is not active; harmless when its final completion is already on its way. */
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target);
 
-char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid);
-void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid);
-void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid);
+MR_EXPORT char *mr_loop_buf_ptr(mr_loop_t *loop, uint16_t bid);
+MR_EXPORT void mr_loop_buf_ref(mr_loop_t *loop, uint16_t bid);
+MR_EXPORT void mr_loop_buf_unref(mr_loop_t *loop, uint16_t bid);
 uint32_t mr_loop_buf_size(mr_loop_t *loop);
 /* An extra buffer of mr_loop_buf_size bytes with one reference, for bytes the loop did not
  * receive (decrypted TLS input): ids from buf_count up, never handed to the kernel, addressed and
  * referenced like provided buffers; the last unref returns it to the loop's free list. Returns
  * the id or -ENOBUFS / -ENOMEM. Up to 256 free extra buffers stay allocated for reuse; the memory
  * of further ones goes back as they are released. */
-int mr_loop_buf_get(mr_loop_t *loop);
+MR_EXPORT int mr_loop_buf_get(mr_loop_t *loop);
 
 /* Arms `t` to fire `ms` from now. Cheap when only pushed later (the common keep-alive case). */
 void mr_timer_set(mr_loop_t *loop, mr_timer_t *t, uint64_t ms);

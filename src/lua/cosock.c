@@ -1,6 +1,7 @@
 #include "lua/cosock.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -15,8 +16,8 @@
 #include "lua/lua.h"
 #include "net/net.h"
 #include "tls/tls.h"
+#include "util/export.h"
 
-#define MR_EXPORT __attribute__((visibility("default"), used))
 #define RBUF_SIZE 16384
 #define KEY_MAX 384 /* host:port or opts.pool, plus "\ntls\n<server name>\n<verify>" */
 #define HOST_MAX 254
@@ -48,6 +49,7 @@ struct mr_cosock {
     mr_timer_t *waker;       /* park timer of the coroutine waiting for the result */
     int fd;
     int res;                 /* result of the last finished operation */
+    int err;                 /* errno of the last failure reported to Lua (mr_cosock_error) */
     uint8_t state, opk;
     uint8_t tmode, tio;          /* TLS operation and its ciphertext I/O in flight */
     bool timed_out, closing;
@@ -140,6 +142,69 @@ static void pool_unlink(mr_cosock_t *s)
     else T->pool = s->pnext;
     if (s->pnext) s->pnext->pprev = s->pprev;
     s->pnext = s->pprev = NULL;
+}
+
+/* The exported functions' results in the FFI code set: internal results are 1 (submitted), 0
+ * (done) or -errno. A failure's errno is kept for mr_cosock_error, so Lua never decodes errno. */
+static int ffi_ret(mr_cosock_t *s, int rc)
+{
+    if (rc > 0) return MR_FFI_AGAIN;
+    if (rc == 0) return MR_FFI_OK;
+    s->err = -rc;
+    switch (-rc) {
+    case ETIMEDOUT:
+    case ECANCELED: return MR_FFI_TIMEOUT;
+    case ECONNREFUSED: return MR_FFI_REFUSED;
+    case ECONNRESET: return MR_FFI_RESET;
+    case ENOTCONN:
+    case EBADF: return MR_FFI_CLOSED;
+    case ENOMEM: return MR_FFI_NOMEM;
+    case EBUSY: return MR_FFI_BUSY;
+    case EISCONN:
+    case ENOTSUP: return MR_FFI_BAD_CONTEXT;
+    case ENOENT: return MR_FFI_DECLINED;  /* the resolver found no address for the name */
+    case EINVAL: return MR_FFI_BAD_ARG;   /* not a host name */
+    case ENOSPC: return MR_FFI_LIMIT;     /* too many name lookups waiting */
+    default: return MR_FFI_ERROR;
+    }
+}
+
+/* What the last failure reported to Lua was, as OpenResty words it where it has a word for it.
+ * The string is static, or the engine's (valid until the socket is closed), or in a per-thread
+ * buffer valid until the next call: Lua copies it at once. */
+MR_EXPORT const char *mr_cosock_error(mr_cosock_t *s)
+{
+    static __thread char buf[128];
+    switch (s->err) {
+    case 0: return "";
+    case EPROTO: {
+        const char *e = s->tls ? mr_tls_error(s->tls) : "";
+        if (*e) return e;
+        return s->tmode == TM_HS ? "handshake failed" : "protocol error";
+    }
+    case ETIMEDOUT:
+    case ECANCELED: return "timeout";
+    case ECONNREFUSED: return "connection refused";
+    case ECONNRESET: return "connection reset by peer";
+    case ENOTCONN:
+    case EBADF: return "closed";
+    case ENOMEM: return "no memory";
+    case EBUSY: return "socket busy";
+    case EPIPE: return "broken pipe";
+    case EHOSTUNREACH: return "no route to host";
+    case ENETUNREACH: return "network is unreachable";
+    case ENOTSUP: return "TLS is only available on a serving worker";
+    /* the resolver's and connect's own failures (see rs_lookup and mr_cosock_connect) */
+    case ENOENT: return "host not found";
+    case EAGAIN: return "temporary failure in name resolution";
+    case EIO: return "name resolution failed";
+    case ENOSPC: return "too many pending name resolutions";
+    case EINVAL: return "invalid host name";
+    default: break;
+    }
+    snprintf(buf, sizeof buf, "%s", strerror(s->err));
+    for (char *p = buf; *p; p++) *p = (char)tolower((unsigned char)*p);
+    return buf;
 }
 
 MR_EXPORT void mr_cosock_close(mr_cosock_t *s)
@@ -328,8 +393,8 @@ static int tls_start(mr_cosock_t *s, int tmode, int timeout_ms, void *waker)
  * verifying context (lua.ssl_trusted_certificate or the system store) or the other one; sni
  * (NUL-terminated, or NULL) is sent and checked against the certificate; reuse is a session
  * from an earlier handshake, or NULL. */
-MR_EXPORT int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni, mr_cosock_sess_t *reuse,
-                                     int timeout_ms, void *waker)
+static int cs_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni, mr_cosock_sess_t *reuse,
+                           int timeout_ms, void *waker)
 {
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
@@ -351,6 +416,12 @@ MR_EXPORT int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const
     return tls_start(s, TM_HS, timeout_ms, waker);
 }
 
+MR_EXPORT int mr_cosock_sslhandshake(mr_cosock_t *s, void *vm, int verify, const char *sni, mr_cosock_sess_t *reuse,
+                                     int timeout_ms, void *waker)
+{
+    return ffi_ret(s, cs_sslhandshake(s, vm, verify, sni, reuse, timeout_ms, waker));
+}
+
 /* The session of a socket after its handshake, as a new reference for Lua, or NULL. */
 MR_EXPORT mr_cosock_sess_t *mr_cosock_tls_session(mr_cosock_t *s)
 {
@@ -362,8 +433,6 @@ MR_EXPORT mr_cosock_sess_t *mr_cosock_tls_session(mr_cosock_t *s)
 MR_EXPORT void mr_cosock_sess_free(mr_cosock_sess_t *b) { sess_unref(b); }
 
 MR_EXPORT int mr_cosock_tls_reused(mr_cosock_t *s) { return s->tls && mr_tls_session_reused(s->tls); }
-
-MR_EXPORT const char *mr_cosock_tls_error(mr_cosock_t *s) { return s->tls ? mr_tls_error(s->tls) : ""; }
 
 MR_EXPORT mr_cosock_t *mr_cosock_new(void)
 {
@@ -579,7 +648,7 @@ static bool valid_name(const char *h, size_t n)
 
 /* Numeric addresses connect at once; names go to the resolver thread first. The timeout covers
  * both. */
-MR_EXPORT int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
+static int cs_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
 {
     if (s->closing || s->fd >= 0 || s->op.active || s->job) return -EISCONN;
     if (port < 1 || port > 65535) return -EINVAL;
@@ -599,7 +668,12 @@ MR_EXPORT int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, i
     return start(s, OPK_CONNECT, timeout_ms, waker);
 }
 
-MR_EXPORT int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeout_ms, void *waker)
+MR_EXPORT int mr_cosock_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
+{
+    return ffi_ret(s, cs_connect(s, host, hlen, port, timeout_ms, waker));
+}
+
+static int cs_send(mr_cosock_t *s, const char *p, size_t n, int timeout_ms, void *waker)
 {
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
@@ -619,7 +693,12 @@ MR_EXPORT int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeou
     return start(s, OPK_WRITE, timeout_ms, waker);
 }
 
-MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
+MR_EXPORT int mr_cosock_send(mr_cosock_t *s, const char *p, size_t n, int timeout_ms, void *waker)
+{
+    return ffi_ret(s, cs_send(s, p, n, timeout_ms, waker));
+}
+
+static int cs_recv(mr_cosock_t *s, int timeout_ms, void *waker)
 {
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
@@ -630,11 +709,17 @@ MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
     return start(s, OPK_READ, timeout_ms, waker);
 }
 
-/* Result of the last finished operation: bytes (a read's data at *p), 0, or -errno. */
+MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
+{
+    return ffi_ret(s, cs_recv(s, timeout_ms, waker));
+}
+
+/* Result of the last finished operation: a count >= 0 (bytes sent; bytes read, at *p, 0 at
+ * the end of the stream; 0 for connect and sslhandshake), or an MR_FFI_* failure code. */
 MR_EXPORT int mr_cosock_result(mr_cosock_t *s, const char **p)
 {
     *p = s->rbuf;
-    return s->res;
+    return s->res >= 0 ? s->res : ffi_ret(s, s->res);
 }
 
 MR_EXPORT void mr_cosock_set_waker(mr_cosock_t *s, void *waker)
@@ -644,14 +729,12 @@ MR_EXPORT void mr_cosock_set_waker(mr_cosock_t *s, void *waker)
 
 MR_EXPORT int mr_cosock_reused(mr_cosock_t *s) { return (int)s->reused; }
 
-MR_EXPORT int mr_cosock_busy(mr_cosock_t *s) { return s->op.active; }
-
 /* The key a socket taken from the pool was parked under. */
 MR_EXPORT const char *mr_cosock_pool_key(mr_cosock_t *s) { return s->key; }
 
 /* Parks a connected, idle socket in the pool under key (at most pool_size per key; a socket
  * beyond that is closed). idle_ms 0 = no idle timeout. The caller's handle is dead after this. */
-MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size)
+static int cs_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size)
 {
     if (s->closing || s->state != CS_CONNECTED) return -ENOTCONN;
     if (s->op.active) return -EBUSY;
@@ -673,6 +756,11 @@ MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, 
     if (idle_ms > 0) mr_timer_set(T->loop, &s->timer, (uint64_t)idle_ms);
     else mr_timer_stop(T->loop, &s->timer);
     return 0;
+}
+
+MR_EXPORT int mr_cosock_keepalive(mr_cosock_t *s, const char *key, size_t klen, int idle_ms, int pool_size)
+{
+    return ffi_ret(s, cs_keepalive(s, key, klen, idle_ms, pool_size));
 }
 
 /* The most recently parked live socket for key, or NULL. A socket the peer closed (or sent

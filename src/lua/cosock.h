@@ -12,8 +12,10 @@
  * completion, so no buffer named in an SQE is freed early and no dead waker is ever armed.
  *
  * Thread affinity: the worker thread that called mr_cosock_thread_init. Functions exported to
- * Lua (MR_EXPORT in cosock.c) return int codes: 1 = pending (yield until woken), 0 = done,
- * -errno = failed at once. */
+ * Lua (MR_EXPORT in cosock.c) return the FFI code set (src/util/export.h): MR_FFI_AGAIN =
+ * submitted (yield until woken, then mr_cosock_result), MR_FFI_OK = done at once (the result is
+ * in mr_cosock_result too), a failure code = failed at once. mr_cosock_error describes the last
+ * failure in words; internally everything stays 0 / -errno. */
 #ifndef MR_COSOCK_H
 #define MR_COSOCK_H
 

@@ -15,8 +15,7 @@
 #include "core/watch.h"
 #include "loop/loop.h"
 #include "log/log.h"
-
-#define MR_EXPORT __attribute__((visibility("default"), used))
+#include "util/export.h"
 
 struct mr_lua_vm {
     lua_State *L;
@@ -572,20 +571,22 @@ static void fiber_fire(mr_loop_t *loop, mr_timer_t *t)
     fiber_free(f);
 }
 
-/* moonring.timer.at/every. 0, -1 not on a serving worker, -2 generation retired, -3 cap, -4 OOM. */
+/* moonring.timer.at/every: MR_FFI_OK (the fiber at *out), MR_FFI_BAD_CONTEXT (not on a serving
+ * worker), MR_FFI_RETIRED (the VM's generation was retired by a reload), MR_FFI_LIMIT (cap
+ * pending timers on this worker already) or MR_FFI_NOMEM. */
 MR_EXPORT int mr_lua_timer_new(void *v, double delay, double interval, int cap, void **out)
 {
     mr_lua_vm_t *vm = v;
     mr_loop_t *loop = mr_loop_current();
-    if (!loop || !vm->started) return -1;
-    if (vm->retired) return -2;
-    if (tls_nfibers >= cap) return -3;
+    if (!loop || !vm->started) return MR_FFI_BAD_CONTEXT;
+    if (vm->retired) return MR_FFI_RETIRED;
+    if (tls_nfibers >= cap) return MR_FFI_LIMIT;
     mr_lua_fiber_t *f = fiber_new(vm);
-    if (!f) return -4;
+    if (!f) return MR_FFI_NOMEM;
     f->interval_ms = interval > 0 ? (uint64_t)ceil(interval * 1000.0) : 0;
     mr_timer_set(loop, &f->timer, delay > 0 ? (uint64_t)ceil(delay * 1000.0) : 0);
     *out = f;
-    return 0;
+    return MR_FFI_OK;
 }
 
 /* A running timer only stops being rescheduled; a pending one goes now (the caller's VM is on

@@ -7,8 +7,7 @@
 #include "http1/http1.h"
 #include "proxy/req.h"
 #include "proxy/route.h"
-
-#define MR_EXPORT __attribute__((visibility("default"), used))
+#include "util/export.h"
 
 typedef struct {
     mr_req_t r;                 /* first: the API casts the pointer back to mr_req_t */
@@ -41,7 +40,7 @@ static int parse(test_client_t *t)
     mr_http1_set_store(&t->p, &r->hdrs, &r->trailers);
     size_t used = 0;
     int rc = mr_http1_feed(&t->p, t->head, t->n, &used);
-    if (rc < 0 || !t->p.head_done) return -1;
+    if (rc < 0 || !t->p.head_done) return MR_FFI_BAD_ARG;
     mr_http1_msg_t *m = &t->p;
     r->method = m->method;
     r->method_name = mr_http1_method_str(m);
@@ -53,7 +52,7 @@ static int parse(test_client_t *t)
     r->content_length = m->content_length;
     r->has_body = m->has_body;
     const char *why;
-    return mr_route_view(r, &why) ? -1 : 0;
+    return mr_route_view(r, &why) ? MR_FFI_BAD_ARG : MR_FFI_OK;
 }
 
 MR_EXPORT void *mr_lua_test_client_new(const char *head, size_t n)
@@ -66,7 +65,7 @@ MR_EXPORT void *mr_lua_test_client_new(const char *head, size_t n)
     t->n = n;
     strcpy(t->peer.ip, "127.0.0.1");
     mr_req_init(&t->r, NULL, &no_ops, &t->peer, 65536);
-    if (parse(t) < 0) {
+    if (parse(t) != MR_FFI_OK) {
         mr_lua_test_client_free(t);
         return NULL;
     }

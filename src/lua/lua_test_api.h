@@ -10,7 +10,8 @@
 /* Parses `head` (a full request head, CRLF CRLF included). Returns the client, or NULL if the
  * head does not parse. Free with mr_lua_test_client_free. */
 void *mr_lua_test_client_new(const char *head, size_t n);
-/* Back to the freshly parsed head: drops header edits, target override and local response. */
+/* Back to the freshly parsed head: drops header edits, target override and local response.
+ * MR_FFI_OK, or MR_FFI_BAD_ARG if the head no longer parses. */
 int mr_lua_test_client_reset(void *c);
 /* Forgets a local response (req:respond) so that the next respond is accepted again. */
 void mr_lua_test_client_unrespond(void *c);

@@ -250,9 +250,9 @@ static int put(mr_shdict_t *d, mr_shent_t *e, uint64_t h, const char *k, size_t 
                uint64_t now, int *forcible)
 {
     size_t vl = type == MR_SHD_TSTRING ? sl : 0;
-    if (vl > d->size || kl + vl > d->size) return MR_SHD_NO_MEMORY;
+    if (vl > d->size || kl + vl > d->size) return MR_FFI_NOMEM;
     size_t need = kl + vl, cap = cap_for(need), ch = charge_of_cap(cap);
-    if (ch > d->size) return MR_SHD_NO_MEMORY;
+    if (ch > d->size) return MR_FFI_NOMEM;
     if (e && e->cap >= need && e->cap <= 2 * need + 64) {
         /* In place: same charge, no allocation (the common overwrite / counter path). */
         write_value(e, type, str, sl, num);
@@ -260,11 +260,11 @@ static int put(mr_shdict_t *d, mr_shent_t *e, uint64_t h, const char *k, size_t 
         e->flags = flags;
         e->gen = d->gen;
         lru_touch(d, e);
-        return MR_SHD_OK;
+        return MR_FFI_OK;
     }
-    if (make_room(d, ch, e, safe, now, forcible) != 0) return MR_SHD_NO_MEMORY;
+    if (make_room(d, ch, e, safe, now, forcible) != 0) return MR_FFI_NOMEM;
     mr_shent_t *n = malloc(HDR + cap);
-    if (!n) return MR_SHD_NO_MEMORY;
+    if (!n) return MR_FFI_NOMEM;
     if (e) free_entry(d, e);
     n->hash = h;
     n->klen = (uint16_t)kl;
@@ -278,7 +278,7 @@ static int put(mr_shdict_t *d, mr_shent_t *e, uint64_t h, const char *k, size_t 
     lru_push(d, n);
     d->used += ch;
     d->count++;
-    return MR_SHD_OK;
+    return MR_FFI_OK;
 }
 
 static inline int bad_key(const mr_shdict_t *d, const char *k, size_t kl)
@@ -291,16 +291,16 @@ static inline int bad_key(const mr_shdict_t *d, const char *k, size_t kl)
 MR_EXPORT int mr_shdict_get(mr_shdict_t *d, const char *k, size_t kl, int stale_ok, int *type,
                             double *num, char *buf, size_t *len, uint32_t *flags, int *stale)
 {
-    if (bad_key(d, k, kl)) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl), now = now_ms();
-    int rc = MR_SHD_OK;
+    int rc = MR_FFI_OK;
     pthread_mutex_lock(&d->lock);
     mr_shent_t *e = lookup(d, h, k, kl);
-    if (!e) { rc = MR_SHD_NOT_FOUND; goto out; }
+    if (!e) { rc = MR_FFI_DECLINED; goto out; }
     int alive = live(d, e, now);
-    if (!alive && !stale_ok) { free_entry(d, e); rc = MR_SHD_NOT_FOUND; goto out; }
+    if (!alive && !stale_ok) { free_entry(d, e); rc = MR_FFI_DECLINED; goto out; }
     if (alive) lru_touch(d, e);
-    if (e->type == MR_SHD_TSTRING && e->vlen > *len) { *len = e->vlen; rc = MR_SHD_AGAIN; goto out; }
+    if (e->type == MR_SHD_TSTRING && e->vlen > *len) { *len = e->vlen; rc = MR_FFI_TOO_SMALL; goto out; }
     *type = e->type;
     *num = e->num;
     *len = e->vlen;
@@ -319,24 +319,24 @@ MR_EXPORT int mr_shdict_store(mr_shdict_t *d, int op, const char *k, size_t kl, 
     int dummy, base = op & ~MR_SHD_SAFE, safe = (op & MR_SHD_SAFE) != 0;
     if (!forcible) forcible = &dummy;
     *forcible = 0;
-    if (bad_key(d, k, kl) || base < MR_SHD_SET || base > MR_SHD_REPLACE) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl) || base < MR_SHD_SET || base > MR_SHD_REPLACE) return MR_FFI_BAD_ARG;
     if (type != MR_SHD_TNIL && type != MR_SHD_TBOOLEAN && type != MR_SHD_TNUMBER && type != MR_SHD_TSTRING)
-        return MR_SHD_BAD_KEY;
-    if (type == MR_SHD_TSTRING && !str && sl) return MR_SHD_BAD_KEY;
+        return MR_FFI_BAD_ARG;
+    if (type == MR_SHD_TSTRING && !str && sl) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl), now = now_ms();
     int rc;
     pthread_mutex_lock(&d->lock);
-    if (d->retired) { rc = MR_SHD_REMOVED; goto out; }
+    if (d->retired) { rc = MR_FFI_RETIRED; goto out; }
     reclaim_tail(d, now);
     mr_shent_t *e = lookup(d, h, k, kl);
     int alive = e && live(d, e, now);
-    if (base == MR_SHD_ADD && alive) rc = MR_SHD_EXISTS;
+    if (base == MR_SHD_ADD && alive) rc = MR_FFI_EXISTS;
     else if (base == MR_SHD_REPLACE && !alive) {
         if (e) free_entry(d, e);
-        rc = MR_SHD_NOT_FOUND;
+        rc = MR_FFI_DECLINED;
     } else if (type == MR_SHD_TNIL) {
         if (e) free_entry(d, e);
-        rc = MR_SHD_OK;
+        rc = MR_FFI_OK;
     } else {
         rc = put(d, e, h, k, kl, type, str, sl, num, expiry(exptime, now), flags, safe, now, forcible);
     }
@@ -351,14 +351,14 @@ MR_EXPORT int mr_shdict_incr(mr_shdict_t *d, const char *k, size_t kl, double by
     int dummy;
     if (!forcible) forcible = &dummy;
     *forcible = 0;
-    if (bad_key(d, k, kl)) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl), now = now_ms();
-    int rc = MR_SHD_OK;
+    int rc = MR_FFI_OK;
     pthread_mutex_lock(&d->lock);
-    if (d->retired) { rc = MR_SHD_REMOVED; goto out; }
+    if (d->retired) { rc = MR_FFI_RETIRED; goto out; }
     mr_shent_t *e = lookup(d, h, k, kl);
     if (e && live(d, e, now)) {
-        if (e->type != MR_SHD_TNUMBER) { rc = MR_SHD_NOT_NUMBER; goto out; }
+        if (e->type != MR_SHD_TNUMBER) { rc = MR_FFI_BAD_TYPE; goto out; }
         e->num += by;
         *out = e->num;
         lru_touch(d, e);
@@ -366,14 +366,14 @@ MR_EXPORT int mr_shdict_incr(mr_shdict_t *d, const char *k, size_t kl, double by
     }
     if (!has_init) {
         if (e) free_entry(d, e);
-        rc = MR_SHD_NOT_FOUND;
+        rc = MR_FFI_DECLINED;
         goto out;
     }
     reclaim_tail(d, now);
     e = lookup(d, h, k, kl);   /* reclaim_tail may have freed it */
     double v = init + by;
     rc = put(d, e, h, k, kl, MR_SHD_TNUMBER, NULL, 0, v, expiry(init_ttl, now), 0, 0, now, forcible);
-    if (rc == MR_SHD_OK) *out = v;
+    if (rc == MR_FFI_OK) *out = v;
 out:
     pthread_mutex_unlock(&d->lock);
     return rc;
@@ -381,27 +381,27 @@ out:
 
 MR_EXPORT int mr_shdict_delete(mr_shdict_t *d, const char *k, size_t kl)
 {
-    if (bad_key(d, k, kl)) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl);
     pthread_mutex_lock(&d->lock);
     mr_shent_t *e = lookup(d, h, k, kl);
     if (e) free_entry(d, e);
     pthread_mutex_unlock(&d->lock);
-    return MR_SHD_OK;
+    return MR_FFI_OK;
 }
 
 MR_EXPORT int mr_shdict_ttl(mr_shdict_t *d, const char *k, size_t kl, int64_t *ms)
 {
-    if (bad_key(d, k, kl)) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl), now = now_ms();
-    int rc = MR_SHD_OK;
+    int rc = MR_FFI_OK;
     pthread_mutex_lock(&d->lock);
     mr_shent_t *e = lookup(d, h, k, kl);
     if (e && live(d, e, now)) {
         *ms = e->expires ? (int64_t)(e->expires - now) : 0;   /* live => expires > now => >= 1 */
     } else {
         if (e) free_entry(d, e);
-        rc = MR_SHD_NOT_FOUND;
+        rc = MR_FFI_DECLINED;
     }
     pthread_mutex_unlock(&d->lock);
     return rc;
@@ -409,16 +409,16 @@ MR_EXPORT int mr_shdict_ttl(mr_shdict_t *d, const char *k, size_t kl, int64_t *m
 
 MR_EXPORT int mr_shdict_expire(mr_shdict_t *d, const char *k, size_t kl, double exptime)
 {
-    if (bad_key(d, k, kl)) return MR_SHD_BAD_KEY;
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
     uint64_t h = hash_key(k, kl), now = now_ms();
-    int rc = MR_SHD_OK;
+    int rc = MR_FFI_OK;
     pthread_mutex_lock(&d->lock);
     mr_shent_t *e = lookup(d, h, k, kl);
     if (e && live(d, e, now)) {
         e->expires = expiry(exptime, now);
     } else {
         if (e) free_entry(d, e);
-        rc = MR_SHD_NOT_FOUND;
+        rc = MR_FFI_DECLINED;
     }
     pthread_mutex_unlock(&d->lock);
     return rc;
@@ -426,7 +426,7 @@ MR_EXPORT int mr_shdict_expire(mr_shdict_t *d, const char *k, size_t kl, double 
 
 MR_EXPORT int mr_shdict_get_keys(mr_shdict_t *d, int max, char *buf, size_t *len, int *count)
 {
-    if (!d || !len || !count || (*len && !buf)) return MR_SHD_BAD_KEY;
+    if (!d || !len || !count || (*len && !buf)) return MR_FFI_BAD_ARG;
     uint64_t now = now_ms();
     size_t cap = *len, used = 0;
     int n = 0;
@@ -450,16 +450,16 @@ MR_EXPORT int mr_shdict_get_keys(mr_shdict_t *d, int max, char *buf, size_t *len
     pthread_mutex_unlock(&d->lock);
     *len = used;
     *count = n;
-    return used <= cap ? MR_SHD_OK : MR_SHD_AGAIN;
+    return used <= cap ? MR_FFI_OK : MR_FFI_TOO_SMALL;
 }
 
 MR_EXPORT int mr_shdict_flush_all(mr_shdict_t *d)
 {
-    if (!d) return MR_SHD_BAD_KEY;
+    if (!d) return MR_FFI_BAD_ARG;
     pthread_mutex_lock(&d->lock);
     d->gen++;
     pthread_mutex_unlock(&d->lock);
-    return MR_SHD_OK;
+    return MR_FFI_OK;
 }
 
 MR_EXPORT int mr_shdict_flush_expired(mr_shdict_t *d, int max)
@@ -558,17 +558,16 @@ static int resize(mr_shdict_t *d, size_t size)
 MR_EXPORT int mr_shdict_define(const char *name, size_t size)
 {
     size_t len = name ? strlen(name) : 0;
-    if (len == 0 || len > MR_SHDICT_NAME_MAX || size == 0) return -1;
+    if (len == 0 || len > MR_SHDICT_NAME_MAX || size == 0) return MR_FFI_BAD_ARG;
     pthread_once(&seed_once, seed_init);
     pthread_mutex_lock(&reg_lock);
     mr_shdict_t *d = reg_head;
     while (d && (d->namelen != len || memcmp(d->name, name, len) != 0)) d = d->reg_next;
-    int rc = 0;
     if (d) {
-        rc = resize(d, size);
+        int rc = resize(d, size);
         if (rc == 0) d->epoch = reg_epoch;
         pthread_mutex_unlock(&reg_lock);
-        return rc;
+        return rc == 0 ? MR_FFI_OK : MR_FFI_NOMEM;
     }
     d = calloc(1, sizeof *d + len + 1);
     size_t nb = buckets_for(size);
@@ -576,7 +575,7 @@ MR_EXPORT int mr_shdict_define(const char *name, size_t size)
     if (!d || !d->buckets) {
         if (d) free(d);
         pthread_mutex_unlock(&reg_lock);
-        return -1;
+        return MR_FFI_NOMEM;
     }
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
@@ -591,7 +590,7 @@ MR_EXPORT int mr_shdict_define(const char *name, size_t size)
     d->reg_next = reg_head;
     reg_head = d;   /* dicts are never freed: handles held by VMs stay valid */
     pthread_mutex_unlock(&reg_lock);
-    return 0;
+    return MR_FFI_OK;
 }
 
 MR_EXPORT void mr_shdict_reload_begin(void)
@@ -615,84 +614,4 @@ MR_EXPORT void mr_shdict_reload_end(void)
         pthread_mutex_unlock(&d->lock);
     }
     pthread_mutex_unlock(&reg_lock);
-}
-
-/* ---- test helper ----------------------------------------------------------------------------- */
-
-typedef struct {
-    mr_shdict_t *d;
-    int id, iters, failed;
-} stress_arg_t;
-
-static const char STRESS_KEY[] = "stress:counter";
-
-static void *stress_main(void *p)
-{
-    stress_arg_t *a = p;
-    uint32_t x = 2654435761u * (uint32_t)(a->id + 1);
-    char key[48], val[512], buf[600], keys[1024];
-    memset(val, 'v', sizeof val);
-    for (int i = 0; i < a->iters; i++) {
-        double out;
-        int forcible, type, stale;
-        uint32_t flags;
-        if (mr_shdict_incr(a->d, STRESS_KEY, sizeof STRESS_KEY - 1, 1, 1, 0, 0, &out, &forcible) != MR_SHD_OK)
-            a->failed = 1;
-        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
-        int kl = snprintf(key, sizeof key, "s:%d:%u", a->id % 4, (x >> 9) % 128);
-        size_t vl = x % sizeof val, bl = sizeof buf, n = sizeof keys;
-        int64_t ms;
-        switch (i & 7) {
-        case 0: case 1: case 2:
-            mr_shdict_store(a->d, MR_SHD_SET, key, (size_t)kl, MR_SHD_TSTRING, val, vl, 0,
-                            (x & 1) ? 0.002 : 0, x, &forcible);
-            break;
-        case 3:
-            mr_shdict_store(a->d, MR_SHD_ADD | ((x & 2) ? MR_SHD_SAFE : 0), key, (size_t)kl,
-                            MR_SHD_TNUMBER, NULL, 0, i, 0, 0, &forcible);
-            break;
-        case 4:
-            mr_shdict_get(a->d, key, (size_t)kl, (int)(x & 1), &type, &out, buf, &bl, &flags, &stale);
-            break;
-        case 5:
-            mr_shdict_delete(a->d, key, (size_t)kl);
-            break;
-        case 6:
-            if (mr_shdict_ttl(a->d, key, (size_t)kl, &ms) == MR_SHD_OK) mr_shdict_expire(a->d, key, (size_t)kl, 0.001);
-            break;
-        default:
-            if ((i & 63) == 7) mr_shdict_get_keys(a->d, 16, keys, &n, &kl);
-            else if ((i & 255) == 15) mr_shdict_flush_expired(a->d, 8);
-            else mr_shdict_incr(a->d, key, (size_t)kl, 1, 1, 0, 0.001, &out, &forcible);
-            break;
-        }
-    }
-    return NULL;
-}
-
-MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters)
-{
-    if (!d || threads < 1 || threads > 256 || iters < 0) return -1;
-    mr_shdict_delete(d, STRESS_KEY, sizeof STRESS_KEY - 1);
-    pthread_t tid[256];
-    stress_arg_t args[256];
-    int started = 0, failed = 0;
-    for (int i = 0; i < threads; i++) {
-        args[i] = (stress_arg_t){ .d = d, .id = i, .iters = iters };
-        if (pthread_create(&tid[i], NULL, stress_main, &args[i]) != 0) { failed = 1; break; }
-        started++;
-    }
-    for (int i = 0; i < started; i++) {
-        pthread_join(tid[i], NULL);
-        failed |= args[i].failed;
-    }
-    if (failed) return -1;
-    int type, stale;
-    double num = 0;
-    size_t len = 0;
-    uint32_t flags;
-    if (mr_shdict_get(d, STRESS_KEY, sizeof STRESS_KEY - 1, 0, &type, &num, NULL, &len, &flags, &stale) != MR_SHD_OK
-        || type != MR_SHD_TNUMBER)
-        return -1;
-    return (int)num;
 }

@@ -17,11 +17,11 @@
  * documented as such; flush_all is O(1) (a generation bump).
  *
  * Values never leave the lock by pointer: string values are copied into a caller buffer while the
- * lock is held (another worker may free the entry right after), with MR_SHD_AGAIN + the needed
+ * lock is held (another worker may free the entry right after), with MR_FFI_TOO_SMALL + the needed
  * size when the buffer is too small.
  *
  * The exported mr_shdict_* functions below are the FFI surface (lua/moonring/shared.lua): plain C
- * ABI, int status codes, out-parameters, no Lua stack, no allocation on the get/set/incr paths
+ * ABI, MR_FFI_* codes, out-parameters, no Lua stack, no allocation on the get/set/incr paths
  * beyond the entry itself, so the Lua side JIT-compiles. */
 #ifndef MR_SHDICT_H
 #define MR_SHDICT_H
@@ -29,21 +29,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef MR_EXPORT
-#define MR_EXPORT __attribute__((visibility("default"), used))
-#endif
+#include "util/export.h"
 
 typedef struct mr_shdict mr_shdict_t;
 
-/* Status codes of the FFI functions. */
-#define MR_SHD_OK          0
-#define MR_SHD_NOT_FOUND  -1   /* "not found" */
-#define MR_SHD_BAD_KEY    -2   /* empty key, key > MR_SHDICT_KEY_MAX, NULL dict, bad op/type */
-#define MR_SHD_EXISTS     -3   /* add: "exists" */
-#define MR_SHD_NOT_NUMBER -4   /* incr: "not a number" */
-#define MR_SHD_NO_MEMORY  -5   /* "no memory": value bigger than the dict, safe_* would evict, malloc */
-#define MR_SHD_AGAIN      -6   /* caller buffer too small; *len holds the size needed: retry */
-#define MR_SHD_REMOVED    -7   /* the dict was removed from the config by a reload: "dict removed" */
+/* The FFI functions return the code set of util/export.h: MR_FFI_OK, MR_FFI_DECLINED (no such
+ * key: "not found"), MR_FFI_BAD_ARG (empty key, key > MR_SHDICT_KEY_MAX, NULL dict, bad op or
+ * type), MR_FFI_EXISTS (add: "exists"), MR_FFI_BAD_TYPE (incr on a value that is not a number),
+ * MR_FFI_NOMEM (a value bigger than the dict, safe_* would have to evict, malloc failed),
+ * MR_FFI_TOO_SMALL (the caller's buffer is too small; *len holds the size needed: retry),
+ * MR_FFI_RETIRED (a reload removed the dict from the config: "dict removed"). */
 
 /* Value types, numbered like Lua's LUA_T* (as lua-resty-core does). */
 #define MR_SHD_TNIL     0
@@ -52,7 +47,7 @@ typedef struct mr_shdict mr_shdict_t;
 #define MR_SHD_TSTRING  4
 
 /* Store operations (mr_shdict_store's op). SAFE may be or-ed into any of them: never evict a live
- * entry; fail with MR_SHD_NO_MEMORY instead. */
+ * entry; fail with MR_FFI_NOMEM instead. */
 #define MR_SHD_SET     0
 #define MR_SHD_ADD     1
 #define MR_SHD_REPLACE 2
@@ -68,14 +63,14 @@ typedef struct mr_shdict mr_shdict_t;
  * contents. A new size is applied in place: growing keeps everything; shrinking keeps the
  * contents if they fit the new budget and otherwise evicts least recently used entries until
  * they do. Redefining a dict retired by mr_shdict_reload_end revives it, empty.
- * Returns 0, or -1 (empty/too long name, size 0, out of memory). Thread-safe, but meant for the
- * main thread at startup / reload. Dicts are never freed: pointers stay valid for the process. */
+ * Returns MR_FFI_OK, MR_FFI_BAD_ARG (empty or too long name, size 0) or MR_FFI_NOMEM.
+ * Thread-safe, but meant for the main thread at startup / reload. Dicts are never freed: pointers stay valid for the process. */
 MR_EXPORT int mr_shdict_define(const char *name, size_t size);
 
 /* Reload bracketing (optional at first startup): mr_shdict_reload_begin(), then define every
  * dict of the new config, then mr_shdict_reload_end(), which retires every dict not defined since
  * begin: its contents are freed, find() stops returning it, and VMs still holding it (old workers
- * draining) see it empty and get MR_SHD_REMOVED from stores. Call them only once the new config
+ * draining) see it empty and get MR_FFI_RETIRED from stores. Call them only once the new config
  * has been fully validated. */
 MR_EXPORT void mr_shdict_reload_begin(void);
 MR_EXPORT void mr_shdict_reload_end(void);
@@ -86,10 +81,10 @@ MR_EXPORT mr_shdict_t *mr_shdict_find(const char *name, size_t len);
 
 /* ---- any thread: FFI surface ------------------------------------------------------------- */
 
-/* get / get_stale. On MR_SHD_OK: *type is MR_SHD_T*, *num holds a number (or 0/1 for a boolean),
+/* get / get_stale. On MR_FFI_OK: *type is MR_SHD_T*, *num holds a number (or 0/1 for a boolean),
  * a string is copied into buf (capacity *len on entry, its length on return), *flags are the
  * user flags, *stale is 1 when the entry had expired (only with stale_ok). If the string does
- * not fit, returns MR_SHD_AGAIN with *len = its length and copies nothing. Touches the LRU. */
+ * not fit, returns MR_FFI_TOO_SMALL with *len = its length and copies nothing. Touches the LRU. */
 MR_EXPORT int mr_shdict_get(mr_shdict_t *d, const char *k, size_t kl, int stale_ok, int *type,
                             double *num, char *buf, size_t *len, uint32_t *flags, int *stale);
 
@@ -101,12 +96,12 @@ MR_EXPORT int mr_shdict_store(mr_shdict_t *d, int op, const char *k, size_t kl, 
                               uint32_t flags, int *forcible);
 
 /* incr: *out = value + by. If the key is missing/expired: with has_init, stores init + by with
- * expiry init_ttl (seconds, 0 = never) and flags 0; else MR_SHD_NOT_FOUND. An existing entry
- * keeps its expiry and flags. MR_SHD_NOT_NUMBER when the value is not a number. */
+ * expiry init_ttl (seconds, 0 = never) and flags 0; else MR_FFI_DECLINED. An existing entry
+ * keeps its expiry and flags. MR_FFI_BAD_TYPE when the value is not a number. */
 MR_EXPORT int mr_shdict_incr(mr_shdict_t *d, const char *k, size_t kl, double by, int has_init,
                              double init, double init_ttl, double *out, int *forcible);
 
-/* Removes the key (expired or not). MR_SHD_OK whether or not it existed. */
+/* Removes the key (expired or not). MR_FFI_OK whether or not it existed. */
 MR_EXPORT int mr_shdict_delete(mr_shdict_t *d, const char *k, size_t kl);
 
 /* Remaining lifetime in ms (>= 1), or 0 when the entry never expires. */
@@ -116,8 +111,8 @@ MR_EXPORT int mr_shdict_ttl(mr_shdict_t *d, const char *k, size_t kl, int64_t *m
 MR_EXPORT int mr_shdict_expire(mr_shdict_t *d, const char *k, size_t kl, double exptime);
 
 /* Live keys, most recently used first, at most max (0 = all), packed into buf as
- * [uint8 len_lo][uint8 len_hi][key bytes]... On MR_SHD_OK *len is the bytes written and *count
- * the keys. MR_SHD_AGAIN when buf (capacity *len) is too small: *len is the size needed.
+ * [uint8 len_lo][uint8 len_hi][key bytes]... On MR_FFI_OK *len is the bytes written and *count
+ * the keys. MR_FFI_TOO_SMALL when buf (capacity *len) is too small: *len is the size needed.
  * Reclaims the expired entries it walks over. O(n) under the lock. */
 MR_EXPORT int mr_shdict_get_keys(mr_shdict_t *d, int max, char *buf, size_t *len, int *count);
 
@@ -130,11 +125,5 @@ MR_EXPORT int mr_shdict_flush_expired(mr_shdict_t *d, int max);
 
 MR_EXPORT size_t mr_shdict_capacity(mr_shdict_t *d);
 MR_EXPORT size_t mr_shdict_free_space(mr_shdict_t *d);   /* budget minus the bytes charged */
-
-/* Test helper: `threads` pthreads each do `iters` incr of one counter key, interleaved with
- * sets (random sizes and short ttls, so eviction and expiry churn), gets, deletes and get_keys on
- * other keys. Deletes the counter first; returns its final value (threads * iters when the dict
- * is thread-safe), or -1 on error. Use a dict of at least 64k. */
-MR_EXPORT int mr_shdict_stress(mr_shdict_t *d, int threads, int iters);
 
 #endif

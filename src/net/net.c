@@ -68,19 +68,3 @@ int mr_net_peer_ip(int fd, char *buf, size_t len)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf, (socklen_t)len);
     return (int)strlen(buf);
 }
-
-int mr_net_addr_str(const mr_addr_t *addr, char *buf, size_t len)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (addr->sa.ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *)&addr->sa;
-        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof ip);
-        port = ntohs(s->sin_port);
-        return snprintf(buf, len, "%s:%d", ip, port);
-    }
-    const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&addr->sa;
-    inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof ip);
-    port = ntohs(s->sin6_port);
-    return snprintf(buf, len, "[%s]:%d", ip, port);
-}

@@ -21,6 +21,5 @@ int mr_net_socket_for(const mr_addr_t *addr);
 int mr_net_set_nodelay(int fd);
 /* "a.b.c.d" or "::1" of a peer, into buf. Returns length. */
 int mr_net_peer_ip(int fd, char *buf, size_t len);
-int mr_net_addr_str(const mr_addr_t *addr, char *buf, size_t len);
 
 #endif

@@ -49,6 +49,8 @@
 #include <stddef.h>
 #include <sys/uio.h>
 
+#include "util/export.h"
+
 typedef struct mr_tls_ctx mr_tls_ctx_t;
 typedef struct mr_tls_conn mr_tls_conn_t;
 typedef struct mr_tls_session mr_tls_session_t; /* an OpenSSL SSL_SESSION (client side reuse) */
@@ -115,23 +117,23 @@ typedef struct {
  * then by wildcard, in config order; no SNI or no match selects certs[0]. Certificates whose name
  * sets are identical and whose key types differ (RSA + ECDSA) are served together, the handshake
  * picking the one the client supports. */
-int mr_tls_server_ctx_new(const mr_tls_server_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);
-int mr_tls_client_ctx_new(const mr_tls_client_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);
+MR_EXPORT int mr_tls_server_ctx_new(const mr_tls_server_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);
+MR_EXPORT int mr_tls_client_ctx_new(const mr_tls_client_conf_t *conf, mr_tls_ctx_t **out, char *err, size_t errlen);
 void mr_tls_ctx_ref(mr_tls_ctx_t *ctx);
-void mr_tls_ctx_unref(mr_tls_ctx_t *ctx); /* any thread; frees on the last reference */
+MR_EXPORT void mr_tls_ctx_unref(mr_tls_ctx_t *ctx); /* any thread; frees on the last reference */
 
 /* Process-wide session ticket keys: a new current key; the previous one still decrypts (tickets
  * it sealed resume and are re-issued under the new key); older ones are dropped. Call every
  * ticket_rotation (12 h by default) from a main-thread timer. MAIN THREAD ONLY. Key sets are
  * immutable snapshots in static slots reused round-robin (8), published by an atomic pointer:
  * readers never see a set change or disappear. */
-void mr_tls_rotate_ticket_keys(void);
+MR_EXPORT void mr_tls_rotate_ticket_keys(void);
 
 /* kTLS probe: the kernel module is loaded (/sys/module/tls) and this OpenSSL knows
  * SSL_OP_ENABLE_KTLS. Not used yet (see docs/tls.md: kTLS needs OpenSSL to own the socket fd,
  * which the memory-BIO design deliberately avoids; the plan is to hand the keys to the kernel
  * after the handshake). */
-bool mr_tls_ktls_available(void);
+MR_EXPORT bool mr_tls_ktls_available(void);
 
 /* --- connections (one worker thread) ----------------------------------------------------- */
 
@@ -139,12 +141,12 @@ bool mr_tls_ktls_available(void);
  * sent as SNI and, when the context verifies, checked against the certificate (an IP literal is
  * not sent as SNI and is checked against IP SANs). NULL = no SNI and, if verifying, the chain is
  * checked but not the name. Returns NULL on allocation failure or a context of the wrong kind. */
-mr_tls_conn_t *mr_tls_conn_new(mr_tls_ctx_t *ctx, bool server, const char *sni_for_client);
-void mr_tls_conn_free(mr_tls_conn_t *t);
+MR_EXPORT mr_tls_conn_t *mr_tls_conn_new(mr_tls_ctx_t *ctx, bool server, const char *sni_for_client);
+MR_EXPORT void mr_tls_conn_free(mr_tls_conn_t *t);
 
 /* Ciphertext from the socket (copied). Returns MR_TLS_OK, or MR_TLS_ERR if the connection failed
  * or memory ran out. Process it with mr_tls_read (or mr_tls_handshake). */
-int mr_tls_feed(mr_tls_conn_t *t, const void *cipher, size_t n);
+MR_EXPORT int mr_tls_feed(mr_tls_conn_t *t, const void *cipher, size_t n);
 
 /* Advances the handshake without reading application data: MR_TLS_OK once complete, MR_TLS_WANT
  * while it needs peer bytes, MR_TLS_ERR. A client calls it first to produce its ClientHello. */
@@ -153,37 +155,37 @@ int mr_tls_handshake(mr_tls_conn_t *t);
 /* Decrypted bytes (drives the handshake first). MR_TLS_OK with *got > 0; call again until it
  * returns MR_TLS_WANT (more plaintext may already be buffered). MR_TLS_CLOSED after the peer's
  * close_notify. */
-int mr_tls_read(mr_tls_conn_t *t, void *plain, size_t cap, size_t *got);
+MR_EXPORT int mr_tls_read(mr_tls_conn_t *t, void *plain, size_t cap, size_t *got);
 /* True if mr_tls_read may return bytes without new input (fed ciphertext not yet processed, or
  * a decrypted record partly read): after pausing reads for backpressure, resume by calling
  * mr_tls_read before waiting on the socket. */
-bool mr_tls_read_pending(const mr_tls_conn_t *t);
+MR_EXPORT bool mr_tls_read_pending(const mr_tls_conn_t *t);
 
 /* Encrypts up to n bytes: MR_TLS_OK with *taken (possibly < n: the output buffer is bounded, so
  * send what is pending and call again), or MR_TLS_WANT with *taken = 0 when the handshake is not
  * complete yet or the output is full (MR_TLS_OUT_HIGH bytes pending). */
-int mr_tls_write(mr_tls_conn_t *t, const void *plain, size_t n, size_t *taken);
+MR_EXPORT int mr_tls_write(mr_tls_conn_t *t, const void *plain, size_t n, size_t *taken);
 #define MR_TLS_OUT_HIGH (256 * 1024)
 
 /* Queues close_notify (MR_TLS_OK), after which no more writes. Before the handshake completed
  * there is nothing to say: returns MR_TLS_OK with nothing queued. */
-int mr_tls_shutdown(mr_tls_conn_t *t);
+MR_EXPORT int mr_tls_shutdown(mr_tls_conn_t *t);
 
 /* Ciphertext to send. */
-size_t mr_tls_pending_out(const mr_tls_conn_t *t);
+MR_EXPORT size_t mr_tls_pending_out(const mr_tls_conn_t *t);
 const void *mr_tls_out_peek(const mr_tls_conn_t *t, size_t *len); /* first contiguous piece */
 /* Pieces for sendmsg, skipping the first `skip` pending bytes (those already queued on the
  * socket and not yet consumed); returns the number of iovecs filled. */
 int mr_tls_out_iov(const mr_tls_conn_t *t, size_t skip, struct iovec *iov, int max);
 void mr_tls_out_consume(mr_tls_conn_t *t, size_t n);                   /* n <= pending */
-int mr_tls_take_out(mr_tls_conn_t *t, void *buf, size_t cap, size_t *got); /* copy + consume */
+MR_EXPORT int mr_tls_take_out(mr_tls_conn_t *t, void *buf, size_t cap, size_t *got); /* copy + consume */
 
 /* --- state ---------------------------------------------------------------------------- */
-bool mr_tls_handshake_done(const mr_tls_conn_t *t);
-const char *mr_tls_error(const mr_tls_conn_t *t);    /* "" when none */
+MR_EXPORT bool mr_tls_handshake_done(const mr_tls_conn_t *t);
+MR_EXPORT const char *mr_tls_error(const mr_tls_conn_t *t);    /* "" when none */
 const char *mr_tls_alpn(mr_tls_conn_t *t);           /* negotiated protocol or NULL */
 const char *mr_tls_sni(const mr_tls_conn_t *t);      /* server: name the client asked for, or NULL */
-const char *mr_tls_protocol(const mr_tls_conn_t *t); /* "TLSv1.3", ... */
+MR_EXPORT const char *mr_tls_protocol(const mr_tls_conn_t *t); /* "TLSv1.3", ... */
 const char *mr_tls_cipher(const mr_tls_conn_t *t);
 bool mr_tls_session_reused(const mr_tls_conn_t *t);
 /* The peer certificate, only when it was presented AND verified (server: mTLS; client: verify
@@ -198,6 +200,6 @@ const char *mr_tls_own_subject(mr_tls_conn_t *t);
  * its handshake. Sessions are reference counted and thread-safe. */
 mr_tls_session_t *mr_tls_get_session(mr_tls_conn_t *t); /* new reference or NULL */
 int mr_tls_set_session(mr_tls_conn_t *t, mr_tls_session_t *s);
-void mr_tls_session_free(mr_tls_session_t *s);
+MR_EXPORT void mr_tls_session_free(mr_tls_session_t *s);
 
 #endif

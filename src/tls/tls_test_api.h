@@ -27,14 +27,15 @@
 #include <stddef.h>
 
 #include "tls/tls.h"
+#include "util/export.h"
 
-int mr_tls_test_pair(mr_tls_ctx_t *server_ctx, mr_tls_ctx_t *client_ctx, const char *sni, size_t nbytes,
-                     size_t step, mr_tls_session_t **session, char *out, size_t outlen);
+MR_EXPORT int mr_tls_test_pair(mr_tls_ctx_t *server_ctx, mr_tls_ctx_t *client_ctx, const char *sni, size_t nbytes,
+                               size_t step, mr_tls_session_t **session, char *out, size_t outlen);
 
 /* Checks the output buffer's address stability and back-pressure: writes `nbytes` on an
  * established pair without draining, peeking the first piece before and comparing after; returns
  * 0 if the peeked bytes did not move, writes stopped at MR_TLS_OUT_HIGH with MR_TLS_WANT, and
  * everything arrived once drained. */
-int mr_tls_test_out_stability(mr_tls_ctx_t *server_ctx, mr_tls_ctx_t *client_ctx, char *out, size_t outlen);
+MR_EXPORT int mr_tls_test_out_stability(mr_tls_ctx_t *server_ctx, mr_tls_ctx_t *client_ctx, char *out, size_t outlen);
 
 #endif
