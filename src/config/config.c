@@ -519,6 +519,23 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The validator's hook for `shared` (see shared_defined in lua/moonring/config.lua): dicts live
+ * outside every VM and survive reloads, and must exist before filter factories run (a rate
+ * limiter checks its dict when it is built). Defining is idempotent: an existing dict keeps
+ * its contents and takes the new size. (name, size) -> true | nil, err */
+static int define_shared(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_Number size = luaL_checknumber(L, 2);
+    if (size < 1 || size > 1099511627776.0 || mr_shdict_define(name, (size_t)size) < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot create a shared dict of %f bytes", (double)size);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* Records every Lua file require() reads from disk (and dofile/loadfile), for two reasons:
  * --watch must know what to watch (a module that fails to compile is recorded too: its fix must
  * trigger a reload), and workers must run exactly what was validated: they get these texts
@@ -649,9 +666,15 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
         snprintf(err, errlen, "cannot load the config validator: %s", lua_tostring(L, -1));
         goto done;
     }
+    /* The load resolves every filter (modules required, factories called), so a missing
+     * module, a misspelt phase or a bad option is refused here (-t, start, reload) rather than
+     * in a worker. */
     lua_getfield(L, -1, "load");
     lua_pushstring(L, file);
-    if (lua_pcall(L, 1, 2, 0) != 0) {
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, define_shared);
+    lua_setfield(L, -2, "define_shared");
+    if (lua_pcall(L, 2, 2, 0) != 0) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto done;
     }
@@ -660,26 +683,7 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
         goto done;
     }
     lua_pop(L, 1);
-    /* Shared dicts live outside every VM and survive reloads; they must exist before filter
-     * factories run (a rate limiter checks its dict when it is built). Defining is idempotent:
-     * an existing dict keeps its contents. */
-    lua_getfield(L, -1, "shared");
-    for (int i = 1, n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        lua_getfield(L, -1, "name");
-        lua_getfield(L, -2, "size");
-        const char *name = lua_tostring(L, -2);
-        size_t size = (size_t)lua_tonumber(L, -1);
-        if (!name || mr_shdict_define(name, size) < 0) {
-            snprintf(err, errlen, "%s: shared.%s: cannot create a shared dict of %zu bytes", file,
-                     name ? name : "?", size);
-            goto done;
-        }
-        lua_pop(L, 3);
-    }
-    lua_pop(L, 1);
-    /* Load every filter module and build every chain now, so a missing module or a failing
-     * factory is refused here (-t, start) rather than in a worker. */
+    /* The chains the workers will build from it. */
     lua_getglobal(L, "require");
     lua_pushstring(L, "moonring.runtime");
     if (lua_pcall(L, 1, 1, 0) != 0) {
