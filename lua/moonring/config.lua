@@ -936,6 +936,9 @@ local function finish_route(out, raw, path, ctx)
       if why == "port" then fail(p, "port must be 1-65535, got " .. describe(up)) end
       if not a then expected(p, 'upstream name or "host:port"', up) end
       out.upstream_addr = a
+      -- the settings of an upstream with that one server, every default filled in as for a
+      -- named upstream (the C side restates none)
+      out.adhoc = upstream({ servers = { up } }, p, ctx)
     else
       local id = ctx.upstream_index[up]
       if not id then

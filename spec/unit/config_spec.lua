@@ -334,6 +334,10 @@ describe("moonring.config", function()
 
       assert.is_nil(r3.upstream_id)
       assert.same({ addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000 }, r3.upstream_addr)
+      -- a literal address gets an upstream's settings, defaults filled in here (C restates none)
+      assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
+        keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
+        tries = 3, servers = { { addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000, weight = 1 } } }, r3.adhoc)
       assert.same({ ["x-debug"] = "1" }, r3.headers)
       assert.is_false(r3.simple)
       assert.is_false(r4.simple)
