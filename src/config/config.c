@@ -1,6 +1,9 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -88,6 +91,15 @@ static long long opt_int(lua_State *L, int idx, const char *key, long long absen
     return v;
 }
 
+static bool is_loopback(const mr_addr_t *a)
+{
+    if (a->sa.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr) >> 24) == 127;
+    if (a->sa.ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
+    return false;
+}
+
 static int resolve(const char *what, const char *host, int port, mr_addr_t *out, char *err, size_t errlen)
 {
     int rc = mr_net_resolve(host, port, out);
@@ -104,9 +116,10 @@ static int method_bit(const char *name)
     return -1;
 }
 
-/* An error from the TLS engine starts with the key path it is about ("listen[2].tls.certs[1]:
- * ..."): put the file and that key's source line in front, like the Lua validator does. */
-static void tls_error(lua_State *L, const char *file, const char *msg, char *err, size_t errlen)
+/* An error found outside the schema (by the TLS engine, a resolver, a start check) starts with
+ * the key path it is about ("listen[2].tls.certs[1]: ..."): put the file and that key's source
+ * line in front, like the Lua validator does. L is a state with moonring.config loadable. */
+static void keyed_error(lua_State *L, const char *file, const char *msg, char *err, size_t errlen)
 {
     const char *colon = strstr(msg, ": ");
     long line = 0;
@@ -122,6 +135,27 @@ static void tls_error(lua_State *L, const char *file, const char *msg, char *err
     lua_settop(L, top);
     if (line > 0) snprintf(err, errlen, "%s:%ld: %s", file, line, msg);
     else snprintf(err, errlen, "%s: %s", file, msg);
+}
+
+void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt, ...)
+{
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lua_State *L = luaL_newstate();
+    if (!L) { snprintf(err, errlen, "%s: %s", file, msg); return; }
+    luaL_openlibs(L);
+    const char *dir = mr_config_lua_dir();
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    keyed_error(L, file, msg, err, errlen);
+    lua_close(L);
 }
 
 /* A list of strings at t[key], NULL-terminated (NULL when absent). */
@@ -190,7 +224,7 @@ static int read_listen_tls(lua_State *L, int t, const char *file, mr_listen_conf
     sc.session_timeout = (long)(ls->ticket_rotation_ms / 1000);
     char msg[1024];
     int rc = certs ? mr_tls_server_ctx_new(&sc, &ls->tls, msg, sizeof msg) : -1;
-    if (rc < 0) tls_error(L, file, certs ? msg : "out of memory", err, errlen);
+    if (rc < 0) keyed_error(L, file, certs ? msg : "out of memory", err, errlen);
     for (size_t i = 0; certs && i < ncerts; i++) {
         free((char *)certs[i].cert_path);
         free((char *)certs[i].key_path);
@@ -219,7 +253,7 @@ static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_
     cc.ciphersuites = suites;
     char msg[1024];
     int rc = mr_tls_client_ctx_new(&cc, &u->tls, msg, sizeof msg);
-    if (rc < 0) tls_error(L, file, msg, err, errlen);
+    if (rc < 0) keyed_error(L, file, msg, err, errlen);
     free(where); free(minp); free(maxp); free(ciphers); free(suites); free(ca); free(cert); free(key);
     return rc;
 }
@@ -274,7 +308,7 @@ static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size
         /* The engine names the CA file "<where>.ca": the key is where itself. */
         char *dot = strstr(msg, ".ca: ");
         if (dot) memmove(dot, dot + 3, strlen(dot + 3) + 1);
-        tls_error(L, cfg->file, msg, err, errlen);
+        keyed_error(L, cfg->file, msg, err, errlen);
     }
     free(ca);
     return rc;
@@ -540,6 +574,14 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
         snprintf(what, sizeof what, "%s: admin.listen", cfg->file);
         int rc = resolve(what, host, (int)need_int(L, t, "port"), &cfg->admin_sa, err, errlen);
         free(host);
+        if (rc == 0 && !is_loopback(&cfg->admin_sa)) {
+            /* After resolution, so that a host name counts by what it resolves to. */
+            char msg[512];
+            snprintf(msg, sizeof msg, "admin.listen: %s is not a loopback address (the admin endpoint listens on "
+                     "127.0.0.0/8 or [::1] only: it reloads and upgrades without authentication)", cfg->admin_addr);
+            keyed_error(L, cfg->file, msg, err, errlen);
+            rc = -1;
+        }
         if (rc < 0) { lua_pop(L, 1); return -1; }
     }
     lua_pop(L, 1);

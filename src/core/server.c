@@ -38,12 +38,80 @@ static int write_pid(const char *path)
     return 0;
 }
 
+/* 0 when path can be opened for writing as a start would open it, else -errno. A file that does
+ * not exist yet is created and removed again, so the answer covers the directory's permissions,
+ * a read-only file system and the like exactly, and -t leaves nothing behind. */
+static int check_writable(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0) { close(fd); return 0; }
+    if (errno == ENXIO) return 0; /* a FIFO nobody reads yet: a start waits for its reader */
+    if (errno != ENOENT) return -errno;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
+/* 0 when addr can be bound the way a worker binds its listener (SO_REUSEADDR and SO_REUSEPORT),
+ * else -errno: so a running moonring's own listeners (same options, same user) do not count as
+ * taken, while a port held by another program, or one this user may not bind, does. The socket
+ * never listens, so it takes no connection from anyone. */
+static int check_bindable(const mr_addr_t *addr)
+{
+    int one = 1, rc = 0;
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)&addr->sa, addr->len) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* What -t checks beyond the file itself: what would make a start fail. Returns 0, or -1 with
+ * err naming the key (file:line: key: ...). */
+static int check_startable(const mr_config_t *cfg, char *err, size_t errlen)
+{
+    int rc;
+    if (strcmp(cfg->error_log, "stderr") != 0 && (rc = check_writable(cfg->error_log)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "error_log: %s: cannot open for writing (%s)", cfg->error_log,
+                        strerror(-rc));
+        return -1;
+    }
+    if (cfg->access_log && strcmp(cfg->access_log, "stdout") != 0 && strcmp(cfg->access_log, "stderr") != 0 &&
+        (rc = check_writable(cfg->access_log)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "access_log: %s: cannot open for writing (%s)", cfg->access_log,
+                        strerror(-rc));
+        return -1;
+    }
+    if (cfg->pid && (rc = check_writable(cfg->pid)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "pid: %s: cannot open for writing (%s)", cfg->pid, strerror(-rc));
+        return -1;
+    }
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if ((rc = check_bindable(&cfg->listen[i].sa)) < 0) {
+            mr_config_error(cfg->file, err, errlen, "listen[%d]: cannot bind %s (%s)", i + 1, cfg->listen[i].addr,
+                            strerror(-rc));
+            return -1;
+        }
+    }
+    if (cfg->admin_addr && (rc = check_bindable(&cfg->admin_sa)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-rc));
+        return -1;
+    }
+    return 0;
+}
+
 int mr_server_check(const char *path)
 {
     char err[2048];
     mr_config_t *cfg = NULL;
-    if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
+    if (mr_config_load(path, &cfg, err, sizeof err) < 0 || check_startable(cfg, err, sizeof err) < 0) {
         fprintf(stderr, "moonring: configuration %s is invalid: %s\n", path, err);
+        mr_config_free(cfg);
         return 1;
     }
     fprintf(stderr, "moonring: configuration %s is ok (%d listeners, %d upstreams, %d routes)\n", path,
@@ -553,15 +621,6 @@ static void *admin_main(void *arg)
     return NULL;
 }
 
-static bool is_loopback(const mr_addr_t *a)
-{
-    if (a->sa.ss_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr) >> 24) == 127;
-    if (a->sa.ss_family == AF_INET6)
-        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
-    return false;
-}
-
 /* A proxy holds two descriptors per proxied request (client and upstream); the usual soft
  * limit of 1024 would cap it far below max_connections. Raise the soft limit to the hard one,
  * as HAProxy does, and say so when even that is short. */
@@ -760,6 +819,11 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         while (atomic_load(&workers[i].ready) == 0) usleep(1000);
         if (atomic_load(&workers[i].ready) < 0) goto stop;
     }
+    /* A start that cannot write its pid file fails: `moonring -s` would not find it. */
+    if (cfg->pid && (rc = write_pid(cfg->pid)) < 0) {
+        mr_error("pid: %s: cannot write the pid file (%s)", cfg->pid, strerror(-rc));
+        goto stop;
+    }
     srv.workers = workers;
     srv.nworkers = nstarted;
     srv.cfg = cfg;
@@ -768,10 +832,6 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     pthread_t admin_thread;
     bool admin_running = false;
     if (cfg->admin_addr) {
-        if (!is_loopback(&cfg->admin_sa)) {
-            mr_error("admin.listen %s: the admin endpoint only listens on loopback addresses", cfg->admin_addr);
-            goto stop;
-        }
         int afd = mr_net_listen(&cfg->admin_sa, 16);
         if (afd < 0) {
             mr_error("admin.listen %s: %s", cfg->admin_addr, strerror(-afd));
@@ -789,7 +849,6 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     for (int k = 0; k < ninh; k++)
         if (!inh[k].used) { close(inh[k].fd); inh[k].used = true; }
     if (ninh) mr_notice("upgrade: adopted %d inherited listening sockets", ninh);
-    if (cfg->pid && write_pid(cfg->pid) < 0) mr_warn("cannot write pid file %s: %s", cfg->pid, strerror(errno));
     for (int i = 0; i < cfg->nlisten; i++) mr_notice("listening on %s", cfg->listen[i].addr);
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
     if (ready_fd >= 0) {
