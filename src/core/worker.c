@@ -17,8 +17,6 @@
 #include "net/net.h"
 #include "proxy/access_log.h"
 
-static int access_log_fd = -1; /* shared by all workers, opened once */
-
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
 
 static void arm_accepts(mr_worker_t *w)
@@ -232,6 +230,16 @@ static void build_reload(mr_worker_t *w)
     atomic_store(&w->reload_state, 1);
 }
 
+/* The access log as cfg wants it: on or off, combined or JSON. The file behind it is the main
+ * thread's (log/log.h: opened, and switched on reloads, there). */
+static void access_log_follow(mr_worker_t *w, const mr_config_t *cfg)
+{
+    if (!w->alog && cfg->access_log && mr_log_access_fd() >= 0)
+        w->alog = mr_access_log_new(w->loop, mr_log_access_fd(), cfg->access_log_json);
+    else if (w->alog)
+        mr_access_log_configure(w->alog, cfg->access_log != NULL, cfg->access_log_json);
+}
+
 static void abort_reload(mr_worker_t *w)
 {
     mr_config_t *cfg = w->reload_cfg;
@@ -252,6 +260,7 @@ static void commit_reload(mr_worker_t *w)
     w->h1limits.max_request_line = cfg->limits.max_request_line;
     w->h1limits.max_header_size = cfg->limits.max_header_size;
     w->h1limits.max_headers = cfg->limits.max_headers;
+    access_log_follow(w, cfg);
     mr_lua_vm_retire(old->lua);
     gen_retired(w, old);
     mr_gen_unref(old);
@@ -323,16 +332,6 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, c
     }
     w->evfd = eventfd(0, EFD_CLOEXEC);
     if (w->evfd < 0) return -errno;
-    if (cfg->access_log && access_log_fd < 0) {
-        if (strcmp(cfg->access_log, "stdout") == 0) access_log_fd = 1;
-        else if (strcmp(cfg->access_log, "stderr") == 0) access_log_fd = 2;
-        else access_log_fd = open(cfg->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (access_log_fd < 0) {
-            int rc = -errno;
-            mr_error("access_log %s: %s", cfg->access_log, strerror(-rc));
-            return rc;
-        }
-    }
     return 0;
 }
 
@@ -373,7 +372,7 @@ static void *worker_main(void *arg)
         mr_cosock_thread_free();
         return NULL;
     }
-    if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
+    access_log_follow(w, w->cfg);
     w->accepting = true;
     arm_accepts(w);
     w->ev_op.fn = event_done;

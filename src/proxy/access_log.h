@@ -14,6 +14,9 @@ typedef struct mr_access_log mr_access_log_t;
 /* fd is shared by all workers (opened O_APPEND by the main thread); not closed here. */
 mr_access_log_t *mr_access_log_new(mr_loop_t *loop, int fd, bool json);
 void mr_access_log_request(mr_access_log_t *al, mr_client_t *c);
+/* A reload's access_log / access_log_format: off stops logging (what is buffered is still
+ * written), json switches the format of the next lines. */
+void mr_access_log_configure(mr_access_log_t *al, bool on, bool json);
 /* Writes what is buffered synchronously; used at shutdown only. */
 void mr_access_log_free(mr_access_log_t *al);
 
