@@ -762,13 +762,16 @@ static void *admin_conn_main(void *arg)
 }
 
 /* The admin endpoint uses plain blocking sockets and threads: it serves operators, not
- * traffic, and must be able to wait for a reload to finish. One accept thread per listener; a
- * reload that moves the endpoint stops this one (stop) and starts another. */
+ * traffic, and must be able to wait for a reload to finish. One detached accept thread per
+ * listener, which frees its admin_t when it ends. A reload that moves the endpoint asks the old
+ * one to stop without waiting for it (admin_stop): it may be serving a connection inline (over
+ * the thread cap) that waits for the very reload lock the caller holds. */
 typedef struct admin {
     int fd;
     atomic_bool stop;
-    pthread_t thread;
 } admin_t;
+
+static atomic_int admin_threads; /* accept threads still running */
 
 static void *admin_main(void *arg)
 {
@@ -791,10 +794,12 @@ static void *admin_main(void *arg)
     }
     pthread_attr_destroy(&attr);
     close(a->fd);
+    free(a);
     /* Connection threads see srv.stopping at their next reload and end within their 2 s read
      * timeout otherwise; wait for them so none outlives the workers. (Not when a reload moved
      * the endpoint: the reload itself may be running in one of them.) */
     for (int i = 0; atomic_load(&srv.stopping) && i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
+    atomic_fetch_sub(&admin_threads, 1);
     return NULL;
 }
 
@@ -802,24 +807,30 @@ static void *admin_main(void *arg)
 static admin_t *admin_start(int fd)
 {
     admin_t *a = calloc(1, sizeof *a);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (a) {
         a->fd = fd;
         atomic_init(&a->stop, false);
-        if (pthread_create(&a->thread, NULL, admin_main, a) == 0) return a;
+        atomic_fetch_add(&admin_threads, 1);
+        pthread_t t;
+        if (pthread_create(&t, &attr, admin_main, a) == 0) {
+            pthread_attr_destroy(&attr);
+            return a;
+        }
+        atomic_fetch_sub(&admin_threads, 1);
         free(a);
     }
+    pthread_attr_destroy(&attr);
     close(fd);
     return NULL;
 }
 
-/* Returns once the accept thread is gone and its socket closed (within its 200 ms poll).
- * Connections it accepted are served to the end on their own threads. */
+/* The accept thread closes its socket and ends within its 200 ms poll; a is gone then. */
 static void admin_stop(admin_t *a)
 {
-    if (!a) return;
-    atomic_store(&a->stop, true);
-    pthread_join(a->thread, NULL);
-    free(a);
+    if (a) atomic_store(&a->stop, true);
 }
 
 /* A proxy holds two descriptors per proxied request (client and upstream); the usual soft
@@ -1135,11 +1146,11 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         }
     }
     atomic_store(&srv.stopping, true);
+    /* Every accept thread sees srv.stopping, waits for its connections and ends. */
+    for (int i = 0; i < 600 && atomic_load(&admin_threads) > 0; i++) usleep(10000);
     pthread_mutex_lock(&srv.lock); /* no reload may be half-way through while workers stop */
-    admin_t *admin = srv.admin;
     srv.admin = NULL;
     pthread_mutex_unlock(&srv.lock);
-    admin_stop(admin);
     cfg = srv.cfg;
     exit_code = 0;
     for (int i = 0; i < nstarted; i++) mr_worker_command(&workers[i], cmd);
