@@ -145,6 +145,51 @@ describe("moonring -t", function()
   end)
 end)
 
+describe("moonring -t on filters and route patterns", function()
+  local function route(r, extra)
+    n = n + 1
+    local path = dir .. "/f" .. n .. ".lua"
+    helpers.write_file(path, ([[
+return {
+  listen = { "127.0.0.1:%d" },
+  %s
+  routes = {
+    %s,
+  },
+}
+]]):format(helpers.free_port(), extra or "", r))
+    return path
+  end
+
+  it("refuses a misspelt phase, so an auth filter cannot silently do nothing", function()
+    local p = route('{ path = "/", handler = function() return 200 end, filters = { { on_reqest = function(req) req:respond(401) end } } }')
+    assert.equal(p .. ":5: routes[1].filters[1].on_reqest: unknown filter phase 'on_reqest' (did you mean 'on_request'?)",
+      refused(p))
+  end)
+
+  it("refuses an unsupported form and a bad stock-filter option", function()
+    local p = route('{ path = "/", handler = function() return 200 end, filters = { { function() end, {} } } }')
+    assert.matches(":5: routes[1].filters[1]: { function, ... } is not a filter form", refused(p), 1, true)
+    p = route('{ path = "/", handler = function() return 200 end, filters = { { "moonring.filters.basic_auth", { user = {} } } } }')
+    assert.matches(":5: routes[1].filters[1]: moonring.filters.basic_auth: unknown option 'user' (did you mean 'users'?)",
+      refused(p), 1, true)
+  end)
+
+  it("runs factories with the shared dicts created (rate_limit checks its dict at load)", function()
+    local r = '{ path = "/", handler = function() return 200 end, filters = { { "moonring.filters.rate_limit", { dict = "rl", rate = 5 } } } }'
+    assert.matches("routes[1].filters[1]: moonring.filters.rate_limit: option 'dict' is invalid: no shared dict named 'rl'",
+      refused(route(r)), 1, true)
+    local out, rc = check(route(r, 'shared = { rl = "1m" },'))
+    assert.equal(0, rc, out)
+  end)
+
+  it("refuses a headers value that is not a valid Lua pattern", function()
+    local p = route('{ path = "/", headers = { ["X-Version"] = "~^v(%d+" }, handler = function() return 200 end }')
+    assert.equal(p .. ':5: routes[1].headers["X-Version"]: bad Lua pattern "^v(%d+": unfinished capture (missing \')\')',
+      refused(p))
+  end)
+end)
+
 describe("a start", function()
   it("fails when the pid file cannot be written, naming the key", function()
     local port = helpers.free_port()

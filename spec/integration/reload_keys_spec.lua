@@ -146,6 +146,16 @@ describe("reload of process-level keys", function()
     helpers.write_file(conf_path, config(o))
   end)
 
+  it("refuses a filter with a misspelt phase and keeps serving", function()
+    helpers.write_file(conf_path, (config(o):gsub('{ path = "/", handler', '{ path = "/", filters = { { on_reqest = print } }, handler')))
+    local res = assert(helpers.http("POST", ("http://127.0.0.1:%d/-/reload"):format(admin), { timeout = 10 }))
+    assert.equal(500, res.status)
+    assert.matches("routes[2].filters[1].on_reqest: unknown filter phase 'on_reqest' (did you mean 'on_request'?)",
+      res.body, 1, true)
+    assert.equal("v1", get("/").body)
+    helpers.write_file(conf_path, config(o))
+  end)
+
   it("moves the pid file", function()
     assert.equal(tostring(mr.pid), (read(dir .. "/one.pid") or ""):match("%d+"))
     local status, body = reload({ pid = "two.pid" })
