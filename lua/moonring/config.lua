@@ -1065,6 +1065,11 @@ local top = S.record({
   end
   out.routes = out.routes or {}
   out.upstream_index = ctx.upstream_index
+  -- The settings of an upstream that sets nothing, for upstreams made at run time
+  -- (req:set_upstream("host:port")): from the same record, so C restates no default.
+  local d = upstream({ servers = { "127.0.0.1:1" } }, { "upstreams" }, ctx)
+  d.servers = nil
+  out.upstream_defaults = d
   return out
 end)
 

@@ -67,6 +67,13 @@ describe("moonring.config", function()
       assert.is_nil(cfg.router)
     end)
 
+    it("gives run-time upstreams the defaults of a named one", function()
+      local cfg = ok(with())
+      assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
+        keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
+        tries = 3 }, cfg.upstream_defaults)
+    end)
+
     it("fills limits and proxy defaults", function()
       local cfg = ok(with())
       assert.same({

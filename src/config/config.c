@@ -550,6 +550,10 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "upstream_defaults");
+    read_upstream_common(L, lua_gettop(L), &cfg->upstream_defaults);
+    lua_pop(L, 1);
+
     if (read_lua_tls(L, top, cfg, err, errlen) < 0) return -1;
 
     lua_getfield(L, top, "shared");

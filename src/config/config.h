@@ -100,6 +100,9 @@ typedef struct {
     int nlisten;
     mr_upstream_conf_t *upstreams;
     int nupstreams;
+    /* The settings of an upstream that sets none (the schema's defaults; no servers, no TLS),
+     * for upstreams made at run time by req:set_upstream("host:port"). */
+    mr_upstream_conf_t upstream_defaults;
     mr_route_conf_t *routes;
     int nroutes;
     bool has_router;
