@@ -389,18 +389,73 @@ local function workers(v, path)
   return v
 end
 
+-- Paths. One rule for every key that names a file: a relative path is relative to the config
+-- file's directory (ctx.dir, absolute), whatever the working directory of the process that
+-- loads it (a systemd unit, `moonring -t` run from elsewhere). The normalised table holds
+-- absolute paths only.
+local function in_dir(v, ctx)
+  if v:sub(1, 1) == "/" or not ctx.dir then return v end
+  return (ctx.dir == "/" and "" or ctx.dir) .. "/" .. v
+end
+
+local function file_path(v, path, ctx)
+  S.string(v, path)
+  return in_dir(v, ctx)
+end
+
+-- pid = false | path
+local function pid_path(v, path, ctx)
+  if v == false then return false end
+  if type(v) ~= "string" or v == "" then expected(path, "path or false", v) end
+  return in_dir(v, ctx)
+end
+
+-- error_log = "stderr" | path
+local function error_log_target(v, path, ctx)
+  if type(v) ~= "string" or v == "" then expected(path, '"stderr" or a path', v) end
+  if v == "stderr" then return v end
+  return in_dir(v, ctx)
+end
+
+-- access_log = false | "stdout" | "stderr" | path
+local function access_log_target(v, path, ctx)
+  if v == false then return false end
+  if type(v) ~= "string" or v == "" then expected(path, 'false, "stdout", "stderr" or a path', v) end
+  if v == "stdout" or v == "stderr" then return v end
+  return in_dir(v, ctx)
+end
+
+-- lua_path: package.path templates; relative ones are made absolute like every other path.
+-- The config's directory comes first. ctx.lua_path is what filter modules are loaded through.
+local function search_path(v, path, ctx)
+  if type(v) ~= "string" then expected(path, "package.path-style string", v) end
+  local d = ctx.dir == "/" and "" or ctx.dir
+  local out = { d .. "/?.lua", d .. "/?/init.lua" }
+  for entry in v:gmatch("[^;]+") do
+    if not entry:find("?", 1, true) then
+      fail(path, "entry " .. quote(entry) .. " has no '?' (write templates like \"lib/?.lua\")")
+    end
+    out[#out + 1] = in_dir(entry, ctx)
+  end
+  ctx.lua_path = concat(out, ";") .. ";"
+  return ctx.lua_path
+end
+
 -- TLS. Files are checked here (readable, named by key and file) so the common mistakes get a
 -- source line; the C engine then checks their contents (PEM, key matches certificate) and its
--- messages get the line of the key they name (M.line_of). Relative paths are relative to the
--- config file's directory.
+-- messages get the line of the key they name (M.line_of).
 local function readable_file(v, path, ctx)
-  S.string(v, path)
-  if v:sub(1, 1) ~= "/" and ctx.dir then v = (ctx.dir == "/" and "" or ctx.dir) .. "/" .. v end
+  v = file_path(v, path, ctx)
   local f, err = io.open(v, "rb")
+  -- a directory opens, but does not read
+  if f then
+    local data, rerr = f:read(1)
+    f:close()
+    if data == nil and rerr then f, err = nil, rerr end
+  end
   if not f then
     fail(path, fmt("%s: cannot read (%s)", v, (tostring(err):gsub("^.-: ", ""))))
   end
-  f:close()
   return v
 end
 
@@ -603,6 +658,85 @@ local function method(v, path)
   expected(path, "HTTP method name", v)
 end
 
+-- Checks the syntax of a Lua pattern the way string.find would, but up front: find only
+-- raises on the part of a pattern that a subject reaches, so probing with sample strings misses
+-- errors (a bad pattern would then fail on some request, as a 500). Follows LuaJIT's
+-- lib_string.c (Lua 5.1's lstrlib.c). Returns nil, or a message.
+local MAXCAPTURES = 32
+
+-- for_find: the pattern is used with string.find, which LuaJIT runs as a plain search when the
+-- pattern holds none of ^$*+?.([%- (so "a)" is fine there, but not with gsub or match).
+function M.lua_pattern_error(p, for_find)
+  if type(p) ~= "string" then return "a pattern must be a string, got " .. type(p) end
+  if for_find and not p:find("[%^%$%*%+%?%.%(%[%%%-]") then return nil end
+  local n, i = #p, 1
+  local open = {}        -- stack of unfinished captures (their numbers)
+  local closed = {}      -- capture number -> true once closed
+  local ncap = 0
+  if p:sub(1, 1) == "^" then i = 2 end
+  -- end of the single-character class starting at i (as classEnd)
+  local function class_end(j)
+    local c = p:sub(j, j)
+    j = j + 1
+    if c == "%" then
+      if j > n then return nil, "malformed pattern (ends with '%')" end
+      return j + 1
+    elseif c == "[" then
+      if p:sub(j, j) == "^" then j = j + 1 end
+      repeat -- the first character is taken as is, so "[]]" is a set holding "]"
+        if j > n then return nil, "malformed pattern (missing ']')" end
+        local d = p:sub(j, j)
+        j = j + 1
+        if d == "%" and j <= n then j = j + 1 end
+      until p:sub(j, j) == "]"
+      return j + 1
+    end
+    return j
+  end
+  while i <= n do
+    local c = p:sub(i, i)
+    if c == "(" then
+      ncap = ncap + 1
+      if ncap > MAXCAPTURES then return "too many captures (at most " .. MAXCAPTURES .. ")" end
+      if p:sub(i + 1, i + 1) == ")" then -- position capture
+        closed[ncap] = true
+        i = i + 2
+      else
+        open[#open + 1] = ncap
+        i = i + 1
+      end
+    elseif c == ")" then
+      local k = table.remove(open)
+      if not k then return "invalid pattern capture (')' without '(')" end
+      closed[k] = true
+      i = i + 1
+    elseif c == "$" and i == n then
+      i = i + 1
+    elseif c == "%" and p:sub(i + 1, i + 1) == "b" then
+      if i + 3 > n then return "missing arguments to '%b' (write %bxy)" end
+      i = i + 4
+    elseif c == "%" and p:sub(i + 1, i + 1) == "f" then
+      i = i + 2
+      if p:sub(i, i) ~= "[" then return "missing '[' after '%f' in pattern" end
+      local e, err = class_end(i)
+      if not e then return err end
+      i = e
+    elseif c == "%" and p:sub(i + 1, i + 1):match("%d") then
+      local l = tonumber(p:sub(i + 1, i + 1))
+      if l == 0 or not closed[l] then return "invalid capture index %" .. l .. " (no such closed capture)" end
+      i = i + 2
+    else
+      local e, err = class_end(i)
+      if not e then return err end
+      i = e
+      local q = p:sub(i, i)
+      if q == "?" or q == "*" or q == "+" or q == "-" then i = i + 1 end
+    end
+  end
+  if #open > 0 then return "unfinished capture (missing ')')" end
+  return nil
+end
+
 local function header_map(v, path)
   if type(v) ~= "table" then expected(path, "table of header name = value", v) end
   local out, orig = {}, {}
@@ -617,6 +751,12 @@ local function header_map(v, path)
     local p = join(path, k)
     if not k:match("^[%w!#$%%&'*+.^_`|~-]+$") then fail(path, "invalid header name " .. quote(k), p) end
     if type(val) ~= "string" then expected(p, "string", val) end
+    -- "~pattern" is matched with string.find on every request: check it now, not on the first
+    -- request that reaches it.
+    if val:sub(1, 1) == "~" then
+      local perr = M.lua_pattern_error(val:sub(2), true)
+      if perr then fail(p, "bad Lua pattern " .. quote(val:sub(2)) .. ": " .. perr) end
+    end
     local lk = k:lower()
     if orig[lk] then fail(path, fmt("header %s given twice (as %s and %s)", quote(lk), quote(orig[lk]), quote(k)), p) end
     orig[lk], out[lk] = k, val
@@ -634,15 +774,147 @@ local function lua_pattern(v, path)
   return v
 end
 
-local filter = function(v, path)
-  if type(v) == "table" then return v end
-  if type(v) == "string" and v ~= "" then return v end
-  expected(path, "filter name or table", v)
+-- Filters ---------------------------------------------------------------------------------------
+--
+-- Every entry of a route's `filters` is resolved here, at load, into a filter table: modules are
+-- required, factories called with their options, and every filter table checked. So `moonring
+-- -t`, a start and a reload all refuse what would otherwise pass and never run (a misspelt phase,
+-- a form the core does not take), with the file, line and key. The forms:
+--   "module"                 the module returns a filter table, or a factory (called with {})
+--   { "module", options }    the module returns a factory, called with the options table
+--   { on_request = fn, ... } an inline filter table: phase keys only
+-- The resolved chain goes to the runtime in route.chain, so each VM calls a factory once.
+
+local PHASES = { "on_request", "on_response", "on_body", "on_log" }
+local PHASE_SET = { on_request = true, on_response = true, on_body = true, on_log = true }
+local PHASE_LIST = "on_request, on_response, on_body, on_log"
+-- For "did you mean" on a misspelt stock filter (spec/unit/config_spec.lua keeps this in step
+-- with lua/moonring/filters/).
+M.STOCK_FILTERS = {
+  "moonring.filters.access_log_json", "moonring.filters.basic_auth", "moonring.filters.cors",
+  "moonring.filters.headers", "moonring.filters.ip_restriction", "moonring.filters.rate_limit",
+  "moonring.filters.redirect", "moonring.filters.request_id", "moonring.filters.respond",
+  "moonring.filters.rewrite",
+}
+
+-- This file is <lua dir>/moonring/config.lua; the same directory comes first at runtime (see
+-- config.c), so `require "moonring"` means ours even next to a config file named moonring.lua.
+local own_path = ""
+do
+  local src = debug.getinfo(1, "S").source
+  local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/moonring/config%.lua$")
+  if dir then own_path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" end
+end
+
+local function first_line(s)
+  return (tostring(s):gsub("\n.*", ""))
+end
+
+local function require_filter(name, path, ctx)
+  local saved = package.path
+  package.path = own_path .. (ctx.lua_path or "") .. saved
+  local ok, mod = pcall(require, name)
+  package.path = saved
+  if ok then return mod end
+  local msg = tostring(mod)
+  if msg:find("^module '" .. name:gsub("%p", "%%%0") .. "' not found") then
+    local hint = did_you_mean(name, M.STOCK_FILTERS)
+    fail(path, "filter module '" .. name .. "' not found (searched the config's directory, lua_path and "
+      .. "moonring's lua/)" .. hint)
+  end
+  -- A module that fails to compile: its own file:line is on the second line.
+  local inner = msg:match("^error loading module '[^']*' from file [^\n]*\n%s*([^\n]+)")
+  fail(path, "cannot load filter module '" .. name .. "': " .. (inner or first_line(msg)))
+end
+
+-- strict: an inline table, where anything but a phase is a mistake. A table a module or a
+-- factory returns may carry other fields, but none that looks like a misspelt phase.
+local function check_filter_table(f, path, strict, whose)
+  local keys, nphases = {}, 0
+  for k in pairs(f) do keys[#keys + 1] = k end
+  sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(keys) do
+    local v = f[k]
+    if PHASE_SET[k] then
+      if type(v) ~= "function" then
+        fail(join(path, k), "filter phase must be a function" .. whose .. ", got " .. describe(v))
+      end
+      nphases = nphases + 1
+    elseif type(k) ~= "string" then
+      if strict then
+        fail(path, "unexpected list item [" .. tostring(k) .. "] in a filter table (phases are named: "
+          .. PHASE_LIST .. ")")
+      end
+    else
+      local hint = suggest(k, PHASES)
+      if strict or hint or k:sub(1, 3):lower() == "on_" then
+        fail(join(path, k), "unknown filter phase '" .. k .. "'" .. whose
+          .. (hint and (" (did you mean '" .. hint .. "'?)") or (" (phases: " .. PHASE_LIST .. ")")))
+      end
+    end
+  end
+  if strict and nphases == 0 then fail(path, "a filter table needs at least one phase (" .. PHASE_LIST .. ")") end
+end
+
+local FILTER_FORMS = 'a module name, { "module", options } or a table of phase functions'
+
+local function filter(v, path, ctx)
+  local t = type(v)
+  if t == "table" and v[1] == nil then
+    check_filter_table(v, path, true, "")
+    return { filter = v }
+  end
+  local name, opts
+  if t == "string" and v ~= "" then
+    name = v
+  elseif t == "table" then
+    if type(v[1]) == "function" then
+      fail(path, "{ function, ... } is not a filter form: name the factory's module ({ \"my.filter\", options })"
+        .. " or write the phases by name ({ on_request = function(req, ctx) ... end })")
+    end
+    if type(v[1]) ~= "string" or v[1] == "" then expected(join(path, 1), "filter module name", v[1]) end
+    for k in pairs(v) do
+      if k ~= 1 and k ~= 2 then
+        if type(k) == "string" then
+          fail(join(path, k), "unexpected key '" .. k .. "' in { module, options }: options go in a table, "
+            .. "{ " .. quote(v[1]) .. ", { " .. k .. " = ... } }")
+        end
+        fail(path, "{ module, options } takes two items, got item [" .. tostring(k) .. "]")
+      end
+    end
+    name, opts = v[1], v[2]
+    if opts ~= nil and type(opts) ~= "table" then expected(join(path, 2), "options table", opts) end
+  elseif t == "function" then
+    fail(path, "a function is not a filter: write { on_request = function(req, ctx) ... end } for an inline"
+      .. " phase, or name a module")
+  else
+    expected(path, FILTER_FORMS, v)
+  end
+  local mod = require_filter(name, path, ctx)
+  local f
+  if type(mod) == "function" then
+    local ok, made = pcall(mod, opts or {})
+    if not ok then fail(path, first_line(type(made) == "string" and made or describe(made))) end
+    if type(made) ~= "table" then
+      fail(path, "the factory in module '" .. name .. "' returned " .. describe(made) .. ", not a filter table")
+    end
+    f = made
+  elseif type(mod) == "table" then
+    if opts ~= nil then
+      fail(join(path, 2), "module '" .. name .. "' returns a filter table, not a factory, so it takes no options")
+    end
+    f = mod
+  else
+    fail(path, "module '" .. name .. "' returned " .. describe(mod) .. ", not a filter table or a factory function")
+  end
+  check_filter_table(f, path, false, " (in module '" .. name .. "')")
+  return { filter = f, module = name }
 end
 
 local function finish_route(out, raw, path, ctx)
   local i = path[#path]
   out.index = i
+  out.filters = raw.filters -- as written; the resolved filters are in out.chain
   out.name = out.name or fmt("routes[%d]", i)
   if out.upstream ~= nil and out.handler ~= nil then
     fail(path, "has both 'upstream' and 'handler' (set exactly one)")
@@ -664,6 +936,9 @@ local function finish_route(out, raw, path, ctx)
       if why == "port" then fail(p, "port must be 1-65535, got " .. describe(up)) end
       if not a then expected(p, 'upstream name or "host:port"', up) end
       out.upstream_addr = a
+      -- the settings of an upstream with that one server, every default filled in as for a
+      -- named upstream (the C side restates none)
+      out.adhoc = upstream({ servers = { up } }, p, ctx)
     else
       local id = ctx.upstream_index[up]
       if not id then
@@ -690,7 +965,7 @@ local route = S.record({
   { "match", S.func },
   { "upstream", S.string },
   { "handler", S.func },
-  { "filters", S.list(filter, { what = "list of filters" }) },
+  { "filters", S.list(filter, { what = "list of filters" }), out = "chain" },
   { "set_host", S.string },
   { "strip_prefix", S.bool, default = false },
   { "client_max_body_size", S.size() },
@@ -750,26 +1025,40 @@ local reload = S.record({
   { "drain_timeout", S.duration(1), default = "60s", out = "drain_timeout_ms" },
 })
 
+-- Shared dicts must exist before filter factories run (a rate limiter checks its dict when it
+-- is built), so the C loader passes a hook that creates them as soon as `shared` is validated.
+local function shared_defined(v, path, ctx)
+  local list = shared(v, path, ctx)
+  if ctx.define_shared then
+    for _, d in ipairs(list) do
+      local ok, err = ctx.define_shared(d.name, d.size)
+      if not ok then fail(join(path, d.name), err or "cannot create the shared dict") end
+    end
+  end
+  return list
+end
+
+-- Field order matters: lua_path and shared come before routes, whose filters need both.
 local top = S.record({
   { "workers", workers, default = "auto" },
-  { "pid", S.string_or_false, default = false },
-  { "error_log", S.string, default = "stderr" },
+  { "pid", pid_path, default = false },
+  { "error_log", error_log_target, default = "stderr" },
   { "log_level", S.enum("debug", "info", "notice", "warn", "error"), default = "info" },
-  { "access_log", S.string_or_false, default = false },
+  { "access_log", access_log_target, default = false },
   { "access_log_format", S.enum("combined", "json"), default = "combined" },
   { "loop", S.enum("auto", "io_uring", "epoll"), default = "auto" },
-  { "lua_path", S.string },
+  { "lua_path", search_path, default = "" },
   { "shutdown_timeout", S.duration(), default = "10s", out = "shutdown_timeout_ms" },
   { "listen", listen, required = true },
   { "admin", admin },
   { "reload", reload, default = {} },
+  { "shared", shared_defined, default = {} },
   { "upstreams", upstreams, default = {} },
   { "routes", S.list(route, { what = "list of routes" }) },
   { "router", S.func },
   { "init_worker", S.func },
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
-  { "shared", shared, default = {} },
   { "lua", lua_opts, default = {} },
 }, function(out, raw, path, ctx)
   if not out.router then
@@ -778,8 +1067,11 @@ local top = S.record({
   end
   out.routes = out.routes or {}
   out.upstream_index = ctx.upstream_index
-  local d = ctx.dir == "/" and "" or ctx.dir
-  out.lua_path = d .. "/?.lua;" .. d .. "/?/init.lua;" .. (out.lua_path or "")
+  -- The settings of an upstream that sets nothing, for upstreams made at run time
+  -- (req:set_upstream("host:port")): from the same record, so C restates no default.
+  local d = upstream({ servers = { "127.0.0.1:1" } }, { "upstreams" }, ctx)
+  d.servers = nil
+  out.upstream_defaults = d
   return out
 end)
 
@@ -1006,15 +1298,6 @@ end
 -- Public API
 ---------------------------------------------------------------------------
 
--- This file is <lua dir>/moonring/config.lua; the same directory comes first at runtime (see
--- config.c), so `require "moonring"` means ours even next to a config file named moonring.lua.
-local own_path = ""
-do
-  local src = debug.getinfo(1, "S").source
-  local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/moonring/config%.lua$")
-  if dir then own_path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" end
-end
-
 local function dirname(path)
   local d = path:match("^(.*)/[^/]*$")
   if d == nil then return "." end
@@ -1022,12 +1305,43 @@ local function dirname(path)
   return d
 end
 
-function M.normalise(tbl, file)
+-- realpath(3) through the FFI when there is one (LuaJIT), else $PWD.
+local realpath
+do
+  local okf, ffi = pcall(require, "ffi")
+  if okf then
+    pcall(ffi.cdef, "char *realpath(const char *path, char *resolved_path);")
+    pcall(ffi.cdef, "void free(void *ptr);")
+    realpath = function(p)
+      local ok, r = pcall(ffi.C.realpath, p, nil)
+      if not ok or r == nil then return nil end
+      local s = ffi.string(r)
+      ffi.C.free(r)
+      return s
+    end
+  end
+end
+
+-- The absolute directory of a config file: relative paths in it are relative to this, whatever
+-- the working directory.
+local function config_dir(file)
+  local d = dirname(file)
+  if d:sub(1, 1) == "/" then return realpath and realpath(d) or d end
+  local abs = realpath and realpath(d)
+  if abs then return abs end
+  local pwd = os.getenv("PWD")
+  if not pwd then return d end
+  return d == "." and pwd or (pwd .. "/" .. d)
+end
+
+-- opts.define_shared(name, size) -> true | nil, err: creates a shared dict (the C loader's hook;
+-- see shared_defined).
+function M.normalise(tbl, file, opts)
   file = file or "config"
   if type(tbl) ~= "table" then
     return nil, file .. ": config must return a table, got " .. type(tbl)
   end
-  local ctx = { dir = dirname(file) }
+  local ctx = { dir = config_dir(file), define_shared = opts and opts.define_shared }
   local ok, res = pcall(top, tbl, {}, ctx)
   if not ok then
     if type(res) ~= "table" then return nil, file .. ": " .. tostring(res) end
@@ -1040,6 +1354,7 @@ function M.normalise(tbl, file)
   return res
 end
 
+-- opts.env: extra globals for the chunk; opts.define_shared: see M.normalise.
 function M.load(path, opts)
   if type(path) ~= "string" then return nil, "config path must be a string, got " .. type(path) end
   local chunk, err = loadfile(path)
@@ -1052,7 +1367,7 @@ function M.load(path, opts)
   -- Let the config require modules that sit next to it, as it will be able to
   -- at runtime through lua_path; restore package.path so loading has no lasting
   -- side effects on the caller.
-  local d = dirname(path)
+  local d = config_dir(path)
   d = d == "/" and "" or d
   local saved = package.path
   package.path = own_path .. d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
@@ -1067,7 +1382,7 @@ function M.load(path, opts)
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
     return nil, (res:gsub("\n.*", ""))
   end
-  return M.normalise(res, path)
+  return M.normalise(res, path, opts)
 end
 
 -- The source line of a key path written as in messages ("listen[2].tls.certs[1].key"), or nil:

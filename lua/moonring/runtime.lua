@@ -340,40 +340,17 @@ function res_methods.del_header(self, name) return set_res_header(self, "res:del
 
 -- Chains ----------------------------------------------------------------------------------------
 
--- Resolves one entry of a route's `filters` list into a filter table.
-local function resolve_filter(entry, where)
-  local name, opts = entry, nil
-  if type(entry) == "table" and type(entry[1]) == "string" then name, opts = entry[1], entry[2] end
-  local f = name
-  if type(name) == "string" then
-    local ok, mod = pcall(require, name)
-    if not ok then error(where .. ": cannot load filter module '" .. name .. "': " .. tostring(mod), 0) end
-    f = mod
-  end
-  if type(f) == "function" then
-    local ok, made = pcall(f, opts or {})
-    if not ok then error(where .. ": " .. tostring(made), 0) end
-    f = made
-  end
-  if type(f) ~= "table" then error(where .. ": a filter must be a table of phase functions", 0) end
-  for k, v in pairs(f) do
-    if (k == "on_request" or k == "on_response" or k == "on_body" or k == "on_log") and type(v) ~= "function" then
-      error(where .. "." .. k .. ": must be a function", 0)
-    end
-  end
-  return f
-end
-
+-- Builds a route's phase lists from its filters, which the config loader already resolved and
+-- checked (route.chain: { filter = table, module = name or nil } per entry; see
+-- lua/moonring/config.lua), so nothing here can fail on a user's mistake.
 local function compile_route(r)
   local chain = { route = r, req = {}, resp = {}, body = {}, log = {}, flags = 0,
                   -- who each phase function belongs to, for error messages (see step)
                   names = { {}, {}, {}, {}, {} } }
   local n = chain.names
-  for i, entry in ipairs(r.filters or {}) do
-    local where = r.name .. ".filters[" .. i .. "]"
-    local f = resolve_filter(entry, where)
-    local mod = type(entry) == "string" and entry or type(entry) == "table" and type(entry[1]) == "string" and entry[1]
-    local name = "filter " .. where .. (mod and (" (" .. mod .. ")") or "")
+  for i, e in ipairs(r.chain or {}) do
+    local f = e.filter
+    local name = "filter " .. r.name .. ".filters[" .. i .. "]" .. (e.module and (" (" .. e.module .. ")") or "")
     if f.on_request then chain.req[#chain.req + 1] = f.on_request; n[1][#chain.req] = name end
     if f.on_response then -- reverse: unwinding
       table.insert(chain.resp, 1, f.on_response)
@@ -426,7 +403,8 @@ function M.route(r)
   return M.match(req)
 end
 
--- Validates every route's chain (used by `moonring -t` and before a reload).
+-- Builds every route's chain from a loaded config (the config loader, src/config/config.c,
+-- runs it after validation; filters were resolved and checked by the load itself).
 function M.check(cfg)
   for _, r in ipairs(cfg.routes or {}) do compile_route(r) end
   return true

@@ -67,6 +67,13 @@ describe("moonring.config", function()
       assert.is_nil(cfg.router)
     end)
 
+    it("gives run-time upstreams the defaults of a named one", function()
+      local cfg = ok(with())
+      assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
+        keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
+        tries = 3 }, cfg.upstream_defaults)
+    end)
+
     it("fills limits and proxy defaults", function()
       local cfg = ok(with())
       assert.same({
@@ -91,19 +98,20 @@ describe("moonring.config", function()
     end)
 
     it("records file, dir and lua_path relative to the config", function()
-      local cfg, _, path = load_src(with('lua_path = "/opt/lib/?.lua"'))
+      local cfg, _, path = load_src(with('lua_path = "/opt/lib/?.lua;vendor/?.lua"'))
       local dir = path:match("^(.*)/")
       assert.equal(path, cfg.file)
       assert.equal(dir, cfg.dir)
-      assert.equal(dir .. "/?.lua;" .. dir .. "/?/init.lua;/opt/lib/?.lua", cfg.lua_path)
+      assert.equal(dir .. "/?.lua;" .. dir .. "/?/init.lua;/opt/lib/?.lua;" .. dir .. "/vendor/?.lua;", cfg.lua_path)
     end)
 
-    it("uses '.' as dir for a bare file name", function()
+    it("makes dir absolute for a bare file name (the working directory's)", function()
       local cfg = assert(config.normalise({
         listen = { "1.2.3.4:80" }, routes = { { handler = print } },
       }, "moonring.lua"))
-      assert.equal(".", cfg.dir)
-      assert.equal("./?.lua;./?/init.lua;", cfg.lua_path)
+      local pwd = io.popen("pwd -P"):read("*l")
+      assert.equal(pwd, cfg.dir)
+      assert.equal(pwd .. "/?.lua;" .. pwd .. "/?/init.lua;", cfg.lua_path)
     end)
   end)
 
@@ -296,7 +304,8 @@ describe("moonring.config", function()
         routes = {
           { name = "api", path = "/api/", host = "API.Example.com", method = "get",
             upstream = "origin", strip_prefix = true, set_host = "backend",
-            client_max_body_size = "10m", filters = { "gzip", { "cors", origin = "*" } } },
+            client_max_body_size = "10m", filters = { "moonring.filters.request_id",
+              { "moonring.filters.cors", { origins = "*" } }, { on_log = print } } },
           { exact = "/health", host = { "*.example.com", "example.com" }, method = { "get", "head" },
             handler = function() end },
           { headers = { ["X-Debug"] = "1" }, upstream = "10.1.1.1:8000" },
@@ -310,7 +319,16 @@ describe("moonring.config", function()
       assert.equal(1, r1.upstream_id)
       assert.equal("upstream", r1.kind)
       assert.equal(10485760, r1.client_max_body_size)
-      assert.same({ "gzip", { "cors", origin = "*" } }, r1.filters)
+      assert.same({ "moonring.filters.request_id", { "moonring.filters.cors", { origins = "*" } },
+        { on_log = print } }, r1.filters)
+      -- filters are resolved at load: module names required, factories called
+      assert.equal(3, #r1.chain)
+      assert.equal("moonring.filters.request_id", r1.chain[1].module)
+      assert.is_function(r1.chain[1].filter.on_request)
+      assert.equal("moonring.filters.cors", r1.chain[2].module)
+      assert.is_function(r1.chain[2].filter.on_response)
+      assert.is_nil(r1.chain[3].module)
+      assert.equal(print, r1.chain[3].filter.on_log)
       assert.is_true(r1.simple)
       assert.is_true(r1.strip_prefix)
 
@@ -324,6 +342,10 @@ describe("moonring.config", function()
 
       assert.is_nil(r3.upstream_id)
       assert.same({ addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000 }, r3.upstream_addr)
+      -- a literal address gets an upstream's settings, defaults filled in here (C restates none)
+      assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
+        keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
+        tries = 3, servers = { { addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000, weight = 1 } } }, r3.adhoc)
       assert.same({ ["x-debug"] = "1" }, r3.headers)
       assert.is_false(r3.simple)
       assert.is_false(r4.simple)
@@ -516,9 +538,10 @@ return t]]))
       local cfg = assert(load_src([[
         leaked_global = 1
         return { listen = { host .. ":8080" }, routes = { { handler = print } },
-                 error_log = type(string.format) }]], { env = { host = "10.0.0.1" } }))
+                 log_level = type(string.format) == "function" and "warn" or "debug" }]],
+        { env = { host = "10.0.0.1" } }))
       assert.equal("10.0.0.1:8080", cfg.listen[1].addr)
-      assert.equal("function", cfg.error_log)
+      assert.equal("warn", cfg.log_level)
       assert.is_nil(rawget(_G, "leaked_global"))
     end)
 

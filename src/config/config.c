@@ -1,6 +1,9 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -29,32 +32,72 @@ static char *dupstr(lua_State *L, int idx, const char *key)
     return s;
 }
 
-static long long getint(lua_State *L, int idx, const char *key, long long dflt)
+/* Fields of the validated table. The schema (lua/moonring/config.lua) fills in every default,
+ * so C restates none: a key the schema should have filled is a bug there, and the load reports
+ * it (need_*: the first missing key is kept in missing_key and read_config fails) instead of
+ * hiding it behind a second copy of the default. Keys that are optional in the schema, with no
+ * default, are read with opt_int and say there what their absence means. Loads run on one
+ * thread each (main or admin), hence thread-local. */
+static _Thread_local const char *missing_key;
+
+static bool has(lua_State *L, int idx, const char *key, int type)
 {
     lua_getfield(L, idx, key);
-    long long v = dflt;
-    if (lua_isnumber(L, -1)) {
-        /* Clamp before converting: a double out of range is undefined behaviour in C, and every
-         * field read through here fits in 32 bits (sizes are capped at 2^40 separately). */
-        double d = lua_tonumber(L, -1);
-        v = d != d ? dflt : d > 1099511627776.0 ? 1099511627776LL : d < -1 ? -1 : (long long)d;
-    }
+    if (lua_type(L, -1) == type) return true;
+    if (!missing_key) missing_key = key;
+    return false;
+}
+
+/* Clamped before converting: a double out of range is undefined behaviour in C, and every field
+ * read through here fits in 32 bits (sizes are capped at 2^40 separately). */
+static long long to_int(double d)
+{
+    return d != d ? 0 : d > 1099511627776.0 ? 1099511627776LL : d < -1 ? -1 : (long long)d;
+}
+
+static long long need_int(lua_State *L, int idx, const char *key)
+{
+    long long v = has(L, idx, key, LUA_TNUMBER) ? to_int(lua_tonumber(L, -1)) : 0;
     lua_pop(L, 1);
     return v;
 }
 
-static uint32_t getu32(lua_State *L, int idx, const char *key, uint32_t dflt)
+static uint32_t need_u32(lua_State *L, int idx, const char *key)
 {
-    long long v = getint(L, idx, key, dflt);
+    long long v = need_int(L, idx, key);
     return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
-static bool getbool(lua_State *L, int idx, const char *key, bool dflt)
+static bool need_bool(lua_State *L, int idx, const char *key)
 {
-    lua_getfield(L, idx, key);
-    bool v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : dflt;
+    bool v = has(L, idx, key, LUA_TBOOLEAN) && lua_toboolean(L, -1);
     lua_pop(L, 1);
     return v;
+}
+
+static char *need_str(lua_State *L, int idx, const char *key)
+{
+    char *s = has(L, idx, key, LUA_TSTRING) ? strdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return s;
+}
+
+/* A key the schema leaves out when it is not set; `absent` is what that means here. */
+static long long opt_int(lua_State *L, int idx, const char *key, long long absent)
+{
+    lua_getfield(L, idx, key);
+    long long v = lua_isnumber(L, -1) ? to_int(lua_tonumber(L, -1)) : absent;
+    lua_pop(L, 1);
+    return v;
+}
+
+static bool is_loopback(const mr_addr_t *a)
+{
+    if (a->sa.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr) >> 24) == 127;
+    if (a->sa.ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
+    return false;
 }
 
 static int resolve(const char *what, const char *host, int port, mr_addr_t *out, char *err, size_t errlen)
@@ -73,9 +116,10 @@ static int method_bit(const char *name)
     return -1;
 }
 
-/* An error from the TLS engine starts with the key path it is about ("listen[2].tls.certs[1]:
- * ..."): put the file and that key's source line in front, like the Lua validator does. */
-static void tls_error(lua_State *L, const char *file, const char *msg, char *err, size_t errlen)
+/* An error found outside the schema (by the TLS engine, a resolver, a start check) starts with
+ * the key path it is about ("listen[2].tls.certs[1]: ..."): put the file and that key's source
+ * line in front, like the Lua validator does. L is a state with moonring.config loadable. */
+static void keyed_error(lua_State *L, const char *file, const char *msg, char *err, size_t errlen)
 {
     const char *colon = strstr(msg, ": ");
     long line = 0;
@@ -91,6 +135,27 @@ static void tls_error(lua_State *L, const char *file, const char *msg, char *err
     lua_settop(L, top);
     if (line > 0) snprintf(err, errlen, "%s:%ld: %s", file, line, msg);
     else snprintf(err, errlen, "%s: %s", file, msg);
+}
+
+void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt, ...)
+{
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lua_State *L = luaL_newstate();
+    if (!L) { snprintf(err, errlen, "%s: %s", file, msg); return; }
+    luaL_openlibs(L);
+    const char *dir = mr_config_lua_dir();
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    keyed_error(L, file, msg, err, errlen);
+    lua_close(L);
 }
 
 /* A list of strings at t[key], NULL-terminated (NULL when absent). */
@@ -149,17 +214,17 @@ static int read_listen_tls(lua_State *L, int t, const char *file, mr_listen_conf
                        : strcmp(verify, "optional") == 0  ? MR_TLS_VERIFY_OPTIONAL
                                                           : MR_TLS_VERIFY_REQUIRE;
     sc.client_ca = ca;
-    sc.verify_depth = (int)getint(L, t, "verify_depth", 0);
+    sc.verify_depth = (int)opt_int(L, t, "verify_depth", 0); /* 0: OpenSSL's */
     /* About 4000 sessions per MiB, as nginx counts its shared cache. */
-    long long cache = getint(L, t, "session_cache", 0);
+    long long cache = need_int(L, t, "session_cache");
     sc.session_cache = cache > 0 ? (long)(cache * 4000 / (1024 * 1024)) + 1 : 0;
-    sc.no_tickets = !getbool(L, t, "session_tickets", true);
-    ls->ticket_rotation_ms = getu32(L, t, "ticket_rotation_ms", 43200000);
+    sc.no_tickets = !need_bool(L, t, "session_tickets");
+    ls->ticket_rotation_ms = need_u32(L, t, "ticket_rotation_ms");
     /* A session outlives at most one rotation (the previous key still decrypts). */
     sc.session_timeout = (long)(ls->ticket_rotation_ms / 1000);
     char msg[1024];
     int rc = certs ? mr_tls_server_ctx_new(&sc, &ls->tls, msg, sizeof msg) : -1;
-    if (rc < 0) tls_error(L, file, certs ? msg : "out of memory", err, errlen);
+    if (rc < 0) keyed_error(L, file, certs ? msg : "out of memory", err, errlen);
     for (size_t i = 0; certs && i < ncerts; i++) {
         free((char *)certs[i].cert_path);
         free((char *)certs[i].key_path);
@@ -178,7 +243,7 @@ static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_
     char *ciphers = dupstr(L, t, "ciphers"), *suites = dupstr(L, t, "ciphersuites"), *ca = dupstr(L, t, "ca");
     char *cert = dupstr(L, t, "cert"), *key = dupstr(L, t, "key");
     cc.where = where;
-    cc.verify = getbool(L, t, "verify", true);
+    cc.verify = need_bool(L, t, "verify");
     cc.ca_file = ca;
     cc.cert_path = cert;
     cc.key_path = key;
@@ -188,7 +253,7 @@ static int read_upstream_tls(lua_State *L, int t, const char *file, mr_upstream_
     cc.ciphersuites = suites;
     char msg[1024];
     int rc = mr_tls_client_ctx_new(&cc, &u->tls, msg, sizeof msg);
-    if (rc < 0) tls_error(L, file, msg, err, errlen);
+    if (rc < 0) keyed_error(L, file, msg, err, errlen);
     free(where); free(minp); free(maxp); free(ciphers); free(suites); free(ca); free(cert); free(key);
     return rc;
 }
@@ -228,8 +293,8 @@ static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size
     lua_getfield(L, top, "lua");
     int t = lua_gettop(L);
     mr_tls_client_conf_t cc = { .where = "lua.ssl_trusted_certificate" };
-    char *ca = lua_istable(L, t) ? dupstr(L, t, "ssl_trusted_certificate") : NULL;
-    cc.verify_depth = lua_istable(L, t) ? (int)getint(L, t, "ssl_verify_depth", 0) : 0;
+    char *ca = dupstr(L, t, "ssl_trusted_certificate");
+    cc.verify_depth = (int)opt_int(L, t, "ssl_verify_depth", 0); /* 0: OpenSSL's */
     lua_pop(L, 1);
     char msg[1024];
     int rc = mr_tls_client_ctx_new(&cc, &cfg->lua_tls[0], msg, sizeof msg);
@@ -243,7 +308,7 @@ static int read_lua_tls(lua_State *L, int top, mr_config_t *cfg, char *err, size
         /* The engine names the CA file "<where>.ca": the key is where itself. */
         char *dot = strstr(msg, ".ca: ");
         if (dot) memmove(dot, dot + 3, strlen(dot + 3) + 1);
-        tls_error(L, cfg->file, msg, err, errlen);
+        keyed_error(L, cfg->file, msg, err, errlen);
     }
     free(ca);
     return rc;
@@ -260,8 +325,11 @@ static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char
         int t = lua_gettop(L);
         mr_server_conf_t *s = &u->servers[j];
         s->addr = dupstr(L, t, "addr");
-        s->weight = (int)getint(L, t, "weight", 1);
-        if (getbool(L, t, "tls", false) && s->addr) {
+        s->weight = (int)need_int(L, t, "weight");
+        lua_getfield(L, t, "tls"); /* true on a TLS upstream's servers, absent otherwise */
+        bool tls = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (tls && s->addr) {
             size_t n = strlen(s->addr) + 9;
             char *a = malloc(n);
             if (a) snprintf(a, n, "https://%s", s->addr);
@@ -279,7 +347,7 @@ static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char
         char *host = dupstr(L, t, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: upstreams.%s.servers[%d]", file, u->name, j + 1);
-        int rc = resolve(what, host, (int)getint(L, t, "port", 0), &s->sa, err, errlen);
+        int rc = resolve(what, host, (int)need_int(L, t, "port"), &s->sa, err, errlen);
         free(host);
         lua_pop(L, 1);
         if (rc < 0) { lua_pop(L, 1); return -1; }
@@ -290,35 +358,35 @@ static int read_servers(lua_State *L, int idx, mr_upstream_conf_t *u, const char
 
 static void read_upstream_common(lua_State *L, int t, mr_upstream_conf_t *u)
 {
-    char *bal = dupstr(L, t, "balance");
+    char *bal = need_str(L, t, "balance");
     u->balance = bal && strcmp(bal, "least_conn") == 0 ? MR_BALANCE_LEAST_CONN : MR_BALANCE_RR;
     free(bal);
-    u->keepalive = (int)getint(L, t, "keepalive", 32);
-    u->keepalive_requests = (int)getint(L, t, "keepalive_requests", 1000);
-    u->tries = (int)getint(L, t, "tries", 3);
-    u->keepalive_timeout_ms = getu32(L, t, "keepalive_timeout_ms", 60000);
-    u->connect_timeout_ms = getu32(L, t, "connect_timeout_ms", 5000);
-    u->read_timeout_ms = getu32(L, t, "read_timeout_ms", 60000);
-    u->send_timeout_ms = getu32(L, t, "send_timeout_ms", 60000);
+    u->keepalive = (int)need_int(L, t, "keepalive");
+    u->keepalive_requests = (int)need_int(L, t, "keepalive_requests");
+    u->tries = (int)need_int(L, t, "tries");
+    u->keepalive_timeout_ms = need_u32(L, t, "keepalive_timeout_ms");
+    u->connect_timeout_ms = need_u32(L, t, "connect_timeout_ms");
+    u->read_timeout_ms = need_u32(L, t, "read_timeout_ms");
+    u->send_timeout_ms = need_u32(L, t, "send_timeout_ms");
 }
 
 static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r, char *err, size_t errlen)
 {
-    r->index = (int)getint(L, t, "index", 0);
-    r->name = dupstr(L, t, "name");
-    char *kind = dupstr(L, t, "kind");
+    r->index = (int)need_int(L, t, "index");
+    r->name = need_str(L, t, "name");
+    char *kind = need_str(L, t, "kind");
     r->kind = kind && strcmp(kind, "handler") == 0 ? MR_ROUTE_HANDLER : MR_ROUTE_UPSTREAM;
     free(kind);
     r->path = dupstr(L, t, "path");
     r->exact = dupstr(L, t, "exact");
     r->set_host = dupstr(L, t, "set_host");
-    r->strip_prefix = getbool(L, t, "strip_prefix", false);
-    r->client_max_body_size = getint(L, t, "client_max_body_size", -1);
-    r->upstream_id = (int)getint(L, t, "upstream_id", 0) - 1;
+    r->strip_prefix = need_bool(L, t, "strip_prefix");
+    r->client_max_body_size = opt_int(L, t, "client_max_body_size", -1); /* -1: limits' */
+    r->upstream_id = (int)opt_int(L, t, "upstream_id", 0) - 1; /* -1: a handler or a literal address */
     lua_getfield(L, t, "filters");
     r->has_filters = lua_istable(L, -1) && lua_objlen(L, -1) > 0;
     lua_pop(L, 1);
-    if (!getbool(L, t, "simple", true)) cfg->lua_routing = true;
+    if (!need_bool(L, t, "simple")) cfg->lua_routing = true;
     lua_getfield(L, t, "host");
     if (lua_istable(L, -1)) {
         r->nhosts = (int)lua_objlen(L, -1);
@@ -346,49 +414,57 @@ static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r,
         }
     }
     lua_pop(L, 1);
-    lua_getfield(L, t, "upstream_addr");
+    /* upstream = "host:port": the schema gives it an upstream's settings (route.adhoc, its
+     * defaults) and one server. */
+    lua_getfield(L, t, "adhoc");
     if (lua_istable(L, -1)) {
         int a = lua_gettop(L);
         mr_upstream_conf_t *u = calloc(1, sizeof *u);
+        if (!u) { lua_pop(L, 1); snprintf(err, errlen, "out of memory"); return -1; }
         r->adhoc = u;
-        u->name = dupstr(L, a, "addr");
-        read_upstream_common(L, t, u); /* defaults */
+        read_upstream_common(L, a, u);
+        lua_getfield(L, a, "servers");
+        lua_rawgeti(L, -1, 1);
+        int sv = lua_gettop(L);
+        u->name = need_str(L, sv, "addr");
         u->nservers = 1;
         u->servers = calloc(1, sizeof *u->servers);
+        if (!u->servers || !u->name) { lua_pop(L, 3); snprintf(err, errlen, "out of memory"); return -1; }
         u->servers[0].addr = strdup(u->name);
-        u->servers[0].weight = 1;
-        char *host = dupstr(L, a, "host");
+        u->servers[0].weight = (int)need_int(L, sv, "weight");
+        char *host = need_str(L, sv, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: %s.upstream", cfg->file, r->name);
-        int rc = resolve(what, host, (int)getint(L, a, "port", 0), &u->servers[0].sa, err, errlen);
+        int rc = host ? resolve(what, host, (int)need_int(L, sv, "port"), &u->servers[0].sa, err, errlen) : -1;
         free(host);
-        if (rc < 0) { lua_pop(L, 1); return -1; }
+        lua_pop(L, 3);
+        if (rc < 0) return -1;
+    } else {
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     return 0;
 }
 
-static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
+static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
 {
     int top = lua_gettop(L);
     char *s;
-    cfg->workers = (int)getint(L, top, "workers", 0);
+    cfg->workers = (int)need_int(L, top, "workers"); /* 0: "auto" */
     if (cfg->workers <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->workers = n > 0 ? (int)n : 1;
     }
-    cfg->pid = dupstr(L, top, "pid");
-    cfg->error_log = dupstr(L, top, "error_log");
-    s = dupstr(L, top, "log_level");
-    cfg->log_level = s ? mr_log_level_parse(s) : MR_LOG_INFO;
-    if (cfg->log_level < 0) cfg->log_level = MR_LOG_INFO;
+    cfg->pid = dupstr(L, top, "pid");             /* false: none */
+    cfg->error_log = need_str(L, top, "error_log");
+    s = need_str(L, top, "log_level");
+    cfg->log_level = s ? mr_log_level_parse(s) : -1;
     free(s);
-    cfg->access_log = dupstr(L, top, "access_log");
-    s = dupstr(L, top, "access_log_format");
+    cfg->access_log = dupstr(L, top, "access_log"); /* false: off */
+    s = need_str(L, top, "access_log_format");
     cfg->access_log_json = s && strcmp(s, "json") == 0;
     free(s);
-    cfg->loop = dupstr(L, top, "loop");
-    s = dupstr(L, top, "lua_path");
+    cfg->loop = need_str(L, top, "loop");
+    s = need_str(L, top, "lua_path");
     const char *lua_dir = mr_config_lua_dir();
     size_t need = (s ? strlen(s) : 0) + 2 * strlen(lua_dir) + 64;
     cfg->lua_path = malloc(need);
@@ -396,7 +472,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
      * file named moonring.lua next to the user's modules must not shadow `require "moonring"`. */
     snprintf(cfg->lua_path, need, "%s/?.lua;%s/?/init.lua;%s", lua_dir, lua_dir, s ? s : "");
     free(s);
-    cfg->shutdown_timeout_ms = getu32(L, top, "shutdown_timeout_ms", 10000);
+    cfg->shutdown_timeout_ms = need_u32(L, top, "shutdown_timeout_ms");
     lua_getfield(L, top, "router");
     cfg->has_router = lua_isfunction(L, -1);
     lua_pop(L, 1);
@@ -405,33 +481,33 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     lua_getfield(L, top, "limits");
     int t = lua_gettop(L);
     mr_limits_t *l = &cfg->limits;
-    l->max_request_line = getu32(L, t, "max_request_line", 8192);
-    l->max_header_size = getu32(L, t, "max_header_size", 32768);
-    l->max_headers = getu32(L, t, "max_headers", 100);
-    l->client_max_body_size = getint(L, t, "client_max_body_size", 1 << 20);
-    l->header_timeout_ms = getu32(L, t, "header_timeout_ms", 60000);
-    l->body_timeout_ms = getu32(L, t, "body_timeout_ms", 60000);
-    l->keepalive_timeout_ms = getu32(L, t, "keepalive_timeout_ms", 75000);
-    l->send_timeout_ms = getu32(L, t, "send_timeout_ms", 60000);
-    l->max_connections = getu32(L, t, "max_connections", 10000);
-    l->max_connections_per_ip = getu32(L, t, "max_connections_per_ip", 0);
-    l->keepalive_requests = getu32(L, t, "keepalive_requests", 1000);
+    l->max_request_line = need_u32(L, t, "max_request_line");
+    l->max_header_size = need_u32(L, t, "max_header_size");
+    l->max_headers = need_u32(L, t, "max_headers");
+    l->client_max_body_size = need_int(L, t, "client_max_body_size");
+    l->header_timeout_ms = need_u32(L, t, "header_timeout_ms");
+    l->body_timeout_ms = need_u32(L, t, "body_timeout_ms");
+    l->keepalive_timeout_ms = need_u32(L, t, "keepalive_timeout_ms");
+    l->send_timeout_ms = need_u32(L, t, "send_timeout_ms");
+    l->max_connections = need_u32(L, t, "max_connections");
+    l->max_connections_per_ip = need_u32(L, t, "max_connections_per_ip");
+    l->keepalive_requests = need_u32(L, t, "keepalive_requests");
     lua_pop(L, 1);
 
     lua_getfield(L, top, "reload");
-    cfg->drain_timeout_ms = getu32(L, lua_gettop(L), "drain_timeout_ms", 60000);
+    cfg->drain_timeout_ms = need_u32(L, lua_gettop(L), "drain_timeout_ms");
     lua_pop(L, 1);
 
     lua_getfield(L, top, "lua");
-    cfg->lua_time_budget_ms = lua_istable(L, -1) ? getu32(L, lua_gettop(L), "time_budget_ms", 1000) : 1000;
+    cfg->lua_time_budget_ms = need_u32(L, lua_gettop(L), "time_budget_ms");
     lua_pop(L, 1);
 
     lua_getfield(L, top, "proxy");
     t = lua_gettop(L);
-    cfg->xff = getbool(L, t, "x_forwarded_for", true);
-    cfg->xfp = getbool(L, t, "x_forwarded_proto", true);
-    cfg->via = getbool(L, t, "via", true);
-    cfg->buffer_size = getu32(L, t, "buffer_size", 65536);
+    cfg->xff = need_bool(L, t, "x_forwarded_for");
+    cfg->xfp = need_bool(L, t, "x_forwarded_proto");
+    cfg->via = need_bool(L, t, "via");
+    cfg->buffer_size = need_u32(L, t, "buffer_size");
     cfg->server_header = dupstr(L, t, "server_header");
     lua_pop(L, 1);
 
@@ -444,11 +520,11 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         int e = lua_gettop(L);
         mr_listen_conf_t *ls = &cfg->listen[i];
         ls->addr = dupstr(L, e, "addr");
-        ls->backlog = (int)getint(L, e, "backlog", 511);
+        ls->backlog = (int)need_int(L, e, "backlog");
         char *host = dupstr(L, e, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: listen[%d]", cfg->file, i + 1);
-        int rc = resolve(what, host, (int)getint(L, e, "port", 0), &ls->sa, err, errlen);
+        int rc = resolve(what, host, (int)need_int(L, e, "port"), &ls->sa, err, errlen);
         free(host);
         lua_getfield(L, e, "tls");
         if (rc == 0 && lua_istable(L, -1)) rc = read_listen_tls(L, lua_gettop(L), cfg->file, ls, err, errlen);
@@ -475,6 +551,10 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "upstream_defaults");
+    read_upstream_common(L, lua_gettop(L), &cfg->upstream_defaults);
+    lua_pop(L, 1);
+
     if (read_lua_tls(L, top, cfg, err, errlen) < 0) return -1;
 
     lua_getfield(L, top, "shared");
@@ -485,7 +565,7 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
     for (int i = 0; i < cfg->nshared; i++) {
         lua_rawgeti(L, t, i + 1);
         cfg->shared_names[i] = dupstr(L, lua_gettop(L), "name");
-        cfg->shared_sizes[i] = (size_t)getint(L, lua_gettop(L), "size", 1 << 20);
+        cfg->shared_sizes[i] = (size_t)need_int(L, lua_gettop(L), "size");
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -497,8 +577,16 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
         char *host = dupstr(L, t, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: admin.listen", cfg->file);
-        int rc = resolve(what, host, (int)getint(L, t, "port", 0), &cfg->admin_sa, err, errlen);
+        int rc = resolve(what, host, (int)need_int(L, t, "port"), &cfg->admin_sa, err, errlen);
         free(host);
+        if (rc == 0 && !is_loopback(&cfg->admin_sa)) {
+            /* After resolution, so that a host name counts by what it resolves to. */
+            char msg[512];
+            snprintf(msg, sizeof msg, "admin.listen: %s is not a loopback address (the admin endpoint listens on "
+                     "127.0.0.0/8 or [::1] only: it reloads and upgrades without authentication)", cfg->admin_addr);
+            keyed_error(L, cfg->file, msg, err, errlen);
+            rc = -1;
+        }
         if (rc < 0) { lua_pop(L, 1); return -1; }
     }
     lua_pop(L, 1);
@@ -518,6 +606,35 @@ static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
      * VM (lua/moonring/router.lua: host and path indexes) costs less, call into Lua included. */
     if (cfg->nroutes > MR_ROUTES_C_SCAN_MAX) cfg->lua_routing = true;
     return 0;
+}
+
+static int read_config(lua_State *L, mr_config_t *cfg, char *err, size_t errlen)
+{
+    missing_key = NULL;
+    int rc = read_config_fields(L, cfg, err, errlen);
+    if (missing_key) {
+        snprintf(err, errlen, "%s: internal error: the validated config has no '%s' (a default missing from "
+                 "lua/moonring/config.lua)", cfg->file, missing_key);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* The validator's hook for `shared` (see shared_defined in lua/moonring/config.lua): dicts live
+ * outside every VM and survive reloads, and must exist before filter factories run (a rate
+ * limiter checks its dict when it is built). Defining is idempotent: an existing dict keeps
+ * its contents and takes the new size. (name, size) -> true | nil, err */
+static int define_shared(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_Number size = luaL_checknumber(L, 2);
+    if (size < 1 || size > 1099511627776.0 || mr_shdict_define(name, (size_t)size) < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot create a shared dict of %f bytes", (double)size);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* Records every Lua file require() reads from disk (and dofile/loadfile), for two reasons:
@@ -650,9 +767,15 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
         snprintf(err, errlen, "cannot load the config validator: %s", lua_tostring(L, -1));
         goto done;
     }
+    /* The load resolves every filter (modules required, factories called), so a missing
+     * module, a misspelt phase or a bad option is refused here (-t, start, reload) rather than
+     * in a worker. */
     lua_getfield(L, -1, "load");
     lua_pushstring(L, file);
-    if (lua_pcall(L, 1, 2, 0) != 0) {
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, define_shared);
+    lua_setfield(L, -2, "define_shared");
+    if (lua_pcall(L, 2, 2, 0) != 0) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto done;
     }
@@ -661,26 +784,7 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
         goto done;
     }
     lua_pop(L, 1);
-    /* Shared dicts live outside every VM and survive reloads; they must exist before filter
-     * factories run (a rate limiter checks its dict when it is built). Defining is idempotent:
-     * an existing dict keeps its contents. */
-    lua_getfield(L, -1, "shared");
-    for (int i = 1, n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        lua_getfield(L, -1, "name");
-        lua_getfield(L, -2, "size");
-        const char *name = lua_tostring(L, -2);
-        size_t size = (size_t)lua_tonumber(L, -1);
-        if (!name || mr_shdict_define(name, size) < 0) {
-            snprintf(err, errlen, "%s: shared.%s: cannot create a shared dict of %zu bytes", file,
-                     name ? name : "?", size);
-            goto done;
-        }
-        lua_pop(L, 3);
-    }
-    lua_pop(L, 1);
-    /* Load every filter module and build every chain now, so a missing module or a failing
-     * factory is refused here (-t, start) rather than in a worker. */
+    /* The chains the workers will build from it. */
     lua_getglobal(L, "require");
     lua_pushstring(L, "moonring.runtime");
     if (lua_pcall(L, 1, 1, 0) != 0) {

@@ -100,6 +100,9 @@ typedef struct {
     int nlisten;
     mr_upstream_conf_t *upstreams;
     int nupstreams;
+    /* The settings of an upstream that sets none (the schema's defaults; no servers, no TLS),
+     * for upstreams made at run time by req:set_upstream("host:port"). */
+    mr_upstream_conf_t upstream_defaults;
     mr_route_conf_t *routes;
     int nroutes;
     bool has_router;
@@ -146,6 +149,11 @@ void mr_config_sources_free(mr_config_sources_t *src);
 /* Shared read-only across threads; the last unref (any thread) frees it. */
 void mr_config_ref(mr_config_t *cfg);
 void mr_config_unref(mr_config_t *cfg);
+/* Formats an error about a key of a loaded config file ("pid: /run/x.pid: cannot open ...", the
+ * message starting with the key path) as the validator does: "file:line: key: ...", the line
+ * found in the source (left out when it cannot be). Any thread; reads the file. */
+void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* The project's Lua library directory (MOONRING_LUA_DIR env, else the build-time path). */
 const char *mr_config_lua_dir(void);
 

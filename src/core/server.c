@@ -29,12 +29,92 @@
 
 #define MOONRING_VERSION "0.1.0"
 
+/* Writes this process's pid to path. Through a temporary file renamed over it, so a reader
+ * (moonring -s, a test, an init system) never sees it empty or half written; where the directory
+ * takes no new file, in place. Returns 0 or -errno. */
 static int write_pid(const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return -errno;
-    fprintf(f, "%d\n", (int)getpid());
-    fclose(f);
+    char tmp[4200], buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        bool ok = write(fd, buf, (size_t)n) == n;
+        close(fd);
+        if (ok && rename(tmp, path) == 0) return 0;
+        unlink(tmp);
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    int rc = write(fd, buf, (size_t)n) == n ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+/* 0 when path can be opened for writing as a start would open it, else -errno. A file that does
+ * not exist yet is created and removed again, so the answer covers the directory's permissions,
+ * a read-only file system and the like exactly, and -t leaves nothing behind. */
+static int check_writable(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0) { close(fd); return 0; }
+    if (errno == ENXIO) return 0; /* a FIFO nobody reads yet: a start waits for its reader */
+    if (errno != ENOENT) return -errno;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
+/* 0 when addr can be bound the way a worker binds its listener (SO_REUSEADDR and SO_REUSEPORT),
+ * else -errno: so a running moonring's own listeners (same options, same user) do not count as
+ * taken, while a port held by another program, or one this user may not bind, does. The socket
+ * never listens, so it takes no connection from anyone. */
+static int check_bindable(const mr_addr_t *addr)
+{
+    int one = 1, rc = 0;
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)&addr->sa, addr->len) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* What -t checks beyond the file itself: what would make a start fail. Returns 0, or -1 with
+ * err naming the key (file:line: key: ...). */
+static int check_startable(const mr_config_t *cfg, char *err, size_t errlen)
+{
+    int rc;
+    if (strcmp(cfg->error_log, "stderr") != 0 && (rc = check_writable(cfg->error_log)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "error_log: %s: cannot open for writing (%s)", cfg->error_log,
+                        strerror(-rc));
+        return -1;
+    }
+    if (cfg->access_log && strcmp(cfg->access_log, "stdout") != 0 && strcmp(cfg->access_log, "stderr") != 0 &&
+        (rc = check_writable(cfg->access_log)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "access_log: %s: cannot open for writing (%s)", cfg->access_log,
+                        strerror(-rc));
+        return -1;
+    }
+    if (cfg->pid && (rc = check_writable(cfg->pid)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "pid: %s: cannot open for writing (%s)", cfg->pid, strerror(-rc));
+        return -1;
+    }
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if ((rc = check_bindable(&cfg->listen[i].sa)) < 0) {
+            mr_config_error(cfg->file, err, errlen, "listen[%d]: cannot bind %s (%s)", i + 1, cfg->listen[i].addr,
+                            strerror(-rc));
+            return -1;
+        }
+    }
+    if (cfg->admin_addr && (rc = check_bindable(&cfg->admin_sa)) < 0) {
+        mr_config_error(cfg->file, err, errlen, "admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-rc));
+        return -1;
+    }
     return 0;
 }
 
@@ -42,14 +122,46 @@ int mr_server_check(const char *path)
 {
     char err[2048];
     mr_config_t *cfg = NULL;
-    if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
+    if (mr_config_load(path, &cfg, err, sizeof err) < 0 || check_startable(cfg, err, sizeof err) < 0) {
         fprintf(stderr, "moonring: configuration %s is invalid: %s\n", path, err);
+        mr_config_free(cfg);
         return 1;
     }
     fprintf(stderr, "moonring: configuration %s is ok (%d listeners, %d upstreams, %d routes)\n", path,
             cfg->nlisten, cfg->nupstreams, cfg->nroutes);
     mr_config_free(cfg);
     return 0;
+}
+
+/* POST /-/<what> to the admin endpoint cfg names; prints the answer's body. Returns the exit
+ * code (0: the instance answered 200), or -errno when the endpoint cannot be reached. */
+static int admin_request(const mr_config_t *cfg, const char *what)
+{
+    int fd = socket(cfg->admin_sa.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct timeval tv = { .tv_sec = 90 }; /* an upgrade waits up to 60 s for the new process */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (const struct sockaddr *)&cfg->admin_sa.sa, cfg->admin_sa.len) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    char req[128];
+    int reqlen = snprintf(req, sizeof req, "POST /-/%s HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
+                          "Connection: close\r\n\r\n", what);
+    char buf[8192];
+    size_t len = 0;
+    if (write(fd, req, (size_t)reqlen) == reqlen) {
+        ssize_t r;
+        while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = 0;
+    const char *body = strstr(buf, "\r\n\r\n");
+    int status = 0;
+    sscanf(buf, "HTTP/1.1 %d", &status);
+    printf("%s", body ? body + 4 : buf);
+    return status == 200 ? 0 : 1;
 }
 
 int mr_server_signal(const char *path, const char *what)
@@ -66,31 +178,16 @@ int mr_server_signal(const char *path, const char *what)
     int rc = 1;
     if ((sig == SIGHUP || sig == SIGUSR2) && cfg->admin_addr) {
         /* With an admin endpoint, -s reload|upgrade waits for the outcome and reports it. */
-        int fd = socket(cfg->admin_sa.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct timeval tv = { .tv_sec = 90 }; /* an upgrade waits up to 60 s for the new process */
-        if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        if (fd < 0 || connect(fd, (struct sockaddr *)&cfg->admin_sa.sa, cfg->admin_sa.len) < 0) {
-            fprintf(stderr, "moonring: cannot reach the admin endpoint %s: %s\n", cfg->admin_addr, strerror(errno));
-            if (fd >= 0) close(fd);
+        int e = admin_request(cfg, what);
+        if (e >= 0) { rc = e; goto done; }
+        /* The file may add or move the endpoint in this very reload: the instance still listens
+         * where its current config says. Signal it through the pid file instead. */
+        if (!cfg->pid) {
+            fprintf(stderr, "moonring: cannot reach the admin endpoint %s: %s\n", cfg->admin_addr, strerror(-e));
             goto done;
         }
-        char req[128];
-        int reqlen = snprintf(req, sizeof req, "POST /-/%s HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
-                              "Connection: close\r\n\r\n", what);
-        char buf[8192];
-        size_t len = 0;
-        if (write(fd, req, (size_t)reqlen) == reqlen) {
-            ssize_t r;
-            while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-        }
-        close(fd);
-        buf[len] = 0;
-        const char *body = strstr(buf, "\r\n\r\n");
-        int status = 0;
-        sscanf(buf, "HTTP/1.1 %d", &status);
-        printf("%s", body ? body + 4 : buf);
-        rc = status == 200 ? 0 : 1;
-        goto done;
+        fprintf(stderr, "moonring: cannot reach the admin endpoint %s (%s); signalling through the pid file %s "
+                "instead (the outcome is in the error log)\n", cfg->admin_addr, strerror(-e), cfg->pid);
     }
     if (!cfg->pid) {
         fprintf(stderr, "moonring: %s sets no pid file, so -s cannot find the instance\n", path);
@@ -189,6 +286,8 @@ static struct {
     char exe[4096];               /* this binary, resolved at start, for upgrades */
     char **argv;
     atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
+    char loop_conf[16];           /* `loop` as the config at start set it (cfg->loop is resolved) */
+    struct admin *admin;          /* the admin endpoint's accept thread, or NULL */
     atomic_uint_fast64_t reloads_started; /* see server_reload */
     uint64_t last_reload_gen;     /* outcome of the last reload (under lock) */
     char last_reload_err[2048];
@@ -248,6 +347,135 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+typedef struct admin admin_t;
+static admin_t *admin_start(int fd);
+static void admin_stop(admin_t *a);
+
+/* What a reload changes outside the generations, at the process level. Every key of the config
+ * is either applied by a reload or refused naming the key; none is ignored:
+ *   - generation keys (routes, upstreams, limits, proxy, lua, TLS, ...) come with the new
+ *     generation; listen addresses are bound, kept or closed (server_reload), and a kept
+ *     address takes a new backlog; shared dicts are created or resized by the load;
+ *   - log_level, error_log, access_log, access_log_format, pid and admin are applied here:
+ *     files and the admin listener are opened before any worker switches, so a failure refuses
+ *     the reload, and switched (proc_commit) once every worker has built its generation;
+ *   - workers and loop take a restart or a binary upgrade: the reload is refused.
+ * Called with srv.lock held. */
+typedef struct {
+    int error_fd, access_fd;   /* (re)opened logs, or -1: switched to by dup2 (log/log.h) */
+    bool pid_change;
+    int pid_fd;                /* the new pid file, or -1 */
+    bool pid_created;          /* ... which this reload created: removed again on abort */
+    bool admin_change;         /* the admin endpoint is added, moved or removed */
+    int admin_fd;              /* its new listener, or -1 */
+} proc_change_t;
+
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* A path rather than a standard stream (or no log at all). */
+static bool file_target(const char *t)
+{
+    return t && strcmp(t, "stderr") != 0 && strcmp(t, "stdout") != 0;
+}
+
+static void proc_abort(proc_change_t *pc, const mr_config_t *cfg)
+{
+    if (pc->error_fd >= 0) close(pc->error_fd);
+    if (pc->access_fd >= 0) close(pc->access_fd);
+    if (pc->admin_fd >= 0) close(pc->admin_fd);
+    if (pc->pid_fd >= 0) {
+        close(pc->pid_fd);
+        if (pc->pid_created) unlink(cfg->pid);
+    }
+    pc->error_fd = pc->access_fd = pc->admin_fd = pc->pid_fd = -1;
+}
+
+static int proc_prepare(const mr_config_t *old, const mr_config_t *cfg, proc_change_t *pc, char *msg, size_t msglen)
+{
+    *pc = (proc_change_t){ .error_fd = -1, .access_fd = -1, .pid_fd = -1, .admin_fd = -1 };
+    if (cfg->workers != old->workers) {
+        mr_config_error(cfg->file, msg, msglen, "workers: changing it (%d to %d) takes a restart or a binary upgrade "
+                        "(moonring -s upgrade): a reload keeps the worker threads", old->workers, cfg->workers);
+        return -1;
+    }
+    const char *env = getenv("MOONRING_LOOP"); /* when set, `loop` decides nothing */
+    if (!(env && *env) && strcmp(cfg->loop, srv.loop_conf) != 0) {
+        mr_config_error(cfg->file, msg, msglen, "loop: changing it (\"%s\" to \"%s\") takes a restart or a binary "
+                        "upgrade (moonring -s upgrade): the event loop is chosen at start", srv.loop_conf, cfg->loop);
+        return -1;
+    }
+    int rc;
+    /* A file is reopened at every reload, so a rotated log moves to its new file; a standard
+     * stream only when it changes. */
+    if (file_target(cfg->error_log) || !same_str(cfg->error_log, old->error_log)) {
+        if ((rc = mr_log_target_open(cfg->error_log)) < 0) {
+            mr_config_error(cfg->file, msg, msglen, "error_log: %s: cannot open for writing (%s)", cfg->error_log,
+                            strerror(-rc));
+            goto fail;
+        }
+        pc->error_fd = rc;
+    }
+    if (cfg->access_log && (file_target(cfg->access_log) || !same_str(cfg->access_log, old->access_log))) {
+        if ((rc = mr_log_target_open(cfg->access_log)) < 0) {
+            mr_config_error(cfg->file, msg, msglen, "access_log: %s: cannot open for writing (%s)", cfg->access_log,
+                            strerror(-rc));
+            goto fail;
+        }
+        pc->access_fd = rc;
+    }
+    pc->pid_change = !same_str(cfg->pid, old->pid);
+    if (pc->pid_change && cfg->pid) {
+        int fd = open(cfg->pid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        pc->pid_created = fd >= 0;
+        if (fd < 0 && errno == EEXIST) fd = open(cfg->pid, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            mr_config_error(cfg->file, msg, msglen, "pid: %s: cannot write the pid file (%s)", cfg->pid, strerror(errno));
+            goto fail;
+        }
+        pc->pid_fd = fd;
+    }
+    pc->admin_change = !same_str(cfg->admin_addr, old->admin_addr);
+    if (pc->admin_change && cfg->admin_addr) {
+        if ((rc = mr_net_listen(&cfg->admin_sa, 16)) < 0) {
+            mr_config_error(cfg->file, msg, msglen, "admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-rc));
+            goto fail;
+        }
+        pc->admin_fd = rc;
+    }
+    return 0;
+fail:
+    proc_abort(pc, cfg);
+    return -1;
+}
+
+static void proc_commit(proc_change_t *pc, const mr_config_t *old, const mr_config_t *cfg)
+{
+    if (pc->error_fd >= 0) mr_log_use_error(pc->error_fd);
+    mr_log_set_level((mr_log_level_t)cfg->log_level);
+    if (pc->access_fd >= 0) mr_log_use_access(pc->access_fd);
+    if (pc->pid_change) {
+        if (pc->pid_fd >= 0) {
+            /* prepare proved the file writable; write_pid replaces it whole */
+            int rc = write_pid(cfg->pid);
+            if (rc < 0) mr_error("pid: %s: cannot write the pid file (%s)", cfg->pid, strerror(-rc));
+            close(pc->pid_fd);
+        }
+        if (old->pid) unlink(old->pid);
+        if (cfg->pid) mr_notice("pid file is now %s", cfg->pid);
+    }
+    if (pc->admin_change) {
+        admin_stop(srv.admin);
+        srv.admin = pc->admin_fd >= 0 ? admin_start(pc->admin_fd) : NULL;
+        if (pc->admin_fd >= 0 && !srv.admin) mr_error("admin.listen %s: cannot start its thread", cfg->admin_addr);
+        else if (srv.admin) mr_notice("admin endpoint on %s", cfg->admin_addr);
+        else mr_notice("admin endpoint closed");
+    }
+    pc->error_fd = pc->access_fd = pc->admin_fd = pc->pid_fd = -1;
+}
+
 /* Validates the config file again, then moves every worker to a new generation. Returns the new
  * generation number, or 0 with msg filled (the current generation keeps serving). */
 static uint64_t server_reload(char *msg, size_t msglen)
@@ -255,6 +483,7 @@ static uint64_t server_reload(char *msg, size_t msglen)
     uint64_t gen = 0, t0 = now_us();
     int **fds = NULL;
     mr_config_t *cfg = NULL;
+    proc_change_t pc = { .error_fd = -1, .access_fd = -1, .pid_fd = -1, .admin_fd = -1 };
     mr_config_sources_t src = { 0 };
     /* A reload that starts after this request reads the files as they are now or newer, so
      * its outcome answers this request too: a storm of N requests runs at most two reloads. */
@@ -270,9 +499,7 @@ static uint64_t server_reload(char *msg, size_t msglen)
     }
     atomic_fetch_add(&srv.reloads_started, 1);
     if (mr_config_load_traced(srv.path, &cfg, msg, msglen, srv.watch ? &src : NULL) < 0) goto out;
-    if (cfg->workers != srv.cfg->workers)
-        mr_warn("reload: workers changed from %d to %d; that takes a restart, keeping %d", srv.cfg->workers,
-                cfg->workers, srv.cfg->workers);
+    if (proc_prepare(srv.cfg, cfg, &pc, msg, msglen) < 0) goto out;
     free(cfg->loop);
     cfg->loop = strdup(srv.cfg->loop); /* the backend is chosen once, at start */
     fds = calloc((size_t)srv.nworkers, sizeof *fds);
@@ -306,6 +533,8 @@ static uint64_t server_reload(char *msg, size_t msglen)
         if (atomic_load(&srv.workers[w].reload_state) < 0 && !failed++)
             snprintf(msg, msglen, "worker %d: %s", w, srv.workers[w].reload_err);
     }
+    /* Process-level keys switch first: a worker that turns its access log on finds the file. */
+    if (!failed) proc_commit(&pc, srv.cfg, cfg);
     /* All or none: a worker that could not build keeps every worker on the old generation. */
     for (int w = 0; w < srv.nworkers; w++) mr_worker_reload_finish(&srv.workers[w], !failed);
     for (int w = 0; w < srv.nworkers; w++)
@@ -321,8 +550,15 @@ static uint64_t server_reload(char *msg, size_t msglen)
         lfds[w] = malloc(((size_t)cfg->nlisten + 1) * sizeof **lfds);
         for (int i = 0; lfds[w] && i < cfg->nlisten; i++) {
             lfds[w][i] = fds[w][i];
-            for (int j = 0; j < srv.cfg->nlisten && lfds[w][i] < 0; j++)
-                if (strcmp(srv.cfg->listen[j].addr, cfg->listen[i].addr) == 0) lfds[w][i] = srv.lfds[w][j];
+            for (int j = 0; j < srv.cfg->nlisten && lfds[w][i] < 0; j++) {
+                if (strcmp(srv.cfg->listen[j].addr, cfg->listen[i].addr) != 0) continue;
+                lfds[w][i] = srv.lfds[w][j];
+                /* A kept socket takes a new backlog: listen() again only resizes its queue. */
+                if (cfg->listen[i].backlog != srv.cfg->listen[j].backlog && lfds[w][i] >= 0 &&
+                    listen(lfds[w][i], cfg->listen[i].backlog) < 0)
+                    mr_warn("listen[%d] %s: backlog %d: %s", i + 1, cfg->listen[i].addr, cfg->listen[i].backlog,
+                            strerror(errno));
+            }
         }
     }
     free_lfds(srv.lfds, srv.nworkers);
@@ -334,6 +570,7 @@ static uint64_t server_reload(char *msg, size_t msglen)
     mr_notice("reload: generation %llu serving in every worker after %.1f ms", (unsigned long long)gen,
               (double)(now_us() - t0) / 1000.0);
 out:
+    if (cfg) proc_abort(&pc, cfg); /* nothing left to abort after a commit */
     watch_update(&src, gen != 0);
     mr_config_sources_free(&src);
     if (!gen && msg[0]) mr_error("reload refused, the current generation keeps serving: %s", msg);
@@ -525,18 +762,28 @@ static void *admin_conn_main(void *arg)
 }
 
 /* The admin endpoint uses plain blocking sockets and threads: it serves operators, not
- * traffic, and must be able to wait for a reload to finish. */
+ * traffic, and must be able to wait for a reload to finish. One detached accept thread per
+ * listener, which frees its admin_t when it ends. A reload that moves the endpoint asks the old
+ * one to stop without waiting for it (admin_stop): it may be serving a connection inline (over
+ * the thread cap) that waits for the very reload lock the caller holds. */
+typedef struct admin {
+    int fd;
+    atomic_bool stop;
+} admin_t;
+
+static atomic_int admin_threads; /* accept threads still running */
+
 static void *admin_main(void *arg)
 {
-    int lfd = (int)(intptr_t)arg;
+    admin_t *a = arg;
     mr_log_set_thread_tag("admin");
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    while (!atomic_load(&srv.stopping)) {
-        struct pollfd p = { .fd = lfd, .events = POLLIN };
+    while (!atomic_load(&srv.stopping) && !atomic_load(&a->stop)) {
+        struct pollfd p = { .fd = a->fd, .events = POLLIN };
         if (poll(&p, 1, 200) <= 0) continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        int fd = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) continue;
         pthread_t t;
         if (atomic_fetch_add(&admin_inflight, 1) >= ADMIN_MAX_THREADS ||
@@ -546,20 +793,44 @@ static void *admin_main(void *arg)
         }
     }
     pthread_attr_destroy(&attr);
-    close(lfd);
+    close(a->fd);
+    free(a);
     /* Connection threads see srv.stopping at their next reload and end within their 2 s read
-     * timeout otherwise; wait for them so none outlives the workers. */
-    for (int i = 0; i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
+     * timeout otherwise; wait for them so none outlives the workers. (Not when a reload moved
+     * the endpoint: the reload itself may be running in one of them.) */
+    for (int i = 0; atomic_load(&srv.stopping) && i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
+    atomic_fetch_sub(&admin_threads, 1);
     return NULL;
 }
 
-static bool is_loopback(const mr_addr_t *a)
+/* Serves the admin endpoint on listening socket fd (taken over, closed on failure too). */
+static admin_t *admin_start(int fd)
 {
-    if (a->sa.ss_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr) >> 24) == 127;
-    if (a->sa.ss_family == AF_INET6)
-        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
-    return false;
+    admin_t *a = calloc(1, sizeof *a);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (a) {
+        a->fd = fd;
+        atomic_init(&a->stop, false);
+        atomic_fetch_add(&admin_threads, 1);
+        pthread_t t;
+        if (pthread_create(&t, &attr, admin_main, a) == 0) {
+            pthread_attr_destroy(&attr);
+            return a;
+        }
+        atomic_fetch_sub(&admin_threads, 1);
+        free(a);
+    }
+    pthread_attr_destroy(&attr);
+    close(fd);
+    return NULL;
+}
+
+/* The accept thread closes its socket and ends within its 200 ms poll; a is gone then. */
+static void admin_stop(admin_t *a)
+{
+    if (a) atomic_store(&a->stop, true);
 }
 
 /* A proxy holds two descriptors per proxied request (client and upstream); the usual soft
@@ -681,8 +952,17 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     }
     int rc = mr_log_open(cfg->error_log, (mr_log_level_t)cfg->log_level);
     if (rc < 0) {
-        fprintf(stderr, "moonring: error_log %s: %s\n", cfg->error_log, strerror(-rc));
+        fprintf(stderr, "moonring: error_log: %s: cannot open for writing (%s)\n", cfg->error_log, strerror(-rc));
         goto done;
+    }
+    if (cfg->access_log) {
+        /* One descriptor for every worker; reloads switch the file behind it (log/log.h). */
+        rc = mr_log_target_open(cfg->access_log);
+        if (rc < 0) {
+            mr_error("access_log: %s: cannot open for writing (%s)", cfg->access_log, strerror(-rc));
+            goto done;
+        }
+        mr_log_use_access(rc);
     }
     if (opts && opts->watch) {
         /* Before the listeners open: whoever waits for the port may edit a file right away. */
@@ -711,6 +991,7 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         mr_warn("io_uring is not usable here (%s); falling back to the epoll backend",
                 feat.kernel_note ? feat.kernel_note : "probe failed");
     /* Workers read the resolved backend from here, so they neither re-probe nor disagree. */
+    snprintf(srv.loop_conf, sizeof srv.loop_conf, "%s", cfg->loop);
     char *resolved = strdup(mr_loop_backend_name(got));
     if (!resolved) goto done;
     free(cfg->loop);
@@ -760,36 +1041,30 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         while (atomic_load(&workers[i].ready) == 0) usleep(1000);
         if (atomic_load(&workers[i].ready) < 0) goto stop;
     }
+    /* A start that cannot write its pid file fails: `moonring -s` would not find it. */
+    if (cfg->pid && (rc = write_pid(cfg->pid)) < 0) {
+        mr_error("pid: %s: cannot write the pid file (%s)", cfg->pid, strerror(-rc));
+        goto stop;
+    }
     srv.workers = workers;
     srv.nworkers = nstarted;
     srv.cfg = cfg;
     srv.generation = 1;
     srv.path = path;
-    pthread_t admin_thread;
-    bool admin_running = false;
     if (cfg->admin_addr) {
-        if (!is_loopback(&cfg->admin_sa)) {
-            mr_error("admin.listen %s: the admin endpoint only listens on loopback addresses", cfg->admin_addr);
-            goto stop;
-        }
         int afd = mr_net_listen(&cfg->admin_sa, 16);
         if (afd < 0) {
-            mr_error("admin.listen %s: %s", cfg->admin_addr, strerror(-afd));
+            mr_error("admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-afd));
             goto stop;
         }
-        if (pthread_create(&admin_thread, NULL, admin_main, (void *)(intptr_t)afd) != 0) {
-            close(afd);
-            goto stop;
-        }
-        admin_running = true;
-        mr_notice("admin endpoint on %s (POST /-/reload, GET /-/status)", cfg->admin_addr);
+        if (!(srv.admin = admin_start(afd))) goto stop;
+        mr_notice("admin endpoint on %s (POST /-/reload, POST /-/upgrade, GET /-/status)", cfg->admin_addr);
     }
     /* Inherited sockets no worker adopted (fewer workers or listeners now) close only once
      * this process serves: until then the old process may still need them. */
     for (int k = 0; k < ninh; k++)
         if (!inh[k].used) { close(inh[k].fd); inh[k].used = true; }
     if (ninh) mr_notice("upgrade: adopted %d inherited listening sockets", ninh);
-    if (cfg->pid && write_pid(cfg->pid) < 0) mr_warn("cannot write pid file %s: %s", cfg->pid, strerror(errno));
     for (int i = 0; i < cfg->nlisten; i++) mr_notice("listening on %s", cfg->listen[i].addr);
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
     if (ready_fd >= 0) {
@@ -871,8 +1146,10 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         }
     }
     atomic_store(&srv.stopping, true);
-    if (admin_running) pthread_join(admin_thread, NULL);
+    /* Every accept thread sees srv.stopping, waits for its connections and ends. */
+    for (int i = 0; i < 600 && atomic_load(&admin_threads) > 0; i++) usleep(10000);
     pthread_mutex_lock(&srv.lock); /* no reload may be half-way through while workers stop */
+    srv.admin = NULL;
     pthread_mutex_unlock(&srv.lock);
     cfg = srv.cfg;
     exit_code = 0;

@@ -19,8 +19,6 @@
 #include "proxy/access_log.h"
 #include "session/h1.h"
 
-static int access_log_fd = -1; /* shared by all workers, opened once */
-
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
 static void client_gone(void *arg);
 
@@ -240,6 +238,19 @@ static void build_reload(mr_worker_t *w)
     atomic_store(&w->reload_state, 1);
 }
 
+/* The access log as cfg wants it: on or off, combined or JSON. The file behind it is the main
+ * thread's (log/log.h: opened, and switched on reloads, there). */
+static void access_log_follow(mr_worker_t *w, const mr_config_t *cfg)
+{
+    mr_access_log_t *al = w->px.alog;
+    if (!al && cfg->access_log && mr_log_access_fd() >= 0) {
+        if ((w->px.alog = mr_access_log_new(w->loop, mr_log_access_fd(), cfg->access_log_json)))
+            mr_access_log_on_idle(w->px.alog, client_gone, w); /* a draining worker waits for its log */
+    } else if (al) {
+        mr_access_log_configure(al, cfg->access_log != NULL, cfg->access_log_json);
+    }
+}
+
 static void abort_reload(mr_worker_t *w)
 {
     mr_config_t *cfg = w->reload_cfg;
@@ -257,6 +268,7 @@ static void commit_reload(mr_worker_t *w)
     mr_proxy_set_gen(&w->px, w->reload_gen);
     w->reload_gen = NULL;
     w->cfg = cfg;
+    access_log_follow(w, cfg);
     mr_lua_vm_retire(old->lua);
     gen_retired(w, old);
     mr_gen_unref(old);
@@ -325,16 +337,6 @@ int mr_worker_prepare(mr_worker_t *w, const mr_config_t *cfg, int id, int cpu, c
     }
     w->evfd = eventfd(0, EFD_CLOEXEC);
     if (w->evfd < 0) return -errno;
-    if (cfg->access_log && access_log_fd < 0) {
-        if (strcmp(cfg->access_log, "stdout") == 0) access_log_fd = 1;
-        else if (strcmp(cfg->access_log, "stderr") == 0) access_log_fd = 2;
-        else access_log_fd = open(cfg->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (access_log_fd < 0) {
-            int rc = -errno;
-            mr_error("access_log %s: %s", cfg->access_log, strerror(-rc));
-            return rc;
-        }
-    }
     return 0;
 }
 
@@ -381,8 +383,7 @@ static void *worker_main(void *arg)
         return NULL;
     }
     mr_proxy_set_gen(&w->px, gen);
-    if (access_log_fd >= 0 && (w->px.alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json)))
-        mr_access_log_on_idle(w->px.alog, client_gone, w); /* a draining worker waits for its log */
+    access_log_follow(w, w->cfg);
     w->accepting = true;
     arm_accepts(w);
     w->ev_op.fn = event_done;

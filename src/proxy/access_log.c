@@ -12,6 +12,7 @@ struct mr_access_log {
     mr_loop_t *loop;
     int fd;
     bool json;
+    bool off;           /* access_log = false since a reload (see mr_access_log_configure) */
     mr_op_t op;
     char *buf[2];
     size_t len[2];
@@ -93,8 +94,18 @@ static void json_str(char *out, size_t cap, const char *s, size_t n)
     out[o] = 0;
 }
 
+void mr_access_log_configure(mr_access_log_t *al, bool on, bool json)
+{
+    al->off = !on;
+    if (al->json != json) {
+        al->json = json;
+        al->last_sec = 0; /* the date is formatted per format */
+    }
+}
+
 void mr_access_log_request(mr_access_log_t *al, const mr_req_t *r)
 {
+    if (al->off) return;
     time_t now = time(NULL);
     if (now != al->last_sec) {
         struct tm tm;

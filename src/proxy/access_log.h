@@ -20,6 +20,9 @@ void mr_access_log_request(mr_access_log_t *al, const mr_req_t *r);
 bool mr_access_log_idle(const mr_access_log_t *al);
 /* fn(arg) runs whenever a write completes and leaves the log idle (a draining worker waits). */
 void mr_access_log_on_idle(mr_access_log_t *al, void (*fn)(void *), void *arg);
+/* A reload's access_log / access_log_format: off stops logging (what is buffered is still
+ * written), json switches the format of the next lines. */
+void mr_access_log_configure(mr_access_log_t *al, bool on, bool json);
 /* Writes what is buffered synchronously; used at shutdown only. */
 void mr_access_log_free(mr_access_log_t *al);
 

@@ -655,7 +655,7 @@ int mr_proxy_set_upstream(mr_req_t *r, const char *s, size_t n)
         if (strlen(name) == n && memcmp(name, s, n) == 0) { r->dyn_up = &r->gen->ups[i]; return 0; }
     }
     int err = 0;
-    mr_upstream_t *u = mr_dyn_upstream_get(&r->px->dyn, &r->px->servers, s, n, &err);
+    mr_upstream_t *u = mr_dyn_upstream_get(&r->px->dyn, &r->px->servers, s, n, &cfg->upstream_defaults, &err);
     if (!u) return err == -EINVAL ? -1 : -2;
     r->dyn_up = u;
     return 0;

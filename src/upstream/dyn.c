@@ -53,7 +53,7 @@ static int parse_ip_port(const char *s, size_t n, mr_addr_t *out)
 }
 
 mr_upstream_t *mr_dyn_upstream_get(mr_dyn_upstreams_t *d, mr_server_registry_t *reg, const char *s, size_t n,
-                                   int *err)
+                                   const mr_upstream_conf_t *defaults, int *err)
 {
     mr_addr_t addr;
     if (parse_ip_port(s, n, &addr) < 0) { *err = -EINVAL; return NULL; }
@@ -66,17 +66,12 @@ mr_upstream_t *mr_dyn_upstream_get(mr_dyn_upstreams_t *d, mr_server_registry_t *
     e->sconf.addr = e->key;
     e->sconf.sa = addr;
     e->sconf.weight = 1;
+    /* The settings of an upstream declared without any (the schema's defaults). */
+    e->conf = *defaults;
     e->conf.name = e->key;
     e->conf.servers = &e->sconf;
     e->conf.nservers = 1;
-    /* The defaults of an upstream declared in the config (docs/config.md, upstreams). */
-    e->conf.keepalive = 32;
-    e->conf.keepalive_requests = 1000;
-    e->conf.tries = 1;
-    e->conf.keepalive_timeout_ms = 60000;
-    e->conf.connect_timeout_ms = 5000;
-    e->conf.read_timeout_ms = 60000;
-    e->conf.send_timeout_ms = 60000;
+    e->conf.tls = NULL;
     e->srv[0] = mr_server_get(reg, e->key, &addr, 0);
     if (!e->srv[0]) { free(e); *err = -ENOMEM; return NULL; }
     e->u.conf = &e->conf;

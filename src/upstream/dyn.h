@@ -18,10 +18,11 @@ typedef struct {
     int count;
 } mr_dyn_upstreams_t;
 
-/* The group for a numeric "ip:port" / "[ip6]:port", created on first use. Returns it, or NULL
- * with *err = -EINVAL (not a numeric address), -ENOSPC (too many) or -ENOMEM. */
+/* The group for a numeric "ip:port" / "[ip6]:port", created on first use with `defaults` (the
+ * config's upstream defaults, copied). Returns it, or NULL with *err = -EINVAL (not a numeric
+ * address), -ENOSPC (too many) or -ENOMEM. */
 mr_upstream_t *mr_dyn_upstream_get(mr_dyn_upstreams_t *d, mr_server_registry_t *reg, const char *s, size_t n,
-                                   int *err);
+                                   const mr_upstream_conf_t *defaults, int *err);
 void mr_dyn_upstreams_free(mr_dyn_upstreams_t *d);
 
 #endif

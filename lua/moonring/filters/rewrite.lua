@@ -14,6 +14,7 @@ local util = require "moonring.filters._util"
 
 local NAME = "moonring.filters.rewrite"
 local find, gsub, sub = string.find, string.gsub, string.sub
+local pattern_error = require("moonring.config").lua_pattern_error
 
 -- Number of captures in a Lua pattern (syntax already checked).
 local function count_captures(p)
@@ -76,10 +77,9 @@ return function(opts)
   local match_re
   if from ~= nil then
     util.check_type(NAME, "from", from, "string")
-    for _, probe in ipairs({ "", "/", "/a/b.c" }) do
-      local ok, err = pcall(find, probe, from)
-      if not ok then util.fail(NAME, "from", "is not a valid Lua pattern: " .. tostring(err):gsub("^.-:%d+: ", "")) end
-    end
+    -- checked whole: gsub raises only on the part of a pattern a path reaches
+    local perr = pattern_error(from)
+    if perr then util.fail(NAME, "from", "is not a valid Lua pattern: " .. perr) end
     if type(to) == "string" then check_replacement(to, count_captures(from)) end
   else
     util.check_type(NAME, "re", re_src, "string")
