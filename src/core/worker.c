@@ -357,10 +357,12 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         return NULL;
     }
-    if (mr_cosock_thread_init(w->loop) < 0) {
+    w->resolver = mr_resolver_new(w->loop, NULL);
+    if (!w->resolver || mr_cosock_thread_init(w->loop, w->resolver) < 0) {
         w->startup_rc = -ENOMEM;
         atomic_store(&w->ready, -1);
         mr_loop_free(w->loop);
+        mr_resolver_free(w->resolver);
         return NULL;
     }
     /* VMs are thread-affine: each worker evaluates the config in its own VM, on its own thread. */
@@ -371,6 +373,7 @@ static void *worker_main(void *arg)
         mr_server_registry_free(&w->servers);
         mr_loop_free(w->loop);
         mr_cosock_thread_free();
+        mr_resolver_free(w->resolver);
         return NULL;
     }
     if (access_log_fd >= 0) w->alog = mr_access_log_new(w->loop, access_log_fd, w->cfg->access_log_json);
@@ -387,6 +390,7 @@ static void *worker_main(void *arg)
     mr_iplimit_free(&w->iplimit);
     mr_loop_free(w->loop);
     mr_cosock_thread_free();
+    mr_resolver_free(w->resolver); /* a helper thread stuck in getaddrinfo is not waited for */
     while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);
     return NULL;

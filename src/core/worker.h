@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "http1/http1.h"
 #include "net/iplimit.h"
+#include "net/resolver.h"
 #include "loop/loop.h"
 #include "core/gen.h"
 #include "proxy/proxy.h"
@@ -40,6 +41,7 @@ struct mr_worker {
     pthread_t thread;
     const mr_config_t *cfg;
     mr_loop_t *loop;
+    mr_resolver_t *resolver;      /* host names for cosockets (and, next, upstreams) */
     mr_http1_limits_t h1limits;
 
     mr_listener_t *listeners;
