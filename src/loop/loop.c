@@ -322,5 +322,6 @@ int mr_loop_run(mr_loop_t *loop)
         ops->reap(loop);
         run_timers(loop);
     }
+    loop->stop = false; /* consumed: a later mr_loop_run runs again (test harnesses drive turns) */
     return 0;
 }

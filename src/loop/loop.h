@@ -92,7 +92,8 @@ int mr_loop_choose(mr_loop_backend_t want, mr_loop_backend_t *out, mr_loop_featu
 int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
 mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
 void mr_loop_free(mr_loop_t *loop);
-/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
+/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). The
+ * stop is consumed: calling mr_loop_run again runs the loop again. */
 int mr_loop_run(mr_loop_t *loop);
 void mr_loop_stop(mr_loop_t *loop);
 /* Cached monotonic clock in ms, refreshed once per loop turn. */

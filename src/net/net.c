@@ -102,12 +102,9 @@ int mr_addr_parse(const char *s, size_t n, mr_hostport_t *out, const char **why)
         if (memchr(s, ':', (size_t)(colon - s))) { msg = "an IPv6 address needs brackets: \"[::1]:80\""; goto fail; }
     }
     long port = 0;
-    size_t digits = 0;
-    for (const char *p = colon + 1; p < s + n; p++, digits++) {
-        if (*p < '0' || *p > '9' || digits >= 5) { port = 0; digits = 1; break; }
-        port = port * 10 + (*p - '0');
-    }
-    if (digits == 0 || port < 1 || port > 65535) { msg = "port must be 1-65535"; goto fail; }
+    for (const char *p = colon + 1; p < s + n && port <= 65535; p++)
+        port = *p >= '0' && *p <= '9' ? port * 10 + (*p - '0') : 65536;
+    if (port < 1 || port > 65535) { msg = "port must be 1-65535"; goto fail; }
     if (bracketed) return parse_host(s + 1, (size_t)(colon - s) - 2, (int)port, true, out, why);
     return parse_host(s, (size_t)(colon - s), (int)port, false, out, why);
 fail:

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,7 @@ struct mr_resolver {
 };
 
 static const mr_resolver_opts_t defaults = MR_RESOLVER_DEFAULTS;
+static atomic_uint live;
 
 static void set_opts(mr_resolver_t *r, const mr_resolver_opts_t *o)
 {
@@ -354,6 +356,7 @@ static void free_all(mr_resolver_t *r)
         queue_unref_unlock(r->q);
     }
     free(r);
+    atomic_fetch_sub(&live, 1);
 }
 
 static void maybe_free(mr_resolver_t *r)
@@ -530,6 +533,7 @@ mr_resolver_t *mr_resolver_new(mr_loop_t *loop, const mr_resolver_opts_t *opts)
     r->loop = loop;
     r->defer.fn = on_defer;
     set_opts(r, opts);
+    atomic_fetch_add(&live, 1);
     return r;
 }
 
@@ -539,7 +543,8 @@ int mr_resolver_lookup(mr_resolver_t *r, const char *host, size_t len, uint16_t 
                        mr_resolve_fn fn)
 {
     mr_hostport_t hp;
-    if (r->closing || rq->pending) return -EINVAL;
+    if (rq->pending) return -EBUSY;
+    if (r->closing) return -EINVAL;
     int kind = mr_addr_parse_host(host, len, port, &hp, NULL);
     if (kind < 0) return kind;
     rq->fn = fn;
@@ -626,6 +631,8 @@ void mr_resolver_stats(const mr_resolver_t *r, mr_resolver_stats_t *out)
         pthread_mutex_unlock(&r->q->mu);
     }
 }
+
+unsigned mr_resolver_live(void) { return atomic_load(&live); }
 
 void mr_resolver_close(mr_resolver_t *r)
 {

@@ -52,7 +52,8 @@ typedef struct mr_resolve_entry mr_resolve_entry_t;
  * -ENOMEM. */
 typedef void (*mr_resolve_fn)(mr_resolve_req_t *rq, int rc, const mr_addr_t *addrs, int naddrs);
 
-/* Embedded in the caller's object (container_of to get back to it). Fields are internal. */
+/* Embedded in the caller's object (container_of to get back to it), zeroed before its first use
+ * (calloc). Fields are internal. */
 struct mr_resolve_req {
     mr_resolve_fn fn;
     mr_resolve_entry_t *entry;  /* the name waited for, or NULL for a numeric host */
@@ -103,7 +104,7 @@ void mr_resolver_configure(mr_resolver_t *r, const mr_resolver_opts_t *opts);
 /* Resolves host (a name, or an IPv4/IPv6 literal, which is answered without a lookup) for port.
  * Returns 0: fn will be called once, later (see above); or, with no callback to come:
  * -EINVAL (not a valid host: mr_addr_parse_host's rules), -ENOSPC (max_pending names are being
- * resolved), -ENOMEM, or -errno from starting the first helper thread or its eventfd. */
+ * resolved), -EBUSY (rq is pending already), -ENOMEM, or -errno from starting the first helper thread or its eventfd. */
 int mr_resolver_lookup(mr_resolver_t *r, const char *host, size_t len, uint16_t port, mr_resolve_req_t *rq,
                        mr_resolve_fn fn);
 /* Drops a request: its callback will not run. Harmless on a request that is not pending. Call it
@@ -118,6 +119,8 @@ static inline bool mr_resolve_pending(const mr_resolve_req_t *rq) { return rq->p
 int mr_resolver_cached(mr_resolver_t *r, const char *host, size_t len, uint16_t port, mr_addr_t *out, int max);
 
 void mr_resolver_stats(const mr_resolver_t *r, mr_resolver_stats_t *out);
+/* Resolvers of this process not yet freed (any thread): lets tests check that close frees. */
+unsigned mr_resolver_live(void);
 
 /* Closes a resolver whose loop still runs: pending requests are dropped without a callback (their
  * memory is not touched), helper threads are told to stop, and the eventfd read is cancelled; the
