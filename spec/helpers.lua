@@ -408,9 +408,29 @@ local function first_listen_port(conf)
   return tonumber(port or conf:match("listen%s*=%s*[\"'][^\"']*:(%d+)"))
 end
 
+-- The getaddrinfo shim built beside the binary (spec/fixtures/fake_dns.c): names ending in
+-- ".mr.test" resolve without DNS, slowly or never; pass it as start_moonring's opts.preload.
+helpers.fake_dns_lib = (helpers.moonring_bin:match("^(.*)/[^/]*$") or ".") .. "/libmr_fakedns.so"
+
+-- "VAR=value ..." for a command line: opts.env (a table) and opts.preload (a library for
+-- LD_PRELOAD; behind the ASan runtime when the binary is sanitized, which must come first).
+local function env_prefix(opts)
+  local parts = {}
+  for k, v in pairs(opts.env or {}) do parts[#parts + 1] = k .. "=" .. shq(tostring(v)) end
+  if opts.preload then
+    local libs = opts.preload
+    local asan = run("ldd " .. shq(helpers.moonring_bin) .. " 2>/dev/null"):match("libasan%.so[%.%d]* => (%S+)")
+    if asan then libs = asan .. " " .. libs end
+    parts[#parts + 1] = "LD_PRELOAD=" .. shq(libs)
+  end
+  table.sort(parts)
+  return #parts > 0 and ("env " .. table.concat(parts, " ") .. " ") or ""
+end
+
 -- Starts moonring with `conf` (Lua source). opts.wait_port: port to wait for
 -- (default: first listen port in conf); opts.args: extra arguments;
--- opts.timeout: start timeout (10 s).
+-- opts.timeout: start timeout (10 s); opts.env: environment variables (a table);
+-- opts.preload: a library to preload (e.g. helpers.fake_dns_lib).
 function helpers.start_moonring(conf, opts)
   opts = opts or {}
   if not exists(helpers.moonring_bin) then
@@ -418,7 +438,8 @@ function helpers.start_moonring(conf, opts)
   end
   local conf_path = write_conf(conf, opts)
   local log_path = conf_path:gsub("%.lua$", ".log")
-  local cmd = shq(helpers.moonring_bin) .. " -c " .. shq(conf_path) .. (opts.args and (" " .. opts.args) or "")
+  local cmd = env_prefix(opts) .. shq(helpers.moonring_bin) .. " -c " .. shq(conf_path)
+    .. (opts.args and (" " .. opts.args) or "")
   local h = helpers.spawn(cmd, log_path)
   h.is_moonring = true
   local port = opts.wait_port

@@ -505,3 +505,131 @@ return {
     sock:close()
   end)
 end)
+
+-- Host names in cosockets and moonring.http go through the worker's resolver (src/net/resolver.c)
+-- and its cache. getaddrinfo is answered by spec/fixtures/fake_dns.c (preloaded), which logs
+-- each call, so the spec sees how often moonring asked.
+describe("lua yielding I/O: host names", function()
+  local lines, origin, mr, base, dns_log
+
+  setup(function()
+    lines = start_line_server()
+    origin = helpers.start_origin()
+    local port = helpers.free_port()
+    base = "http://127.0.0.1:" .. port
+    dns_log = helpers.tmpname("fakedns", ".log")
+    local conf = ([[
+local moonring = require "moonring"
+local LP, OP = %d, %d
+
+local function echo(host, text, timeout)
+  local s = moonring.tcp()
+  if timeout then s:settimeout(timeout) end
+  local ok, err = s:connect(host, LP)
+  if not ok then return err end
+  assert(s:send("echo " .. text .. "\n"))
+  local line = assert(s:receive("*l"))
+  s:close()
+  return line
+end
+
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  routes = {
+    { path = "/many", handler = function(req)
+        local out = {}
+        for i = 1, 5 do out[i] = echo("cached.mr.test", "n" .. i) end
+        out[6] = echo("CACHED.mr.test", "upper")
+        local res, err = moonring.http.request{ url = "http://web.mr.test:" .. OP .. "/size/3", keepalive = false }
+        out[7] = res and res.status .. " " .. res.body or err
+        res, err = moonring.http.request{ url = "http://web.mr.test:" .. OP .. "/size/4", keepalive = false }
+        out[8] = res and res.status .. " " .. res.body or err
+        return 200, table.concat(out, "|")
+      end },
+    { path = "/nx", handler = function(req)
+        local a = echo("nx1.mr.test", "x")
+        local b = echo("nx1.mr.test", "x")
+        local _, c = moonring.http.request{ url = "http://nx2.mr.test/" }
+        return 200, a .. "|" .. b .. "|" .. c
+      end },
+    { path = "/slow", handler = function(req)
+        return 200, echo(req:arg("host"), "slow", tonumber(req:arg("timeout")))
+      end },
+  },
+}
+]]):format(lines.port, origin.port, port)
+    mr = helpers.start_moonring(conf, { wait_port = port, preload = helpers.fake_dns_lib,
+      env = { MR_FAKEDNS_LOG = dns_log, MR_FAKEDNS_SLOW_MS = 1000 } })
+  end)
+
+  teardown(function()
+    helpers.stop_all()
+    if lines then lines.handle.stop("KILL") end
+    os.remove(dns_log)
+  end)
+
+  local function get(path, timeout)
+    return helpers.http("GET", base .. path, { timeout = timeout or 10 })
+  end
+  -- How many times moonring called getaddrinfo for name.
+  local function asked(name)
+    local f = io.open(dns_log)
+    if not f then return 0 end
+    local n = 0
+    for line in f:lines() do if line == name then n = n + 1 end end
+    f:close()
+    return n
+  end
+
+  it("resolves a name once for many connects within the TTL, cosockets and moonring.http alike", function()
+    local res = assert(get("/many"))
+    assert.equal("n1|n2|n3|n4|n5|upper|200 abc|200 abcd", res.body)
+    assert.equal(1, asked("cached.mr.test"))
+    assert.equal(1, asked("web.mr.test"))
+    -- and for the next request too
+    assert.equal(200, assert(get("/many")).status)
+    assert.equal(1, asked("cached.mr.test"))
+    assert.equal(1, asked("web.mr.test"))
+  end)
+
+  it("fails an unknown name with a clear error, and remembers it for a while", function()
+    local res = assert(get("/nx"))
+    assert.equal("host not found (nx1.mr.test)|host not found (nx1.mr.test)|host not found (nx2.mr.test)", res.body)
+    assert.equal(1, asked("nx1.mr.test"))
+  end)
+
+  it("cancels a lookup whose connect timed out; its late answer fills the cache", function()
+    local t0 = socket.gettime()
+    local res = assert(get("/slow?host=slow1.mr.test&timeout=200"))
+    assert.equal("timeout", res.body)
+    assert.is_true(socket.gettime() - t0 < 0.9)
+    -- the answer arrives with nobody waiting; the next connect takes it from the cache
+    assert(helpers.eventually(function() return asked("slow1.mr.test") == 1 end, 5))
+    socket.sleep(1.2)
+    t0 = socket.gettime()
+    assert.equal("slow", assert(get("/slow?host=slow1.mr.test")).body)
+    assert.is_true(socket.gettime() - t0 < 0.5)
+    assert.equal(1, asked("slow1.mr.test"))
+  end)
+
+  it("cancels a lookup pending when the client goes away, and keeps serving", function()
+    local sock = assert(helpers.connect(mr.port))
+    sock:send("GET /slow?host=slow2.mr.test HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert(helpers.eventually(function() return asked("slow2.mr.test") == 1 end, 5))
+    sock:close()
+    socket.sleep(1.3) -- the lookup finishes after its request went away
+    assert.is_true(mr.alive())
+    assert.equal("slow", assert(get("/slow?host=slow2.mr.test")).body)
+    assert.equal(1, asked("slow2.mr.test"))
+    assert.equal("n1|n2|n3|n4|n5|upper|200 abc|200 abcd", assert(get("/many")).body)
+  end)
+
+  it("stops at once while a getaddrinfo is stuck on a dead DNS server", function()
+    assert.equal("timeout", assert(get("/slow?host=hang1.mr.test&timeout=200")).body)
+    assert(helpers.eventually(function() return asked("hang1.mr.test") == 1 end, 5))
+    local t0 = socket.gettime()
+    assert.equal(0, mr.stop("TERM", 15))
+    assert.is_true(socket.gettime() - t0 < 3, "stop took " .. (socket.gettime() - t0) .. " s")
+  end)
+end)

@@ -361,10 +361,12 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         return NULL;
     }
-    if (mr_cosock_thread_init(w->loop) < 0) {
+    w->resolver = mr_resolver_new(w->loop, NULL);
+    if (!w->resolver || mr_cosock_thread_init(w->loop, w->resolver) < 0) {
         w->startup_rc = -ENOMEM;
         atomic_store(&w->ready, -1);
         mr_loop_free(w->loop);
+        mr_resolver_free(w->resolver);
         return NULL;
     }
     mr_proxy_init(&w->px, w->loop, client_gone, w);
@@ -380,6 +382,7 @@ static void *worker_main(void *arg)
         mr_proxy_free(&w->px);
         mr_loop_free(w->loop);
         mr_cosock_thread_free();
+        mr_resolver_free(w->resolver);
         return NULL;
     }
     mr_proxy_set_gen(&w->px, gen);
@@ -399,6 +402,7 @@ static void *worker_main(void *arg)
     mr_cosock_thread_free();
     mr_h1_thread_free();
     mr_sock_thread_free();
+    mr_resolver_free(w->resolver); /* a helper thread stuck in getaddrinfo is not waited for */
     while (w->listeners) listener_free(w, w->listeners);
     close(w->evfd);
     return NULL;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "net/resolver.h"
 #include "loop/loop.h"
 #include "core/gen.h"
 #include "proxy/proxy.h"
@@ -36,6 +37,7 @@ struct mr_worker {
     pthread_t thread;
     const mr_config_t *cfg;       /* the current generation's (process-level settings) */
     mr_loop_t *loop;
+    mr_resolver_t *resolver;      /* host names for cosockets (and, next, upstreams) */
 
     mr_listener_t *listeners;
     bool accepting, accept_paused;

@@ -101,6 +101,8 @@ int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts)
 
 mr_loop_t *mr_loop_current(void) { return current; }
 
+mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop) { return loop->backend; }
+
 void mr_loop_free(mr_loop_t *loop)
 {
     if (!loop) return;
@@ -329,5 +331,6 @@ int mr_loop_run(mr_loop_t *loop)
         ops->reap(loop);
         run_timers(loop);
     }
+    loop->stop = false; /* consumed: a later mr_loop_run runs again (test harnesses drive turns) */
     return 0;
 }

@@ -96,8 +96,10 @@ MR_EXPORT int mr_loop_init(mr_loop_t **out, const mr_loop_opts_t *opts);
  * thread, config checks, unit specs): modules that run on whatever worker calls them (Lua timers,
  * cosockets, request phases) find their loop here instead of being handed one through layers. */
 mr_loop_t *mr_loop_current(void);
+mr_loop_backend_t mr_loop_backend(const mr_loop_t *loop);
 MR_EXPORT void mr_loop_free(mr_loop_t *loop);
-/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). */
+/* Runs until mr_loop_stop. Returns 0 or -errno on a fatal backend error (ring or epoll fd). The
+ * stop is consumed: calling mr_loop_run again runs the loop again. */
 int mr_loop_run(mr_loop_t *loop);
 void mr_loop_stop(mr_loop_t *loop);
 /* Cached monotonic clock in ms, refreshed once per loop turn. */

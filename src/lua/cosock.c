@@ -3,10 +3,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <netdb.h>
-#include <pthread.h>
 #include <stdio.h>
-#include <sys/eventfd.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,16 +12,12 @@
 
 #include "lua/lua.h"
 #include "net/net.h"
+#include "net/resolver.h"
 #include "tls/tls.h"
 #include "util/export.h"
 
 #define RBUF_SIZE 16384
 #define KEY_MAX 384 /* host:port or opts.pool, plus "\ntls\n<server name>\n<verify>" */
-#define HOST_MAX 254
-#define RS_MAX_PENDING 256
-
-typedef struct rs_job rs_job_t;
-
 enum { CS_NEW = 0, CS_CONNECTING, CS_CONNECTED, CS_POOLED };
 enum { OPK_NONE = 0, OPK_CONNECT, OPK_READ, OPK_WRITE, OPK_TLS };
 /* What a TLS operation (OPK_TLS) is for, and which ciphertext I/O it has in flight. */
@@ -63,50 +56,26 @@ struct mr_cosock {
     size_t wlen, woff, wcap;
     char key[KEY_MAX];
     mr_addr_t addr;              /* named by the connect SQE: must live until its completion */
-    rs_job_t *job;               /* name resolution in progress */
+    mr_resolve_req_t rq;         /* name resolution in progress (mr_resolve_pending) */
     mr_cosock_t *next, *prev;    /* every live socket of the thread */
     mr_cosock_t *pnext, *pprev;  /* idle pool */
 };
 
-/* Name resolution: getaddrinfo blocks, so a helper thread per worker (started on first use)
- * runs it; results come back through an eventfd the worker's loop reads. The queue outlives
- * whichever side stops last (refs), so a lookup stuck in getaddrinfo never delays a stop. */
-struct rs_job {
-    rs_job_t *next;
-    mr_cosock_t *s;              /* worker side only: NULL once the socket gave up */
-    int port, rc;
-    mr_addr_t addr;
-    char host[HOST_MAX + 1];
-};
-
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    rs_job_t *todo, *todo_tail, *done;
-    int efd;
-    int refs;
-    bool stop;
-} rs_queue_t;
-
 typedef struct {
     mr_loop_t *loop;
+    mr_resolver_t *res;
     mr_cosock_t *all;
     mr_cosock_t *pool;
-    rs_queue_t *rs;
-    mr_op_t rs_op;
-    uint64_t rs_val;
-    int rs_pending;
 } cs_thread_t;
 
 static __thread cs_thread_t *T;
 
-static void rs_unref_unlock(rs_queue_t *q);
-
-int mr_cosock_thread_init(mr_loop_t *loop)
+int mr_cosock_thread_init(mr_loop_t *loop, mr_resolver_t *res)
 {
     T = calloc(1, sizeof *T);
     if (!T) return -ENOMEM;
     T->loop = loop;
+    T->res = res;
     return 0;
 }
 
@@ -123,6 +92,7 @@ static void sess_unref(mr_cosock_sess_t *b)
 
 static void cs_free(mr_cosock_t *s)
 {
+    mr_resolver_cancel(&s->rq);
     if (s->fd >= 0) close(s->fd);
     /* Only now: a write SQE pointed into the engine's output until its completion. */
     if (s->tls) mr_tls_conn_free(s->tls);
@@ -211,7 +181,7 @@ MR_EXPORT void mr_cosock_close(mr_cosock_t *s)
 {
     if (!s || s->closing) return;
     if (s->state == CS_POOLED) pool_unlink(s);
-    if (s->job) { s->job->s = NULL; s->job = NULL; }
+    mr_resolver_cancel(&s->rq);
     s->closing = true;
     s->waker = NULL;
     mr_timer_stop(T->loop, &s->timer);
@@ -230,12 +200,6 @@ void mr_cosock_thread_free(void)
 {
     if (!T) return;
     while (T->all) cs_free(T->all);
-    if (T->rs) {
-        pthread_mutex_lock(&T->rs->mu);
-        T->rs->stop = true;
-        pthread_cond_signal(&T->rs->cv);
-        rs_unref_unlock(T->rs);
-    }
     free(T);
     T = NULL;
 }
@@ -251,9 +215,8 @@ static void cs_timer(mr_loop_t *loop, mr_timer_t *t)
     if (s->state == CS_POOLED) { mr_cosock_close(s); return; }
     s->timed_out = true;
     if (s->op.active) mr_loop_cancel(loop, &s->op);
-    else if (s->job) {
-        s->job->s = NULL;
-        s->job = NULL;
+    else if (mr_resolve_pending(&s->rq)) {
+        mr_resolver_cancel(&s->rq);
         s->state = CS_NEW;
         s->opk = OPK_NONE;
         s->res = -ETIMEDOUT;
@@ -448,33 +411,6 @@ MR_EXPORT mr_cosock_t *mr_cosock_new(void)
     return s;
 }
 
-/* Numeric addresses; -EAFNOSUPPORT for anything else (a name for the resolver thread). */
-static int parse_addr(const char *h, size_t n, int port, mr_addr_t *a)
-{
-    char buf[64];
-    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') { h++; n -= 2; }
-    if (n == 0 || port < 1 || port > 65535) return -EINVAL;
-    if (n >= sizeof buf) return -EAFNOSUPPORT;
-    memcpy(buf, h, n);
-    buf[n] = 0;
-    memset(a, 0, sizeof *a);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&a->sa;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a->sa;
-    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        a->len = sizeof *v4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        a->len = sizeof *v6;
-        return 0;
-    }
-    return -EAFNOSUPPORT;
-}
-
 static int connect_addr(mr_cosock_t *s)
 {
     mr_addr_t *a = &s->addr;
@@ -494,175 +430,48 @@ static int connect_addr(mr_cosock_t *s)
     return 1;
 }
 
-static void rs_unref_unlock(rs_queue_t *q)
+/* The resolver's answer for a connect by name: connect to its first address (IPv4 first). */
+static void resolved(mr_resolve_req_t *rq, int rc, const mr_addr_t *addrs, int naddrs)
 {
-    bool last = --q->refs == 0;
-    pthread_mutex_unlock(&q->mu);
-    if (!last) return;
-    for (rs_job_t *l = q->todo; l;) { rs_job_t *n = l->next; free(l); l = n; }
-    for (rs_job_t *l = q->done; l;) { rs_job_t *n = l->next; free(l); l = n; }
-    close(q->efd);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    free(q);
+    mr_cosock_t *s = (mr_cosock_t *)((char *)rq - offsetof(mr_cosock_t, rq));
+    (void)naddrs;
+    if (rc == 0) {
+        s->addr = addrs[0];
+        rc = connect_addr(s);
+    }
+    if (rc < 0) {
+        mr_timer_stop(T->loop, &s->timer);
+        s->state = CS_NEW;
+        s->opk = OPK_NONE;
+        s->res = rc;
+        wake(s);
+    }
 }
 
-/* IPv4 first when a name has both: services on "localhost" usually listen on 127.0.0.1. */
-static int rs_lookup(const char *host, int port, mr_addr_t *out)
-{
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC }, *res = NULL;
-    char serv[8];
-    snprintf(serv, sizeof serv, "%d", port);
-    int rc = getaddrinfo(host, serv, &hints, &res);
-    if (rc != 0) return rc == EAI_AGAIN ? -EAGAIN : (rc == EAI_NONAME || rc == EAI_NODATA) ? -ENOENT : -EIO;
-    struct addrinfo *pick = NULL;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
-        if (!pick || (ai->ai_family == AF_INET && pick->ai_family != AF_INET)) pick = ai;
-    }
-    if (pick && pick->ai_addrlen <= sizeof out->sa) {
-        memcpy(&out->sa, pick->ai_addr, pick->ai_addrlen);
-        out->len = pick->ai_addrlen;
-        rc = 0;
-    } else {
-        rc = -ENOENT;
-    }
-    freeaddrinfo(res);
-    return rc;
-}
-
-static void *rs_main(void *arg)
-{
-    rs_queue_t *q = arg;
-    pthread_mutex_lock(&q->mu);
-    for (;;) {
-        while (!q->todo && !q->stop) pthread_cond_wait(&q->cv, &q->mu);
-        if (q->stop) break;
-        rs_job_t *j = q->todo;
-        q->todo = j->next;
-        if (!q->todo) q->todo_tail = NULL;
-        pthread_mutex_unlock(&q->mu);
-        j->rc = rs_lookup(j->host, j->port, &j->addr);
-        pthread_mutex_lock(&q->mu);
-        j->next = q->done;
-        q->done = j;
-        uint64_t one = 1;
-        ssize_t w = write(q->efd, &one, sizeof one);
-        (void)w;
-    }
-    rs_unref_unlock(q);
-    return NULL;
-}
-
-static void rs_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
-{
-    (void)flags;
-    (void)op;
-    rs_queue_t *q = T->rs;
-    pthread_mutex_lock(&q->mu);
-    rs_job_t *l = q->done;
-    q->done = NULL;
-    pthread_mutex_unlock(&q->mu);
-    while (l) {
-        rs_job_t *j = l;
-        l = l->next;
-        T->rs_pending--;
-        mr_cosock_t *s = j->s;
-        if (s) {
-            s->job = NULL;
-            int rc = j->rc;
-            if (rc == 0) {
-                s->addr = j->addr;
-                rc = connect_addr(s);
-            }
-            if (rc < 0) {
-                mr_timer_stop(loop, &s->timer);
-                s->state = CS_NEW;
-                s->opk = OPK_NONE;
-                s->res = rc;
-                wake(s);
-            }
-        }
-        free(j);
-    }
-    if (res >= 0 || res == -EINTR || res == -EAGAIN) mr_loop_read(loop, &T->rs_op, q->efd, &T->rs_val, sizeof T->rs_val);
-}
-
-static int rs_submit(mr_cosock_t *s, const char *host, size_t hlen, int port)
-{
-    if (!T->rs) {
-        rs_queue_t *q = calloc(1, sizeof *q);
-        if (!q) return -ENOMEM;
-        q->efd = eventfd(0, EFD_CLOEXEC);
-        if (q->efd < 0) { free(q); return -EMFILE; }
-        pthread_mutex_init(&q->mu, NULL);
-        pthread_cond_init(&q->cv, NULL);
-        q->refs = 2;
-        pthread_t th;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&th, &at, rs_main, q);
-        pthread_attr_destroy(&at);
-        if (rc != 0) {
-            close(q->efd);
-            pthread_mutex_destroy(&q->mu);
-            pthread_cond_destroy(&q->cv);
-            free(q);
-            return -rc;
-        }
-        T->rs = q;
-        T->rs_op.fn = rs_done;
-        mr_loop_read(T->loop, &T->rs_op, q->efd, &T->rs_val, sizeof T->rs_val);
-    }
-    if (T->rs_pending >= RS_MAX_PENDING) return -ENOSPC;
-    rs_job_t *j = calloc(1, sizeof *j);
-    if (!j) return -ENOMEM;
-    memcpy(j->host, host, hlen);
-    j->host[hlen] = 0;
-    j->port = port;
-    j->s = s;
-    s->job = j;
-    T->rs_pending++;
-    rs_queue_t *q = T->rs;
-    pthread_mutex_lock(&q->mu);
-    if (q->todo_tail) q->todo_tail->next = j;
-    else q->todo = j;
-    q->todo_tail = j;
-    pthread_cond_signal(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-    return 0;
-}
-
-static bool valid_name(const char *h, size_t n)
-{
-    if (n == 0 || n > HOST_MAX) return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = h[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '.' || ch == '_'))
-            return false;
-    }
-    return true;
-}
-
-/* Numeric addresses connect at once; names go to the resolver thread first. The timeout covers
- * both. */
+/* Numeric addresses, and names the worker's resolver has cached, connect at once; other names
+ * are looked up first (net/resolver.h). The timeout covers both. A name cached as not existing
+ * fails at once with -ENOENT. */
 static int cs_connect(mr_cosock_t *s, const char *host, size_t hlen, int port, int timeout_ms, void *waker)
 {
-    if (s->closing || s->fd >= 0 || s->op.active || s->job) return -EISCONN;
-    if (port < 1 || port > 65535) return -EINVAL;
-    int rc = parse_addr(host, hlen, port, &s->addr);
-    if (rc == -EAFNOSUPPORT) {
-        if (!valid_name(host, hlen)) return -EINVAL;
-        rc = rs_submit(s, host, hlen, port);
-        if (rc < 0) return rc;
-        s->state = CS_CONNECTING;
-        s->opk = OPK_CONNECT;
-        start(s, OPK_CONNECT, timeout_ms, waker);
-        return 1;
-    }
+    if (s->closing || s->fd >= 0 || s->op.active || mr_resolve_pending(&s->rq)) return -EISCONN;
+    mr_hostport_t hp;
+    int rc = mr_addr_parse_host(host, hlen, port, &hp, NULL);
     if (rc < 0) return rc;
+    if (rc == MR_ADDR_NAME) {
+        if (!T->res) return -ENOTSUP;
+        rc = mr_resolver_cached(T->res, hp.host, hp.hlen, hp.port, &s->addr, 1);
+        if (rc < 0) return rc;
+        if (rc == 0) {
+            rc = mr_resolver_lookup(T->res, hp.host, hp.hlen, hp.port, &s->rq, resolved);
+            if (rc < 0) return rc;
+            s->state = CS_CONNECTING;
+            s->opk = OPK_CONNECT;
+            start(s, OPK_CONNECT, timeout_ms, waker);
+            return 1;
+        }
+    } else {
+        s->addr = hp.addr;
+    }
     rc = connect_addr(s);
     if (rc < 0) return rc;
     return start(s, OPK_CONNECT, timeout_ms, waker);

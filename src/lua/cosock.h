@@ -20,16 +20,19 @@
 #define MR_COSOCK_H
 
 #include "loop/loop.h"
+#include "net/resolver.h"
 
 typedef struct mr_cosock mr_cosock_t;
 
-/* Binds the calling worker thread to its loop. Returns 0 or -ENOMEM. */
-int mr_cosock_thread_init(mr_loop_t *loop);
+/* Binds the calling worker thread to its loop and its resolver (host names in connect; the
+ * resolver must outlive mr_cosock_thread_free). Returns 0 or -ENOMEM. */
+int mr_cosock_thread_init(mr_loop_t *loop, mr_resolver_t *res);
 /* The calling thread's loop, or NULL when it is not a worker (config check, unit tests). */
 mr_loop_t *mr_cosock_loop(void);
 /* Closes the idle pool (graceful shutdown). */
 void mr_cosock_thread_drain(void);
-/* After the loop was freed: closes every remaining fd and frees every socket. */
+/* After the loop was freed, before the resolver is: closes every remaining fd and frees every
+ * socket (cancelling its lookup). */
 void mr_cosock_thread_free(void);
 
 #endif
