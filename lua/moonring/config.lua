@@ -985,6 +985,13 @@ local limits = S.record({
   { "keepalive_requests", S.int(1), default = 1000 },
 })
 
+-- How the request path is normalised before routing (docs/routing.md).
+local http_opts = S.record({
+  { "merge_slashes", S.bool, default = true },
+  { "escaped_slashes", S.enum("reject", "keep", "decode"), default = "reject" },
+  { "path_params", S.enum("last", "keep", "reject"), default = "last" },
+})
+
 local proxy = S.record({
   { "x_forwarded_for", S.bool, default = true },
   { "x_forwarded_proto", S.bool, default = true },
@@ -1059,6 +1066,7 @@ local top = S.record({
   { "init_worker", S.func },
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
+  { "http", http_opts, default = {} },
   { "lua", lua_opts, default = {} },
 }, function(out, raw, path, ctx)
   if not out.router then

@@ -270,8 +270,11 @@ function req_methods.respond(self, status, body, headers)
   if type(status) ~= "number" or status < 100 or status > 999 then
     error("req:respond(status, body, headers): status must be a number from 100 to 999", 2)
   end
-  body = body or ""
-  if type(body) ~= "string" then body = tostring(body) end
+  if body == nil then body = ""
+  elseif type(body) == "number" then body = tostring(body)
+  elseif type(body) ~= "string" then
+    error("req:respond(status, body, headers): body must be a string, got " .. type(body), 2)
+  end
   local n, keep = 0, {}
   if headers ~= nil then
     if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end

@@ -511,6 +511,20 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
     cfg->server_header = dupstr(L, t, "server_header");
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "http");
+    t = lua_gettop(L);
+    cfg->path_policy.merge_slashes = need_bool(L, t, "merge_slashes");
+    char *es = need_str(L, t, "escaped_slashes"), *pp = need_str(L, t, "path_params");
+    cfg->path_policy.escaped_slashes = !es ? MR_PATH_SLASHES_REJECT
+                                     : strcmp(es, "keep") == 0 ? MR_PATH_SLASHES_KEEP
+                                     : strcmp(es, "decode") == 0 ? MR_PATH_SLASHES_DECODE : MR_PATH_SLASHES_REJECT;
+    cfg->path_policy.path_params = !pp ? MR_PATH_PARAMS_LAST
+                                 : strcmp(pp, "keep") == 0 ? MR_PATH_PARAMS_KEEP
+                                 : strcmp(pp, "reject") == 0 ? MR_PATH_PARAMS_REJECT : MR_PATH_PARAMS_LAST;
+    free(es);
+    free(pp);
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "listen");
     t = lua_gettop(L);
     cfg->nlisten = (int)lua_objlen(L, t);

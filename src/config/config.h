@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "http/path.h"
 #include "net/net.h"
 #include "tls/tls.h"
 
@@ -111,6 +112,7 @@ typedef struct {
     bool xff, xfp, via;
     uint32_t buffer_size;
     char *server_header;        /* Server field of local responses, or NULL for none */
+    mr_path_policy_t path_policy;  /* http.*: how paths are normalised before routing */
     uint32_t shutdown_timeout_ms;
     uint32_t drain_timeout_ms;  /* reload.drain_timeout: how long a retired generation may live */
     uint32_t lua_time_budget_ms;    /* lua.time_budget: one uninterrupted run of a Lua phase */

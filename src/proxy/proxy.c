@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "core/gen.h"
+#include "http/path.h"
 #include "http1/write.h"
 #include "log/log.h"
 #include "lua/lua.h"
@@ -92,13 +93,10 @@ static void build_target(const mr_req_t *r, mr_h1_req_head_t *head)
         if (r->query_off) { query = mr_req_view_query(r); qlen = r->query_len; }
     }
     const mr_route_conf_t *rt = r->route;
-    if (rt && rt->strip_prefix && rt->path) {
-        size_t l = strlen(rt->path);
-        if (l > 0 && rt->path[l - 1] == '/') l--; /* keep the slash that starts what remains */
-        if (plen >= l && memcmp(path, rt->path, l) == 0) {
-            path += l;
-            plen -= l;
-        }
+    size_t off;
+    if (rt && rt->strip_prefix && rt->path && mr_path_strip_prefix(rt->path, strlen(rt->path), path, plen, &off) >= 0) {
+        path += off; /* the writer puts the "/" that starts what remains where it is missing */
+        plen -= off;
     }
     head->path = path;
     head->path_len = plen;
