@@ -638,8 +638,40 @@ local upstreams = S.map(NAME_PAT, NAME_WHAT, upstream, function(out, keys, path,
   return list
 end)
 
+-- Request paths are normalised before routing (docs/routing.md), so a route path that is not in
+-- normal form could never match: refuse it, naming the form it would have to be written in.
+local function normal_form(v)
+  if v:find("[%z\1-\32\127\\?#]") then return nil, "spaces, control bytes, '\\', '?' and '#' cannot appear in a path" end
+  local bad
+  local decoded = v:gsub("%%(..)", function(h)
+    if not h:match("^%x%x$") then bad = "invalid %-encoding" return end
+    local c = string.char(tonumber(h, 16))
+    if c:match("[%w%-%._~]") then return c end
+    return "%" .. h:upper()
+  end)
+  if bad then return nil, bad end
+  local out = {}
+  for seg in (decoded .. "/"):gmatch("([^/]*)/") do
+    if seg == ".." then
+      if #out == 0 then return nil, "'..' climbs above the root" end
+      out[#out] = nil
+    elseif seg ~= "." and seg ~= "" then
+      out[#out + 1] = seg
+    end
+  end
+  local norm = "/" .. table.concat(out, "/")
+  if #out > 0 and (decoded:sub(-1) == "/" or decoded:match("/%.%.?$")) then norm = norm .. "/" end
+  return norm
+end
+
 local function abs_path(v, path)
   if type(v) ~= "string" or v:sub(1, 1) ~= "/" then expected(path, 'string starting with "/"', v) end
+  local norm, why = normal_form(v)
+  if not norm then fail(path, "not a normalised path: " .. why .. ", got " .. describe(v)) end
+  if norm ~= v then
+    fail(path, "not a normalised path (requests are normalised before routing, so it would never match): write " ..
+      describe(norm) .. " instead of " .. describe(v))
+  end
   return v
 end
 
@@ -985,6 +1017,13 @@ local limits = S.record({
   { "keepalive_requests", S.int(1), default = 1000 },
 })
 
+-- Host names resolved at run time: upstream servers named by host (again once their address is
+-- older than ttl), req:set_upstream("name:port"), cosockets (src/net/resolver.h).
+local resolver_opts = S.record({
+  { "ttl", S.duration(1), default = "30s", out = "ttl_ms" },
+  { "negative_ttl", S.duration(1), default = "5s", out = "negative_ttl_ms" },
+})
+
 -- How the request path is normalised before routing (docs/routing.md).
 local http_opts = S.record({
   { "merge_slashes", S.bool, default = true },
@@ -1067,6 +1106,7 @@ local top = S.record({
   { "limits", limits, default = {} },
   { "proxy", proxy, default = {} },
   { "http", http_opts, default = {} },
+  { "resolver", resolver_opts, default = {} },
   { "lua", lua_opts, default = {} },
 }, function(out, raw, path, ctx)
   if not out.router then

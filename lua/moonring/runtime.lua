@@ -233,7 +233,7 @@ function req_methods.set_upstream(self, name)
   if type(name) ~= "string" then error("req:set_upstream(name): name must be a string", 2) end
   local rc = C.mr_req_set_upstream(live(self), name, #name)
   if rc == OK then return true end
-  if rc == DECLINED then return nil, "unknown upstream '" .. name .. "' (declare it in upstreams, or use a numeric host:port)" end
+  if rc == DECLINED then return nil, "unknown upstream '" .. name .. "' (declare it in upstreams, or use a host:port)" end
   return nil, "cannot set the upstream now"
 end
 

@@ -388,6 +388,19 @@ describe("moonring.config", function()
         bad(with('routes = { { strip_prefix = true, handler = print } }')), 1, true)
     end)
 
+    it("refuses route paths that normalised requests could never match, naming the normal form", function()
+      assert.matches('routes[1].path: not a normalised path (requests are normalised before routing, so it would never match): write "/a/b" instead of "/a//b"',
+        bad(with('routes = { { path = "/a//b", handler = print } }')), 1, true)
+      assert.matches('write "/admin" instead of "/%61dmin"',
+        bad(with('routes = { { exact = "/%61dmin", handler = print } }')), 1, true)
+      assert.matches('write "/x%2Fy" instead of "/x%2fy"',
+        bad(with('routes = { { path = "/x%2fy", handler = print } }')), 1, true)
+      assert.matches('write "/y" instead of "/x/../y"', bad(with('routes = { { path = "/x/../y", handler = print } }')), 1, true)
+      assert.matches("'..' climbs above the root", bad(with('routes = { { path = "/..", handler = print } }')), 1, true)
+      assert.matches("invalid %-encoding", bad(with('routes = { { path = "/%zz", handler = print } }')), 1, true)
+      ok(with('routes = { { path = "/", handler = print }, { path = "/a/", handler = print }, { exact = "/a%2Fb", handler = print } }'))
+    end)
+
     it("allows an empty or missing routes list only with a router", function()
       local cfg = ok('return { listen = { "127.0.0.1:1" }, router = function() end }')
       assert.same({}, cfg.routes)

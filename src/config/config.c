@@ -511,6 +511,12 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
     cfg->server_header = dupstr(L, t, "server_header");
     lua_pop(L, 1);
 
+    lua_getfield(L, top, "resolver");
+    t = lua_gettop(L);
+    cfg->resolver_ttl_ms = need_u32(L, t, "ttl_ms");
+    cfg->resolver_negative_ttl_ms = need_u32(L, t, "negative_ttl_ms");
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "http");
     t = lua_gettop(L);
     cfg->path_policy.merge_slashes = need_bool(L, t, "merge_slashes");

@@ -113,6 +113,7 @@ typedef struct {
     uint32_t buffer_size;
     char *server_header;        /* Server field of local responses, or NULL for none */
     mr_path_policy_t path_policy;  /* http.*: how paths are normalised before routing */
+    uint32_t resolver_ttl_ms, resolver_negative_ttl_ms;  /* resolver.* */
     uint32_t shutdown_timeout_ms;
     uint32_t drain_timeout_ms;  /* reload.drain_timeout: how long a retired generation may live */
     uint32_t lua_time_budget_ms;    /* lua.time_budget: one uninterrupted run of a Lua phase */

@@ -269,6 +269,11 @@ static void commit_reload(mr_worker_t *w)
     w->reload_gen = NULL;
     w->cfg = cfg;
     access_log_follow(w, cfg);
+    mr_resolver_opts_t ro = MR_RESOLVER_DEFAULTS;
+    ro.ttl_ms = cfg->resolver_ttl_ms;
+    ro.negative_ttl_ms = cfg->resolver_negative_ttl_ms;
+    mr_resolver_configure(w->resolver, &ro);
+    w->px.servers.ttl_ms = ro.ttl_ms;
     mr_lua_vm_retire(old->lua);
     gen_retired(w, old);
     mr_gen_unref(old);
@@ -361,7 +366,10 @@ static void *worker_main(void *arg)
         atomic_store(&w->ready, -1);
         return NULL;
     }
-    w->resolver = mr_resolver_new(w->loop, NULL);
+    mr_resolver_opts_t ro = MR_RESOLVER_DEFAULTS;
+    ro.ttl_ms = w->cfg->resolver_ttl_ms;
+    ro.negative_ttl_ms = w->cfg->resolver_negative_ttl_ms;
+    w->resolver = mr_resolver_new(w->loop, &ro);
     if (!w->resolver || mr_cosock_thread_init(w->loop, w->resolver) < 0) {
         w->startup_rc = -ENOMEM;
         atomic_store(&w->ready, -1);
@@ -370,6 +378,9 @@ static void *worker_main(void *arg)
         return NULL;
     }
     mr_proxy_init(&w->px, w->loop, client_gone, w);
+    /* Upstream servers named by host follow DNS through the same resolver as cosockets. */
+    w->px.servers.res = w->resolver;
+    w->px.servers.ttl_ms = ro.ttl_ms;
     w->conns.px = &w->px;
     w->conns.gone = client_gone;
     w->conns.gone_arg = w;

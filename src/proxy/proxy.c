@@ -210,15 +210,13 @@ static void up_lost(mr_req_t *r, int status)
     mr_req_error(r, status, true);
 }
 
-static void forward_start(mr_req_t *r)
+/* Connects (or takes a pooled connection) to the server picked for r. */
+static void forward_connect(mr_req_t *r, mr_server_t *s)
 {
     mr_proxy_t *px = r->px;
-    int pick = mr_upstream_pick(r->upstream, mr_loop_now(px->loop));
-    if (pick < 0) { mr_req_error(r, 503, false); return; }
-    mr_server_t *s = r->upstream->servers[pick];
     r->tries++;
     mr_upconn_t *u;
-    int rc = mr_upconn_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[pick].sni, &u);
+    int rc = mr_upconn_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[r->pick].sni, &u);
     if (rc < 0) {
         mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
         if (!retry(r)) mr_req_error(r, 502, true);
@@ -227,6 +225,39 @@ static void forward_start(mr_req_t *r)
     mr_upconn_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
     r->up = u;
     if (u->connected) up_ops.ready(r, u);
+}
+
+/* The first address of the server r waits for (a name) is known, or could not be found. */
+static void server_ready(mr_server_wait_t *w, int rc)
+{
+    mr_req_t *r = (mr_req_t *)((char *)w - offsetof(mr_req_t, srv_wait));
+    mr_server_t *s = r->waiting;
+    r->waiting = NULL;
+    if (rc == 0) { forward_connect(r, s); return; }
+    mr_warn("upstream %s: %s (%s %.*s)", s->addr, rc == -ENOENT ? "host not found" : strerror(-rc), r->method_name,
+            (int)r->target_len, mr_req_target_raw(r));
+    r->tries++;
+    if (!retry(r)) mr_req_error(r, 502, true);
+}
+
+static void forward_start(mr_req_t *r)
+{
+    mr_proxy_t *px = r->px;
+    uint64_t now = mr_loop_now(px->loop);
+    int pick = mr_upstream_pick(r->upstream, now);
+    if (pick < 0) { mr_req_error(r, 503, false); return; }
+    mr_server_t *s = r->upstream->servers[pick];
+    r->pick = pick;
+    r->srv_wait.fn = server_ready;
+    int rc = mr_server_ready(s, now, &r->srv_wait);
+    if (rc == 1) { r->waiting = s; return; } /* its name is being resolved */
+    if (rc < 0) {
+        mr_warn("upstream %s: cannot resolve: %s", s->addr, strerror(-rc));
+        r->tries++;
+        if (!retry(r)) mr_req_error(r, 502, true);
+        return;
+    }
+    forward_connect(r, s);
 }
 
 /* The route's upstream (or the one a filter chose) gets the request. */
@@ -597,6 +628,10 @@ void mr_proxy_sent(mr_req_t *r)
 
 static void release(mr_req_t *r)
 {
+    if (r->waiting) {
+        mr_server_unwait(r->waiting, &r->srv_wait);
+        r->waiting = NULL;
+    }
     if (r->up) {
         mr_upconn_close(r->up);
         r->up = NULL;
@@ -631,6 +666,10 @@ void mr_proxy_detach_lua(mr_req_t *r)
 
 void mr_proxy_fail(mr_req_t *r, int status)
 {
+    if (r->waiting) {
+        mr_server_unwait(r->waiting, &r->srv_wait);
+        r->waiting = NULL;
+    }
     if (r->up) {
         mr_upconn_close(r->up);
         r->up = NULL;

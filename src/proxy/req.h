@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "http/headers.h"
+#include "upstream/upstream.h"
 #include "loop/loop.h"
 #include "net/sock.h"
 #include "util/vec.h"
@@ -26,7 +27,6 @@
 typedef struct mr_req mr_req_t;
 typedef struct mr_proxy mr_proxy_t;
 typedef struct mr_gen mr_gen_t;
-typedef struct mr_upstream mr_upstream_t;
 typedef struct mr_upconn mr_upconn_t;
 
 /* What a protocol session implements for its requests. The core calls these from its own
@@ -88,7 +88,9 @@ struct mr_req {
     mr_upstream_t *upstream;
     mr_upstream_t *dyn_up;      /* chosen by req:set_upstream */
     mr_upconn_t *up;
-    int tries;
+    mr_server_t *waiting;       /* a server whose name is being resolved for this request */
+    mr_server_wait_t srv_wait;
+    int tries, pick;
     uint64_t started_ms;
 
     /* Request body. */

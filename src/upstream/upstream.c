@@ -5,17 +5,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa, uint64_t tls_id)
+#include "loop/loop.h"
+
+/* The host and port of a configured address ("host:port" or "https://host:port"), when the host
+ * is a name; 0 when numeric, -EINVAL when it is not an address at all. */
+static int named(const char *addr, mr_hostport_t *hp)
 {
-    /* The TLS and the plain endpoint of one address, or two TLS setups of it (other CA, SNI,
-     * client certificate), are different servers with their own pools and sessions. */
-    for (mr_server_t *s = reg->head; s; s = s->next)
-        if (s->sa.len == sa->len && memcmp(&s->sa.sa, &sa->sa, sa->len) == 0 && s->tls_id == tls_id)
-            return s;
+    if (strncmp(addr, "https://", 8) == 0) addr += 8;
+    else if (strncmp(addr, "http://", 7) == 0) addr += 7;
+    int kind = mr_addr_parse(addr, strlen(addr), hp, NULL);
+    if (kind < 0) return -EINVAL;
+    return kind == MR_ADDR_NAME;
+}
+
+static mr_server_t *server_new(mr_server_registry_t *reg, const char *addr, size_t alen, const mr_addr_t *sa,
+                               uint64_t tls_id, const mr_hostport_t *hp)
+{
     mr_server_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    snprintf(s->addr, sizeof s->addr, "%s", addr);
-    s->sa = *sa;
+    s->addr = strndup(addr, alen);
+    if (!s->addr || (hp && !(s->host = strdup(hp->host)))) {
+        free(s->addr);
+        free(s);
+        return NULL;
+    }
+    if (sa) s->sa = *sa;
+    s->resolved = sa != NULL;
+    s->port = hp ? hp->port : 0;
+    s->reg = reg;
     s->tls_id = tls_id;
     s->next = reg->head;
     reg->head = s;
@@ -23,12 +40,104 @@ mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr
     return s;
 }
 
+mr_server_t *mr_server_get(mr_server_registry_t *reg, const char *addr, const mr_addr_t *sa, uint64_t tls_id)
+{
+    /* The TLS and the plain endpoint of one address, or two TLS setups of it (other CA, SNI,
+     * client certificate), are different servers with their own pools and sessions. A named
+     * server is the same server whatever its name resolves to now. */
+    mr_hostport_t hp;
+    bool name = named(addr, &hp) == 1;
+    for (mr_server_t *s = reg->head; s; s = s->next) {
+        if (s->tls_id != tls_id || !!s->host != name) continue;
+        if (name ? strcmp(s->addr, addr) == 0 : s->sa.len == sa->len && memcmp(&s->sa.sa, &sa->sa, sa->len) == 0)
+            return s;
+    }
+    return server_new(reg, addr, strlen(addr), sa, tls_id, name ? &hp : NULL);
+}
+
+mr_server_t *mr_server_get_dyn(mr_server_registry_t *reg, const char *str, size_t n, int *err)
+{
+    mr_hostport_t hp;
+    int kind = mr_addr_parse(str, n, &hp, NULL);
+    if (kind < 0) { *err = -EINVAL; return NULL; }
+    for (mr_server_t *s = reg->head; s; s = s->next) {
+        if (s->tls_id) continue;
+        if (kind == MR_ADDR_NAME ? s->host && strlen(s->addr) == n && memcmp(s->addr, str, n) == 0
+                                 : !s->host && s->sa.len == hp.addr.len && memcmp(&s->sa.sa, &hp.addr.sa, hp.addr.len) == 0)
+            return s;
+    }
+    mr_server_t *s = server_new(reg, str, n, kind == MR_ADDR_NAME ? NULL : &hp.addr, 0, kind == MR_ADDR_NAME ? &hp : NULL);
+    if (!s) *err = -ENOMEM;
+    return s;
+}
+
+static void wake_waiters(mr_server_t *s, int rc)
+{
+    /* Each waiter is unlinked before its callback, which may queue it (or another) again. */
+    while (s->waiters) {
+        mr_server_wait_t *w = s->waiters;
+        s->waiters = w->next;
+        if (s->waiters) s->waiters->prev = NULL;
+        w->next = w->prev = NULL;
+        w->fn(w, rc);
+    }
+}
+
+static void resolved(mr_resolve_req_t *rq, int rc, const mr_addr_t *addrs, int naddrs)
+{
+    mr_server_t *s = (mr_server_t *)((char *)rq - offsetof(mr_server_t, rq));
+    (void)naddrs;
+    mr_loop_t *loop = mr_loop_current();
+    s->resolved_ms = loop ? mr_loop_now(loop) : 1;
+    if (rc == 0) {
+        s->sa = addrs[0]; /* IPv4 first, as everywhere else */
+        s->resolved = true;
+    }
+    /* A failed refresh keeps the address that worked; a failed first lookup fails its waiters. */
+    wake_waiters(s, s->resolved ? 0 : rc);
+}
+
+int mr_server_ready(mr_server_t *s, uint64_t now, mr_server_wait_t *w)
+{
+    if (!s->host) return 0;
+    mr_server_registry_t *reg = s->reg;
+    if (s->resolved) {
+        if (!s->resolved_ms) s->resolved_ms = now; /* resolved at load */
+        if (reg->res && now - s->resolved_ms >= reg->ttl_ms && !mr_resolve_pending(&s->rq) &&
+            mr_resolver_lookup(reg->res, s->host, strlen(s->host), s->port, &s->rq, resolved) < 0)
+            s->resolved_ms = now; /* try again after another TTL */
+        return 0;
+    }
+    if (!reg->res) return -ENOTSUP;
+    if (!mr_resolve_pending(&s->rq)) {
+        int rc = mr_resolver_lookup(reg->res, s->host, strlen(s->host), s->port, &s->rq, resolved);
+        if (rc < 0) return rc;
+    }
+    w->prev = NULL;
+    w->next = s->waiters;
+    if (s->waiters) s->waiters->prev = w;
+    s->waiters = w;
+    return 1;
+}
+
+void mr_server_unwait(mr_server_t *s, mr_server_wait_t *w)
+{
+    if (w->prev) w->prev->next = w->next;
+    else if (s->waiters == w) s->waiters = w->next;
+    else return; /* not waiting */
+    if (w->next) w->next->prev = w->prev;
+    w->next = w->prev = NULL;
+}
+
 void mr_server_registry_free(mr_server_registry_t *reg)
 {
     while (reg->head) {
         mr_server_t *s = reg->head;
         reg->head = s->next;
+        mr_resolver_cancel(&s->rq);
         if (s->tls_sess) mr_tls_session_free(s->tls_sess);
+        free(s->host);
+        free(s->addr);
         free(s);
     }
     reg->count = 0;
