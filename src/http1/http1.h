@@ -110,7 +110,6 @@ bool mr_http1_idle(const mr_http1_msg_t *m);
 bool mr_http1_line_done(const mr_http1_msg_t *m);
 
 static inline const char *mr_http1_str(const mr_http1_msg_t *m, uint32_t off) { return mr_hdrs_str(m->h, off); }
-static inline const char *mr_http1_tstr(const mr_http1_msg_t *m, uint32_t off) { return mr_hdrs_str(m->t, off); }
 static inline int mr_http1_find(const mr_http1_msg_t *m, const char *name, size_t len, int from)
 {
     return mr_hdrs_find(m->h, name, len, from);

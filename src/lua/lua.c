@@ -285,7 +285,7 @@ int mr_lua_vm_new(mr_lua_vm_t **out, const mr_config_t *cfg, char *err, size_t e
     lua_pushstring(L, "moonring.runtime");
     if (lua_pcall(L, 1, 1, 1) != 0) goto fail;
     int rt = lua_gettop(L);
-    vm->budget_ns = (uint64_t)(cfg->lua_time_budget_ms ? cfg->lua_time_budget_ms : 1000) * 1000000u;
+    vm->budget_ns = (uint64_t)cfg->lua_time_budget_ms * 1000000u; /* the schema sets it (>= 1ms) */
     atomic_store(&vm->budget[0], -1);
     atomic_store(&vm->budget[1], 0);
     lua_getfield(L, rt, "init");
