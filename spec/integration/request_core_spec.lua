@@ -5,13 +5,7 @@
 -- for bodies Lua cannot send; an access log line for requests the parser rejects.
 local helpers = require "helpers"
 
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read_file(p) return helpers.read_file(p) or "" end
 
 describe("request core", function()
   local origin, mr, port, log

@@ -5,13 +5,7 @@
 -- (preloaded), which logs each call for a .mr.test name.
 local helpers = require "helpers"
 
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read_file(p) return helpers.read_file(p) or "" end
 
 local function calls(log, name)
   local n = 0

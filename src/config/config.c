@@ -137,6 +137,19 @@ static void keyed_error(lua_State *L, const char *file, const char *msg, char *e
     else snprintf(err, errlen, "%s: %s", file, msg);
 }
 
+/* A scratch VM for validation: the standard libraries, and moonring's own Lua first on the path. */
+static void open_scratch(lua_State *L)
+{
+    luaL_openlibs(L);
+    const char *dir = mr_config_lua_dir();
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
 void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt, ...)
 {
     char msg[1536];
@@ -146,14 +159,7 @@ void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt
     va_end(ap);
     lua_State *L = luaL_newstate();
     if (!L) { snprintf(err, errlen, "%s: %s", file, msg); return; }
-    luaL_openlibs(L);
-    const char *dir = mr_config_lua_dir();
-    lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
-    lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    open_scratch(L);
     keyed_error(L, file, msg, err, errlen);
     lua_close(L);
 }
@@ -768,14 +774,7 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
     lua_State *L = luaL_newstate();
     if (!cfg || !L) { snprintf(err, errlen, "out of memory"); goto done; }
     cfg->file = strdup(file);
-    luaL_openlibs(L);
-    const char *dir = mr_config_lua_dir();
-    lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
-    lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    open_scratch(L);
     if (luaL_loadbuffer(L, trace_lua, sizeof trace_lua - 1, "=trace") != 0 || lua_pcall(L, 0, 1, 0) != 0) {
         snprintf(err, errlen, "cannot trace loaded files: %s", lua_tostring(L, -1));
         goto done;

@@ -626,7 +626,8 @@ void mr_proxy_sent(mr_req_t *r)
     if (r->up && !r->lua_phase && !r->tunnel && r->head_sent && !r->resp_done) mr_upconn_resume(r->up);
 }
 
-static void release(mr_req_t *r)
+/* The request lets go of the upstream side: a name lookup it waits for, its connection. */
+static void unbind_upstream(mr_req_t *r)
 {
     if (r->waiting) {
         mr_server_unwait(r->waiting, &r->srv_wait);
@@ -636,6 +637,11 @@ static void release(mr_req_t *r)
         mr_upconn_close(r->up);
         r->up = NULL;
     }
+}
+
+static void release(mr_req_t *r)
+{
+    unbind_upstream(r);
     if (r->gen) {
         mr_phase_release(r);
         mr_gen_unref(r->gen);
@@ -666,14 +672,7 @@ void mr_proxy_detach_lua(mr_req_t *r)
 
 void mr_proxy_fail(mr_req_t *r, int status)
 {
-    if (r->waiting) {
-        mr_server_unwait(r->waiting, &r->srv_wait);
-        r->waiting = NULL;
-    }
-    if (r->up) {
-        mr_upconn_close(r->up);
-        r->up = NULL;
-    }
+    unbind_upstream(r);
     r->req_done = true; /* nothing more will be read as a request */
     if (!r->started_ms) r->started_ms = mr_loop_now(r->px->loop);
     if (r->head_sent) { r->out->abort(r); return; }
