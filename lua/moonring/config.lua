@@ -257,12 +257,13 @@ function S.duration(min_ms)
   end
 end
 
-function S.size(min)
+function S.size(min, max)
   min = min or 0
   return function(v, path)
     local n = parse_size(v)
     if not n then expected(path, SIZE_WHAT, v) end
     if n < min then expected(path, fmt("size of at least %d bytes", min), v) end
+    if max and n > max then expected(path, fmt("size of at most %d bytes", max), v) end
     return n
   end
 end
@@ -480,7 +481,8 @@ local listener_tls = S.record({
   { "protocols", tls_protocols, default = { "TLSv1.2", "TLSv1.3" } },
   { "ciphers", S.string },
   { "ciphersuites", S.string },
-  { "alpn", S.list(S.enum("http/1.1"), { one = true, min = 1, what = "list of protocols" }), default = { "http/1.1" } },
+  -- Default: { "h2", "http/1.1" }, or { "http/1.1" } on a listener with http2 = false.
+  { "alpn", S.list(S.enum("h2", "http/1.1"), { one = true, min = 1, what = "list of protocols" }) },
   { "client_verify", S.enum("none", "optional", "require"), default = "none" },
   { "client_ca", readable_file },
   { "verify_depth", S.int(1, 100) },
@@ -509,20 +511,53 @@ local listener_tls = S.record({
   return out
 end)
 
+-- HTTP/2 on a listener: on by default (TLS: ALPN "h2"; plain TCP: the client's connection preface
+-- with prior knowledge), with its SETTINGS (docs/config.md, listen).
+local http2_opts = S.record({
+  { "max_concurrent_streams", S.int(1, 2147483647), default = 128 },
+  { "initial_window", S.size(1, 2147483647), default = 65535 },
+  { "connection_window", S.size(65535, 2147483647), default = "1m" },
+  { "max_frame_size", S.size(16384, 16777215), default = "16k" },
+  { "max_header_list_size", S.size(1024), default = "32k" },
+})
+local HTTP2_DEFAULTS = { max_concurrent_streams = 128, initial_window = 65535, connection_window = 1048576,
+                         max_frame_size = 16384, max_header_list_size = 32768 }
+
+local function http2_opt(v, path)
+  if v == true or v == nil then return HTTP2_DEFAULTS end
+  if v == false then return false end
+  if type(v) ~= "table" then expected(path, "boolean or table", v) end
+  return http2_opts(v, path)
+end
+
+local function listener_alpn(out, path)
+  if out.tls then
+    if not out.tls.alpn then
+      out.tls.alpn = out.http2 and { "h2", "http/1.1" } or { "http/1.1" }
+    elseif not out.http2 then
+      for _, p in ipairs(out.tls.alpn) do
+        if p == "h2" then fail(join(join(path, "tls"), "alpn"), '"h2" offered on a listener with http2 = false') end
+      end
+    end
+  end
+  return out
+end
+
 local listener = S.either(
   function(v, path)
     local a = S.addr(true)(v, path)
-    return { addr = a.addr, host = a.host, port = a.port, backlog = 511, name = a.addr }
+    return { addr = a.addr, host = a.host, port = a.port, backlog = 511, name = a.addr, http2 = HTTP2_DEFAULTS }
   end,
   S.record({
     { "addr", S.addr(true), required = true },
     { "backlog", S.int(1, 65535), default = 511 },
     { "name", S.string },
     { "tls", listener_tls },
-  }, function(out)
+    { "http2", http2_opt, default = true },
+  }, function(out, raw, path)
     local a = out.addr
-    return { addr = a.addr, host = a.host, port = a.port, backlog = out.backlog,
-             name = out.name or a.addr, tls = out.tls }
+    return listener_alpn({ addr = a.addr, host = a.host, port = a.port, backlog = out.backlog,
+             name = out.name or a.addr, tls = out.tls, http2 = out.http2 }, path)
   end))
 
 local listen = S.list(listener, {

@@ -17,6 +17,7 @@ ffi.cdef [[
 int mr_req_method(void *r, const char **p, size_t *n);
 int mr_req_target(void *r, const char **p, size_t *n, const char **q, size_t *qn);
 int mr_req_host(void *r, const char **p, size_t *n);
+int mr_req_version(void *r);
 int mr_req_remote_addr(void *r, const char **p, size_t *n);
 int mr_req_header(void *r, const char *name, size_t nlen, const char **p, size_t *n);
 int mr_req_header_count(void *r);
@@ -108,6 +109,8 @@ local function target(self)
   return t
 end
 
+local VERSIONS = { [10] = "1.0", [11] = "1.1", [20] = "2" }
+function req_getters.version(self) return VERSIONS[C.mr_req_version(live(self))] end
 function req_getters.method(self) C.mr_req_method(live(self), pp, pn); return ffi_string(pp[0], pn[0]) end
 function req_getters.path(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(1, q - 1) or t end
 function req_getters.query(self) local t = target(self); local q = t:find("?", 1, true); return q and t:sub(q + 1) or "" end

@@ -196,10 +196,33 @@ describe("moonring.config", function()
                    "localhost:8080" },
         routes = { { handler = function() end } },
       }]])
-      assert.same({ addr = "0.0.0.0:80", host = "0.0.0.0", port = 80, backlog = 511, name = "0.0.0.0:80" },
+      local h2 = { max_concurrent_streams = 128, initial_window = 65535, connection_window = 1048576,
+                   max_frame_size = 16384, max_header_list_size = 32768 }
+      assert.same({ addr = "0.0.0.0:80", host = "0.0.0.0", port = 80, backlog = 511, name = "0.0.0.0:80", http2 = h2 },
         cfg.listen[1])
-      assert.same({ addr = "[::1]:8443", host = "::1", port = 8443, backlog = 128, name = "v6" }, cfg.listen[2])
+      assert.same({ addr = "[::1]:8443", host = "::1", port = 8443, backlog = 128, name = "v6", http2 = h2 },
+        cfg.listen[2])
       assert.equal("localhost", cfg.listen[3].host)
+    end)
+
+    it("takes HTTP/2 settings per listener, or turns HTTP/2 off", function()
+      local pem = write("not really a certificate\n")
+      local cfg = ok(([[return {
+        listen = { { addr = "127.0.0.1:1", http2 = false },
+                   { addr = "127.0.0.1:2", http2 = { max_concurrent_streams = 10, initial_window = "1m" } },
+                   { addr = "127.0.0.1:3", http2 = false, tls = { cert = %q, key = %q } } },
+        routes = { { handler = function() end } },
+      }]]):format(pem, pem))
+      assert.is_false(cfg.listen[1].http2)
+      assert.equal(10, cfg.listen[2].http2.max_concurrent_streams)
+      assert.equal(1048576, cfg.listen[2].http2.initial_window)
+      assert.equal(16384, cfg.listen[2].http2.max_frame_size)
+      assert.same({ "http/1.1" }, cfg.listen[3].tls.alpn)
+      assert.matches("listen[1].http2.max_frame_size: expected size of at least 16384 bytes",
+        bad(with('listen = { { addr = "127.0.0.1:1", http2 = { max_frame_size = 100 } } },')), 1, true)
+      assert.matches('listen[1].tls.alpn: "h2" offered on a listener with http2 = false',
+        bad(with(([[listen = { { addr = "127.0.0.1:1", http2 = false, tls = { cert = %q, key = %q, alpn = { "h2" } } } },]])
+          :format(pem, pem))), 1, true)
     end)
 
     it("rejects a missing or empty listen", function()
@@ -589,7 +612,7 @@ return t]]))
       assert.same({ { cert = pem, key = pem } }, t.certs)
       assert.equal("TLSv1.2", t.min_protocol)
       assert.equal("TLSv1.3", t.max_protocol)
-      assert.same({ "http/1.1" }, t.alpn)
+      assert.same({ "h2", "http/1.1" }, t.alpn) -- HTTP/2 is on by default
       assert.equal("none", t.client_verify)
       assert.equal(0, t.session_cache)
       assert.is_true(t.session_tickets)

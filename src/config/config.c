@@ -552,6 +552,17 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
         snprintf(what, sizeof what, "%s: listen[%d]", cfg->file, i + 1);
         int rc = resolve(what, host, (int)need_int(L, e, "port"), &ls->sa, err, errlen);
         free(host);
+        lua_getfield(L, e, "http2");
+        if (lua_istable(L, -1)) {
+            int h = lua_gettop(L);
+            ls->http2 = (mr_http2_conf_t){ .enabled = true,
+                                           .max_concurrent_streams = need_u32(L, h, "max_concurrent_streams"),
+                                           .initial_window = need_u32(L, h, "initial_window"),
+                                           .connection_window = need_u32(L, h, "connection_window"),
+                                           .max_frame_size = need_u32(L, h, "max_frame_size"),
+                                           .max_header_list_size = need_u32(L, h, "max_header_list_size") };
+        }
+        lua_pop(L, 1);
         lua_getfield(L, e, "tls");
         if (rc == 0 && lua_istable(L, -1)) rc = read_listen_tls(L, lua_gettop(L), cfg->file, ls, err, errlen);
         lua_pop(L, 2);

@@ -13,6 +13,12 @@
 #include "net/net.h"
 #include "tls/tls.h"
 
+/* A listener's HTTP/2 settings (listen[i].http2), copied into each connection at accept. */
+typedef struct {
+    bool enabled;
+    uint32_t max_concurrent_streams, initial_window, connection_window, max_frame_size, max_header_list_size;
+} mr_http2_conf_t;
+
 typedef struct {
     char *addr;
     mr_addr_t sa;
@@ -22,6 +28,7 @@ typedef struct {
      * established connections keep the old ones. */
     mr_tls_ctx_t *tls;
     uint32_t ticket_rotation_ms;
+    mr_http2_conf_t http2;      /* http2.enabled false: HTTP/1.1 only */
 } mr_listen_conf_t;
 
 typedef struct {

@@ -18,6 +18,7 @@
 #include "net/sock.h"
 #include "proxy/access_log.h"
 #include "session/h1.h"
+#include "session/h2.h"
 
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
 static void client_gone(void *arg);
@@ -65,13 +66,14 @@ static void accept_retry(mr_loop_t *loop, mr_timer_t *t)
     }
 }
 
-/* The TLS context of the listener in the current generation: a reload may have changed the
- * certificates of an address it kept. */
-static mr_tls_ctx_t *listener_tls(mr_worker_t *w, mr_listener_t *l)
+/* The listener's settings in the current generation: a reload may have changed the certificates
+ * or the HTTP/2 settings of an address it kept. */
+static const mr_listen_conf_t *listener_conf(mr_worker_t *w, mr_listener_t *l)
 {
+    static const mr_listen_conf_t none = { 0 };
     for (int i = 0; i < w->cfg->nlisten; i++)
-        if (strcmp(w->cfg->listen[i].addr, l->addr) == 0) return w->cfg->listen[i].tls;
-    return NULL;
+        if (strcmp(w->cfg->listen[i].addr, l->addr) == 0) return &w->cfg->listen[i];
+    return &none;
 }
 
 /* io_uring arms accept with an exclusive wait: a connection's wakeup goes to one waiter only.
@@ -84,7 +86,7 @@ static void sweep_backlog(mr_worker_t *w, mr_listener_t *l)
     for (int n = 0; n < 1024; n++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) break;
-        mr_h1_accept(&w->conns, fd, listener_tls(w, l));
+        mr_h1_accept(&w->conns, fd, listener_conf(w, l));
     }
 }
 
@@ -98,7 +100,7 @@ static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
          * it would reset a client (the proxy answers it with Connection: close). A listener a
          * reload removed is the exception: its settings (TLS or not) went with it. */
         if (l->closing) close(res);
-        else mr_h1_accept(&w->conns, res, listener_tls(w, l));
+        else mr_h1_accept(&w->conns, res, listener_conf(w, l));
     } else if (res != -ECANCELED) {
         mr_warn("accept on %s: %s", l->addr, strerror(-res));
     }
@@ -412,6 +414,7 @@ static void *worker_main(void *arg)
     mr_loop_free(w->loop);
     mr_cosock_thread_free();
     mr_h1_thread_free();
+    mr_h2_thread_free();
     mr_sock_thread_free();
     mr_resolver_free(w->resolver); /* a helper thread stuck in getaddrinfo is not waited for */
     while (w->listeners) listener_free(w, w->listeners);

@@ -39,6 +39,13 @@ MR_EXPORT int mr_req_target(void *p, const char **s, size_t *n, const char **q, 
     return MR_FFI_OK;
 }
 
+/* The protocol version as 10, 11 or 20 (req.version: "1.0", "1.1", "2"). */
+MR_EXPORT int mr_req_version(void *p)
+{
+    mr_req_t *r = p;
+    return r->version;
+}
+
 /* The routing host: lowercased, without port. */
 MR_EXPORT int mr_req_host(void *p, const char **s, size_t *n)
 {

@@ -34,6 +34,12 @@ struct mr_conn {
     mr_conns_t *set;
     mr_conn_t *next, *prev;
     mr_peer_t peer;
+    mr_http2_conf_t h2conf;     /* the listener's, copied at accept (a reload may free it) */
+    /* A session that took over the connection from the one that accepted it (HTTP/2 after the
+     * HTTP/1.1 session saw its preface): its state, and how the memory of the connection is
+     * given back once the socket's last completion arrived. */
+    void *session;
+    void (*freed)(mr_conn_t *c);
     bool ip_counted;
     bool listed;
 };

@@ -10,6 +10,7 @@
 #include "http1/write.h"
 #include "log/log.h"
 #include "net/net.h"
+#include "session/h2.h"
 
 #define HEAD_LIMIT (256u * 1024u)
 #define DRAIN_IDLE_GRACE_MS 1000u /* see h1_shutdown */
@@ -58,6 +59,7 @@ struct h1 {
     bool close_on_sent;         /* the response broke off midway: send what is queued, then close */
     bool tunnel;
     bool dead;                  /* closed: freed once the queued feed_defer has run */
+    bool sniffed;               /* the first bytes were checked for the HTTP/2 preface */
     h1_exchange_t x;
 };
 
@@ -166,6 +168,9 @@ static void h1_free(h1_t *h)
     free(h);
     mr_conns_freed(cs);
 }
+
+/* The connection's memory goes back (also after HTTP/2 took it over: the h2 session calls this). */
+static void conn_freed(mr_conn_t *c) { h1_free((h1_t *)c); }
 
 static void on_closed(mr_sock_t *s)
 {
@@ -479,6 +484,31 @@ static const mr_http1_cbs_t req_cbs = { req_on_head, req_on_body, req_on_done };
 /* ------------------------------------------------------------------------------------------ */
 /* Input                                                                                        */
 
+/* 1: HTTP/1 (go on), 2: the HTTP/2 connection preface, 0: too few bytes to tell yet. */
+static int sniff(h1_t *h)
+{
+    mr_sock_t *s = &h->c.s;
+    if (!h->c.h2conf.enabled) { h->sniffed = true; return 1; }
+    size_t got = 0;
+    for (uint32_t i = 0; i < s->nin && got < MR_H2_PREFACE_LEN; i++) {
+        const char *p = mr_loop_buf_ptr(s->loop, (uint16_t)s->in[i].bid) + s->in[i].off;
+        size_t n = s->in[i].len;
+        if (n > MR_H2_PREFACE_LEN - got) n = MR_H2_PREFACE_LEN - got;
+        if (memcmp(p, MR_H2_PREFACE + got, n) != 0) { h->sniffed = true; return 1; }
+        got += n;
+    }
+    if (got < MR_H2_PREFACE_LEN) return 0;
+    h->sniffed = true;
+    return 2;
+}
+
+/* The connection speaks HTTP/2 from here on: the h2 session takes the socket and its input. */
+static void takeover(h1_t *h)
+{
+    mr_timer_stop(h->c.s.loop, &h->timer);
+    if (mr_h2_takeover(&h->c) < 0) h1_close(h);
+}
+
 static void feed(h1_t *h)
 {
     mr_sock_t *s = &h->c.s;
@@ -503,6 +533,11 @@ static void feed(h1_t *h)
             /* After a resume llhttp may have work that needs no input (e.g. completing a
              * bodiless request), so feed it an empty span once. */
             if (!s->nin && !resumed) break;
+            if (!h->sniffed) {
+                int rc = sniff(h);
+                if (rc == 0) break;          /* a prefix of the preface: wait for more */
+                if (rc == 2) { h->in_feed = false; takeover(h); return; }
+            }
             req_take(h);
             if (!h->q) { h1_close(h); break; }
             mr_in_t *in = s->nin ? &s->in[0] : NULL;
@@ -615,8 +650,9 @@ static int h1_close_gen(mr_conn_t *c, mr_gen_t *g)
 
 static const mr_conn_ops_t conn_ops = { h1_shutdown, h1_close_conn, h1_close_gen };
 
-int mr_h1_accept(mr_conns_t *cs, int fd, mr_tls_ctx_t *tls)
+int mr_h1_accept(mr_conns_t *cs, int fd, const mr_listen_conf_t *lc)
 {
+    mr_tls_ctx_t *tls = lc->tls;
     mr_peer_t peer = { 0 };
     bool counted = false;
     if (mr_conns_admit(cs, fd, &peer, &counted) < 0) {
@@ -637,6 +673,8 @@ int mr_h1_accept(mr_conns_t *cs, int fd, mr_tls_ctx_t *tls)
     h->c.peer = peer;
     h->c.ip_counted = counted;
     h->c.ops = &conn_ops;
+    h->c.freed = conn_freed;
+    h->c.h2conf = lc->http2;
     mr_net_set_nodelay(fd);
     mr_sock_init(&h->c.s, cs->px->loop, fd, &sock_ops);
     /* A client that never finishes the handshake sends no request: the header timeout armed

@@ -16,9 +16,11 @@
 #include "session/conn.h"
 #include "tls/tls.h"
 
-/* Serves an accepted socket (non-blocking) over HTTP/1.1; tls: the listener's server context
- * (NULL: plain TCP; the connection takes its own reference). Returns 0, or -errno (fd closed). */
-int mr_h1_accept(mr_conns_t *cs, int fd, mr_tls_ctx_t *tls);
+/* Serves an accepted socket (non-blocking) of listener lc: over HTTP/1.1, or HTTP/2 when the
+ * listener allows it and the client's first bytes are the HTTP/2 preface (session/h2.h). The
+ * listener's TLS context (NULL: plain TCP) gets a reference of the connection's own. Returns 0,
+ * or -errno (fd closed). */
+int mr_h1_accept(mr_conns_t *cs, int fd, const mr_listen_conf_t *lc);
 /* Frees the per-thread cache of request objects (thread exit). */
 void mr_h1_thread_free(void);
 
