@@ -41,7 +41,7 @@ return {
   listen = { "127.0.0.1:%d",
              { addr = "127.0.0.1:%d", tls = { cert = %q, key = %q } },
              { addr = "127.0.0.1:%d", http2 = false } },
-  limits = { client_max_body_size = 0 },
+  limits = { client_max_body_size = 0, send_timeout = "1s" },
   upstreams = { origin = { servers = { "127.0.0.1:%d" } } },
   routes = {
     { path = "/lua", handler = function(req)
@@ -157,6 +157,20 @@ return {
   it("ends a PING flood whose acknowledgements are never read", function()
     local f = h2c("ping_flood", port, 1000000)
     assert.truthy(f.goaway or f.closed == "1", f.output)
+    assert.equal("1 200", h2c("get", port, "/size/1").status)
+  end)
+
+  it("ends an empty-DATA flood with GOAWAY (ENHANCE_YOUR_CALM)", function()
+    local f = h2c("empty_data_flood", port, 5000)
+    assert.truthy(f.goaway and f.goaway:match("^11 "), f.output)
+    assert.equal("1 200", h2c("get", port, "/size/1").status)
+  end)
+
+  it("resets a stream whose client never opens its window, after limits.send_timeout", function()
+    local f = h2c("zero_window", port, "/size/100000")
+    assert.equal("1 200", f.status, f.output)
+    assert.equal("1 8", f.reset, f.output) -- CANCEL
+    assert.is_true(tonumber(f.seconds) < 5)
     assert.equal("1 200", h2c("get", port, "/size/1").status)
   end)
 

@@ -47,6 +47,8 @@ typedef struct h2s {
     bool body_wanted, body_blocked;
     bool out_provider, out_deferred, out_eof, out_full;
     bool head_sent, ended;      /* ended: mr_proxy_end / _drop was called */
+    bool eof_pulled;            /* nghttp2 took the end of the body */
+    uint64_t stalled_ms;        /* since when the client's window keeps its response back (0: not) */
     bool sent_continue;
 } h2s_t;
 
@@ -59,6 +61,9 @@ struct h2 {
     uint32_t nstreams;
     int32_t cur_bid;            /* the receive buffer mem_recv is reading, for DATA references */
     mr_vec_t nv;                /* scratch: lowercase names for a head */
+    uint32_t empty_frames;      /* DATA frames that carried nothing (a flood's signature) */
+    mr_timer_t stall;           /* send_timeout for a client that does not read (or grant window) */
+    uint64_t sent_ms;           /* last time the socket sent something */
     bool goaway, closing, dead, in_recv;
 };
 
@@ -68,6 +73,7 @@ static const mr_resp_ops_t resp_ops;
 
 static void h2_close(h2_t *h);
 static void h2_free(h2_t *h);
+static void flush(h2_t *h);
 static void schedule_flush(h2_t *h);
 
 static inline h2_t *h2_of_sock(mr_sock_t *s) { return ((mr_conn_t *)s)->session; }
@@ -216,6 +222,49 @@ static void stream_end(h2s_t *s, bool complete)
 /* ------------------------------------------------------------------------------------------ */
 /* Output                                                                                       */
 
+/* A client that reads nothing, or never opens a window again, must not hold its streams (and
+ * their upstream connections) forever: what cannot move for limits.send_timeout is reset, and a
+ * connection whose socket cannot send for that long is closed. Checked when output waits. */
+static void watch_stalls(h2_t *h)
+{
+    uint64_t now = mr_loop_now(h->c->s.loop);
+    bool waiting = mr_sock_sending(&h->c->s);
+    bool conn_closed = nghttp2_session_get_remote_window_size(h->ng) <= 0;
+    for (h2s_t *s = h->streams; s; s = s->next) {
+        bool pending = s->out_provider && !s->eof_pulled && !s->ended && (s->out.count || s->out_eof);
+        if (pending && (conn_closed || nghttp2_session_get_stream_remote_window_size(h->ng, s->id) <= 0)) {
+            if (!s->stalled_ms) s->stalled_ms = now;
+            waiting = true;
+        } else {
+            s->stalled_ms = 0;
+        }
+    }
+    if (waiting && !mr_timer_armed(&h->stall))
+        mr_timer_set(h->c->s.loop, &h->stall, cfg_now(h)->limits.send_timeout_ms);
+}
+
+static void stall_fired(mr_loop_t *loop, mr_timer_t *t)
+{
+    h2_t *h = (h2_t *)((char *)t - offsetof(h2_t, stall));
+    if (h->closing) return;
+    uint64_t now = mr_loop_now(loop), limit = cfg_now(h)->limits.send_timeout_ms;
+    if (mr_sock_sending(&h->c->s) && now - h->sent_ms >= limit) {
+        mr_info("client %s: HTTP/2: nothing sent for %llu ms (limits.send_timeout): closing", h->c->peer.ip,
+                (unsigned long long)(now - h->sent_ms));
+        h2_close(h);
+        return;
+    }
+    for (h2s_t *s = h->streams; s; s = s->next) {
+        if (!s->stalled_ms || now - s->stalled_ms < limit) continue;
+        mr_info("client %s: HTTP/2 stream %d: no window for %llu ms (limits.send_timeout): reset", h->c->peer.ip,
+                s->id, (unsigned long long)(now - s->stalled_ms));
+        nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        stream_end(s, false);
+        s->stalled_ms = 0;
+    }
+    flush(h);
+}
+
 static void flush(h2_t *h)
 {
     if (h->dead || h->c->s.closing) return;
@@ -253,8 +302,11 @@ static void flush(h2_t *h)
             mr_proxy_sent(&s->req);
         }
     }
-    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng) && !mr_sock_sending(sock))
+    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng) && !mr_sock_sending(sock)) {
         h2_close(h);
+        return;
+    }
+    watch_stalls(h);
 }
 
 static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
@@ -349,6 +401,7 @@ static ssize_t read_body_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (!s->out.count && s->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        s->eof_pulled = true;
         return (ssize_t)n;
     }
     if (n) return (ssize_t)n;
@@ -598,9 +651,17 @@ static void head_complete(h2_t *h, h2s_t *s, bool end_stream)
     mr_proxy_start(r);
 }
 
+/* More empty DATA frames than any client needs: a flood (CVE-2019-9518) costing CPU for nothing. */
+#define MAX_EMPTY_FRAMES 1000
+
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     h2_t *h = user;
+    if (f->hd.type == NGHTTP2_DATA && f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        ++h->empty_frames > MAX_EMPTY_FRAMES) {
+        nghttp2_session_terminate_session(ng, NGHTTP2_ENHANCE_YOUR_CALM);
+        return 0;
+    }
     h2s_t *s = f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
     if (!s || s->ended) return 0;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
@@ -677,6 +738,7 @@ static void h2_close(h2_t *h)
     if (h->closing) return;
     h->closing = true;
     mr_timer_stop(h->c->s.loop, &h->timer);
+    mr_timer_stop(h->c->s.loop, &h->stall);
     while (h->streams) {
         h2s_t *s = h->streams;
         nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
@@ -716,6 +778,7 @@ static void on_recv(mr_sock_t *sock, int res)
 static void on_sent(mr_sock_t *sock, int res)
 {
     h2_t *h = h2_of_sock(sock);
+    h->sent_ms = mr_loop_now(sock->loop);
     if (h->closing) return;
     if (res < 0) { h2_close(h); return; }
     flush(h);
@@ -814,6 +877,8 @@ int mr_h2_takeover(mr_conn_t *c)
         return -ENOMEM;
     }
     h->timer.fn = timed_out;
+    h->stall.fn = stall_fired;
+    h->sent_ms = mr_loop_now(c->s.loop);
     h->flush.fn = flush_deferred;
     h->deliver.fn = deliver_deferred;
     c->session = h;
