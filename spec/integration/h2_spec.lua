@@ -111,6 +111,14 @@ return {
     assert.truthy(out:find("2000 succeeded, 0 failed", 1, true), out)
   end)
 
+  it("carries an HTTP/1.1 upstream's trailer fields to the h2 client", function()
+    local f = h2c("get", port, "/trailers")
+    assert.equal("1 200", f.status, f.output)
+    assert.equal("hello", f.body)
+    assert.truthy(f.trailer and f.trailer:find("x-checksum: abc123", 1, true), f.output)
+    assert.truthy(f.trailer:find("grpc-status: 0", 1, true), f.output)
+  end)
+
   it("joins cookie crumbs and keeps :authority as Host for an HTTP/1.1 upstream", function()
     local f = h2c("cookies", port)
     assert.equal("1 200", f.status, f.output)

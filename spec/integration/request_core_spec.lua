@@ -79,6 +79,13 @@ return {
     assert.equal("/lua/6|nil|nil|nil||\n", list[6].body)
   end)
 
+  it("forwards an upstream's trailer fields in a chunked response", function()
+    local data = helpers.raw(port, "GET /p/trailers HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    assert.truthy(data:find("\r\n\r\n5\r\nhello\r\n0\r\n", 1, true), data)
+    assert.truthy(data:find("\r\nX-Checksum: abc123\r\n", 1, true), data)
+    assert.truthy(data:find("\r\nGrpc%-Status: 0\r\n\r\n$"), data)
+  end)
+
   it("sends the registered reason phrase of every status, with a Date", function()
     local phrases = { [200] = "OK", [308] = "Permanent Redirect", [422] = "Unprocessable Content",
                       [425] = "Too Early", [451] = "Unavailable For Legal Reasons", [507] = "Insufficient Storage",

@@ -40,6 +40,35 @@ typedef struct mr_hdrs {
     uint32_t limit;        /* bytes buf may grow to (0: 64 KiB) */
 } mr_hdrs_t;
 
+/* A field a writer adds after a store's (forwarded-for, via, date, ...). With val2 its value is
+ * "<val>, <val2>": a list the proxy appends to (X-Forwarded-For, Via). */
+typedef struct {
+    const char *name, *val, *val2;
+    uint32_t nlen, vlen, vlen2;
+} mr_field_t;
+
+/* A request head as the proxy forwards it, described rather than serialised: each upstream
+ * protocol writes it its own way (HTTP/1.1 request line and fields, HTTP/2 pseudo-headers and
+ * HPACK). Everything points into the caller's memory, valid during the call that takes it. */
+typedef struct {
+    const char *method;
+    const char *scheme;         /* "http" or "https" (HTTP/2's :scheme) */
+    const char *path;           /* the target's path ("/" is used when empty) */
+    size_t path_len;
+    const char *query;          /* NULL: no "?" */
+    size_t query_len;
+    const char *authority;      /* Host / :authority; NULL: none */
+    size_t authority_len;
+    const mr_hdrs_t *hdrs;      /* NULL: none; entries with a `skip` flag are left out */
+    uint16_t skip;
+    const mr_field_t *extra;
+    int nextra;
+    int64_t content_length;     /* sent as such when >= 0 */
+    bool body;                  /* a body follows; with content_length < 0 its length is unknown */
+    const char *upgrade;        /* HTTP/1.1: "Connection: upgrade" and "Upgrade: <upgrade>" */
+    size_t upgrade_len;
+} mr_http_req_head_t;
+
 void mr_hdrs_free(mr_hdrs_t *h);
 static inline void mr_hdrs_reset(mr_hdrs_t *h) { h->buf.len = 0; h->n = 0; }
 /* Appends an entry whose name and value are already in buf (the parser's path). Returns its

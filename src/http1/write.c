@@ -6,7 +6,7 @@
 
 /* Appends every field of the store without a skip flag, then the extra ones. Reserves per field,
  * then copies without further checks: heads are written on every request. */
-static int put_fields(mr_vec_t *v, const mr_hdrs_t *h, uint16_t skip, const mr_h1_field_t *extra, int nextra,
+static int put_fields(mr_vec_t *v, const mr_hdrs_t *h, uint16_t skip, const mr_field_t *extra, int nextra,
                       size_t limit)
 {
     for (uint32_t i = 0; h && i < h->n; i++) {
@@ -19,7 +19,7 @@ static int put_fields(mr_vec_t *v, const mr_hdrs_t *h, uint16_t skip, const mr_h
         mr_vec_put(v, "\r\n", 2);
     }
     for (int i = 0; i < nextra; i++) {
-        const mr_h1_field_t *f = &extra[i];
+        const mr_field_t *f = &extra[i];
         if (mr_vec_reserve(v, (size_t)f->nlen + f->vlen + f->vlen2 + 6, limit) < 0) return -E2BIG;
         mr_vec_put(v, f->name, f->nlen);
         mr_vec_put(v, ": ", 2);
@@ -46,7 +46,7 @@ static int put_framing(mr_vec_t *v, int framing, int64_t length, size_t limit)
     return rc ? -E2BIG : 0;
 }
 
-int mr_http1_write_request(mr_vec_t *v, const mr_h1_req_head_t *h, size_t limit)
+int mr_http1_write_request(mr_vec_t *v, const mr_http_req_head_t *h, size_t limit)
 {
     int rc = 0;
     rc |= mr_vec_reserve(v, h->path_len + h->query_len + 64, limit);
@@ -60,9 +60,9 @@ int mr_http1_write_request(mr_vec_t *v, const mr_h1_req_head_t *h, size_t limit)
         rc |= mr_vec_append(v, h->query, h->query_len, limit);
     }
     rc |= mr_vec_lit(v, " HTTP/1.1\r\n", limit);
-    if (h->host) {
+    if (h->authority) {
         rc |= mr_vec_lit(v, "Host: ", limit);
-        rc |= mr_vec_append(v, h->host, h->host_len, limit);
+        rc |= mr_vec_append(v, h->authority, h->authority_len, limit);
         rc |= mr_vec_lit(v, "\r\n", limit);
     }
     if (rc || put_fields(v, h->hdrs, h->skip, h->extra, h->nextra, limit) < 0) return -E2BIG;
@@ -71,7 +71,8 @@ int mr_http1_write_request(mr_vec_t *v, const mr_h1_req_head_t *h, size_t limit)
         rc |= mr_vec_append(v, h->upgrade, h->upgrade_len, limit);
         rc |= mr_vec_lit(v, "\r\n", limit);
     }
-    rc |= put_framing(v, h->framing, h->framing == MR_H1_FRAME_LENGTH ? h->length : -1, limit);
+    if (h->body && h->content_length < 0) rc |= put_framing(v, MR_H1_FRAME_CHUNKED, -1, limit);
+    else rc |= put_framing(v, MR_H1_FRAME_NONE, h->content_length, limit);
     rc |= mr_vec_lit(v, "\r\n", limit);
     return rc ? -E2BIG : 0;
 }
@@ -115,4 +116,11 @@ size_t mr_http1_chunk_line(char out[MR_H1_CHUNK_LINE_MAX], size_t n)
     out[len] = '\r';
     out[len + 1] = '\n';
     return len + 2;
+}
+
+int mr_http1_write_last_chunk(mr_vec_t *v, const mr_hdrs_t *trailers, uint16_t skip, size_t limit)
+{
+    int rc = mr_vec_lit(v, "0\r\n", limit);
+    if (rc || put_fields(v, trailers, skip, NULL, 0, limit) < 0) return -E2BIG;
+    return mr_vec_lit(v, "\r\n", limit) ? -E2BIG : 0;
 }

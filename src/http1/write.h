@@ -19,38 +19,13 @@ enum {
     MR_H1_FRAME_CHUNKED,    /* Transfer-Encoding: chunked */
 };
 
-/* A field the caller adds after the store's (forwarded-for, via, date, ...). With val2 its value
- * is "<val>, <val2>": a list the proxy appends to (X-Forwarded-For, Via). */
-typedef struct {
-    const char *name, *val, *val2;
-    uint32_t nlen, vlen, vlen2;
-} mr_h1_field_t;
-
-typedef struct {
-    const char *method;
-    const char *path;           /* the target's path ("/" is written when empty) */
-    size_t path_len;
-    const char *query;          /* NULL: no "?" */
-    size_t query_len;
-    const char *host;           /* NULL: no Host field */
-    size_t host_len;
-    const mr_hdrs_t *hdrs;      /* NULL: none */
-    uint16_t skip;
-    const mr_h1_field_t *extra;
-    int nextra;
-    int framing;
-    int64_t length;
-    const char *upgrade;        /* non-NULL: "Connection: upgrade" and "Upgrade: <upgrade>" */
-    size_t upgrade_len;
-} mr_h1_req_head_t;
-
 typedef struct {
     int status;
     const char *reason;         /* NULL: the registered phrase */
     size_t reason_len;
     const mr_hdrs_t *hdrs;
     uint16_t skip;
-    const mr_h1_field_t *extra;
+    const mr_field_t *extra;
     int nextra;
     int framing;
     int64_t length;             /* MR_H1_FRAME_LENGTH, or >= 0 with FRAME_NONE for a bodiless
@@ -60,9 +35,14 @@ typedef struct {
     size_t upgrade_len;
 } mr_h1_resp_head_t;
 
-/* Append the head to v (bounded by limit). Returns 0 or -E2BIG / -ENOMEM (v may hold part). */
-int mr_http1_write_request(mr_vec_t *v, const mr_h1_req_head_t *h, size_t limit);
+/* Append the head to v (bounded by limit). A request's body is chunked when its length is unknown.
+ * Returns 0 or -E2BIG / -ENOMEM (v may hold part). */
+int mr_http1_write_request(mr_vec_t *v, const mr_http_req_head_t *h, size_t limit);
 int mr_http1_write_response(mr_vec_t *v, const mr_h1_resp_head_t *h, size_t limit);
+
+/* The end of a chunked body with trailer fields: "0", the fields (entries with a `skip` flag left
+ * out), and the empty line. */
+int mr_http1_write_last_chunk(mr_vec_t *v, const mr_hdrs_t *trailers, uint16_t skip, size_t limit);
 
 /* The chunk framer: "<hex size>\r\n" for a chunk of n bytes (n > 0) into out; returns its length.
  * The chunk's data is followed by MR_H1_CRLF, the body by MR_H1_LAST_CHUNK. */

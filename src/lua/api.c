@@ -173,7 +173,7 @@ MR_EXPORT int mr_resp_set_status(void *p, int status)
 static mr_hdrs_t *resp_hdrs(mr_req_t *r)
 {
     if (r->local_pending) return &r->local_hdrs;
-    return r->up ? &r->up->hdrs : NULL;
+    return r->up ? r->up->hdrs : NULL;
 }
 
 MR_EXPORT int mr_resp_header(void *p, const char *name, size_t nlen, const char **s, size_t *n)

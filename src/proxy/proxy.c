@@ -23,7 +23,7 @@
 #define HEAD_LIMIT (256u * 1024u)
 #define BODY_LIMIT ((size_t)1 << 30)
 
-static const mr_upconn_ops_t up_ops;
+static const mr_upx_ops_t up_ops;
 
 static void forward_start(mr_req_t *r);
 static void lua_request_outcome(mr_req_t *r, int phase, int rc, const mr_lua_out_t *out);
@@ -63,7 +63,7 @@ void mr_proxy_drain(mr_proxy_t *px)
 {
     px->draining = true;
     px->up.draining = true;
-    for (mr_server_t *sv = px->servers.head; sv; sv = sv->next) mr_upconn_close_idle(sv);
+    for (mr_server_t *sv = px->servers.head; sv; sv = sv->next) mr_upx_close_idle(&px->up, sv);
 }
 
 void mr_proxy_free(mr_proxy_t *px)
@@ -77,7 +77,7 @@ void mr_proxy_free(mr_proxy_t *px)
 
 /* The target the upstream sees: the route's prefix taken off (strip_prefix; the writer makes
  * sure what remains starts with "/"), then the query. */
-static void build_target(const mr_req_t *r, mr_h1_req_head_t *head)
+static void build_target(const mr_req_t *r, mr_http_req_head_t *head)
 {
     const char *path, *query = NULL;
     size_t plen, qlen = 0;
@@ -104,37 +104,38 @@ static void build_target(const mr_req_t *r, mr_h1_req_head_t *head)
     head->query_len = qlen;
 }
 
-static int build_up_head(mr_req_t *r)
+/* Sends the request head to the exchange, described: the upstream's client serialises it (and
+ * chooses the body's framing). extra[] holds the forwarded-for/-proto and via fields. */
+static int send_up_head(mr_req_t *r, mr_upx_t *x)
 {
     const mr_config_t *cfg = cfg_of(r);
     const mr_hdrs_t *h = &r->hdrs;
-    mr_vec_t *v = &r->up_head;
-    mr_vec_reset(v);
-    mr_h1_req_head_t head = { .method = r->method_name, .hdrs = h,
-                              .skip = MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED };
+    mr_http_req_head_t head = { .method = r->method_name, .hdrs = h, .scheme = "http",
+                                .skip = MR_HDR_HOP | MR_HDR_HOST | MR_HDR_DELETED, .content_length = -1 };
     build_target(r, &head);
     const mr_route_conf_t *rt = r->route;
     if (rt && rt->set_host) {
-        head.host = rt->set_host;
-        head.host_len = strlen(rt->set_host);
+        head.authority = rt->set_host;
+        head.authority_len = strlen(rt->set_host);
     } else if (r->host_idx >= 0) {
-        head.host = mr_hdr_value(h, &h->v[r->host_idx]);
-        head.host_len = h->v[r->host_idx].val_len;
+        head.authority = mr_hdr_value(h, &h->v[r->host_idx]);
+        head.authority_len = h->v[r->host_idx].val_len;
     } else if (r->upstream) {
         /* An HTTP/1.0 request without Host still goes out as HTTP/1.1, which requires one: use
          * the upstream's name, as nginx does with $proxy_host. */
-        head.host = r->upstream->conf->name;
-        head.host_len = strlen(head.host);
+        head.authority = r->upstream->conf->name;
+        head.authority_len = strlen(head.authority);
     }
-    mr_h1_field_t extra[3];
+    if (r->upstream && r->upstream->conf->tls) head.scheme = "https";
+    mr_field_t extra[3];
     int n = 0;
     if (cfg->xff) {
         head.skip |= MR_HDR_XFF;
         int i = -1;
         for (uint32_t k = 0; k < h->n; k++)
             if ((h->v[k].flags & (MR_HDR_XFF | MR_HDR_DELETED)) == MR_HDR_XFF) i = (int)k;
-        mr_h1_field_t *f = &extra[n++];
-        *f = (mr_h1_field_t){ .name = "X-Forwarded-For", .nlen = 15, .val = r->peer->ip,
+        mr_field_t *f = &extra[n++];
+        *f = (mr_field_t){ .name = "X-Forwarded-For", .nlen = 15, .val = r->peer->ip,
                               .vlen = (uint32_t)strlen(r->peer->ip) };
         if (i >= 0) {
             f->val2 = f->val;
@@ -146,7 +147,7 @@ static int build_up_head(mr_req_t *r)
     if (cfg->xfp) {
         head.skip |= MR_HDR_XFP;
         const char *proto = r->peer->tls ? "https" : "http";
-        extra[n++] = (mr_h1_field_t){ .name = "X-Forwarded-Proto", .nlen = 17, .val = proto,
+        extra[n++] = (mr_field_t){ .name = "X-Forwarded-Proto", .nlen = 17, .val = proto,
                                       .vlen = (uint32_t)strlen(proto) };
     }
     if (cfg->via) {
@@ -155,8 +156,8 @@ static int build_up_head(mr_req_t *r)
         for (uint32_t k = 0; k < h->n; k++)
             if ((h->v[k].flags & (MR_HDR_VIA | MR_HDR_DELETED)) == MR_HDR_VIA) i = (int)k;
         const char *self = r->version == 10 ? "1.0 moonring" : "1.1 moonring";
-        mr_h1_field_t *f = &extra[n++];
-        *f = (mr_h1_field_t){ .name = "Via", .nlen = 3, .val = self, .vlen = 12 };
+        mr_field_t *f = &extra[n++];
+        *f = (mr_field_t){ .name = "Via", .nlen = 3, .val = self, .vlen = 12 };
         if (i >= 0) {
             f->val2 = f->val;
             f->vlen2 = f->vlen;
@@ -173,14 +174,11 @@ static int build_up_head(mr_req_t *r)
             head.upgrade_len = h->v[u].val_len;
         }
     }
-    if (r->chunked) {
-        head.framing = MR_H1_FRAME_CHUNKED;
-    } else if (r->content_length >= 0 && (r->content_length > 0 || r->method == HTTP_POST ||
-                                          r->method == HTTP_PUT || r->method == HTTP_PATCH)) {
-        head.framing = MR_H1_FRAME_LENGTH;
-        head.length = r->content_length;
-    }
-    return mr_http1_write_request(v, &head, HEAD_LIMIT);
+    head.body = r->has_body;
+    if (r->content_length >= 0 && (r->content_length > 0 || r->method == HTTP_POST || r->method == HTTP_PUT ||
+                                   r->method == HTTP_PATCH))
+        head.content_length = r->content_length;
+    return mr_upx_send_head(x, &head);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -215,14 +213,14 @@ static void forward_connect(mr_req_t *r, mr_server_t *s)
 {
     mr_proxy_t *px = r->px;
     r->tries++;
-    mr_upconn_t *u;
-    int rc = mr_upconn_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[r->pick].sni, &u);
+    mr_upx_t *u;
+    int rc = mr_upx_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[r->pick].sni, &u);
     if (rc < 0) {
         mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
         if (!retry(r)) mr_req_error(r, 502, true);
         return;
     }
-    mr_upconn_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
+    mr_upx_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
     r->up = u;
     if (u->connected) up_ops.ready(r, u);
 }
@@ -265,25 +263,25 @@ static void forward(mr_req_t *r)
 {
     const mr_route_conf_t *rt = r->route;
     r->upstream = r->dyn_up ? r->dyn_up : rt->upstream_id >= 0 ? &r->gen->ups[rt->upstream_id] : &r->gen->adhoc[rt->index - 1];
-    if (build_up_head(r) < 0) { mr_req_error(r, 431, true); return; }
     forward_start(r);
 }
 
-static void up_ready(void *owner, mr_upconn_t *u)
+static void up_ready(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
-    if (mr_upconn_send_head(u, r->up_head.p, r->up_head.len, r->upgrade) < 0) {
-        mr_upconn_close(u);
+    int rc = send_up_head(r, u);
+    if (rc < 0) {
+        mr_upx_close(u);
         r->up = NULL;
-        mr_req_error(r, 500, true);
+        mr_req_error(r, rc == -E2BIG ? 431 : 500, true);
         return;
     }
     if (r->expect_continue && r->has_body && !r->req_done) r->out->send_continue(r);
     if (r->upgrade) return; /* the rest of the client's bytes wait for a 101 */
     if (r->lua_body_state == MR_LBODY_DONE || r->lua_body_state == MR_LBODY_TOO_LARGE) {
         /* Read by req:body(): send the buffered copy, framed as the request was. */
-        mr_upconn_send_copy(u, r->lua_body.p, r->lua_body.len, r->chunked);
-        if (r->req_done) mr_upconn_end_body(u, r->chunked);
+        mr_upx_send_copy(u, r->lua_body.p, r->lua_body.len);
+        if (r->req_done) mr_upx_end_body(u, r->trailers.n ? &r->trailers : NULL);
     }
     r->body_mode = MR_BODY_FORWARD;
     r->body_blocked = false;
@@ -303,40 +301,39 @@ static void up_failed(void *owner, mr_server_t *s, int status, const char *why, 
 
 /* Emits the response head (the status may have been changed by Lua). Returns MR_UP_NOBODY when
  * the message has no body for the parser to read (HEAD), MR_UP_GO, or -1. */
-static int resp_emit_head(mr_req_t *r, mr_upconn_t *u)
+static int resp_emit_head(mr_req_t *r, mr_upx_t *u)
 {
-    const mr_http1_msg_t *m = &u->resp;
-    if (cfg_of(r)->via && mr_hdrs_add(&u->hdrs, "Via", 3, "1.1 moonring", 12) < 0) goto too_large;
-    r->resp.hdrs = &u->hdrs;
-    r->resp.reason = r->resp.status == m->status ? mr_http1_str(m, m->reason_off) : NULL;
-    r->resp.reason_len = r->resp.status == m->status ? m->reason_len : 0;
+    if (cfg_of(r)->via && mr_hdrs_add(u->hdrs, "Via", 3, "1.1 moonring", 12) < 0) goto too_large;
+    r->resp.hdrs = u->hdrs;
+    r->resp.reason = r->resp.status == u->status ? u->reason : NULL;
+    r->resp.reason_len = r->resp.status == u->status ? u->reason_len : 0;
     if (resp_bodiless(r) || r->tunnel)
-        r->resp.length = r->resp.status != 204 ? m->content_length : -1;
-    else if (m->content_length >= 0 && !m->chunked && !(r->route_flags & MR_RF_BODY))
-        r->resp.length = m->content_length;
+        r->resp.length = r->resp.status != 204 ? u->content_length : -1;
+    else if (u->length_known && !(r->route_flags & MR_RF_BODY))
+        r->resp.length = u->content_length;
     else
         r->resp.length = -1;
     if (r->out->head(r) < 0) goto too_large;
     r->head_sent = true;
     return r->method == HTTP_HEAD ? MR_UP_NOBODY : MR_UP_GO;
 too_large:
-    u->resp.error_status = 502;
-    u->resp.error_reason = "response head too large";
+    u->error_status = 502;
+    u->error_reason = "response head too large";
     return -1;
 }
 
-static int up_head(void *owner, mr_upconn_t *u)
+static int up_head(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
-    r->resp.status = u->resp.status;
+    r->resp.status = u->status;
     r->tunnel = u->tunnel;
     if (!r->tunnel && (r->route_flags & MR_RF_RESPONSE)) {
         mr_lua_out_t out = { 0 };
         int rc = mr_phase_run(r, MR_PH_RESPONSE, NULL, 0, false, &out);
         if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_RESPONSE, &out); return MR_UP_HOLD; }
         if (rc == MR_LUA_ERROR) {
-            u->resp.error_status = 500;
-            u->resp.error_reason = "on_response failed";
+            u->error_status = 500;
+            u->error_reason = "on_response failed";
             return -1;
         }
     }
@@ -351,7 +348,7 @@ static int send_owned(mr_req_t *r, char *owned, size_t n)
     return r->out->data(r, owned, n, MR_NO_BID, owned);
 }
 
-static int up_body(void *owner, mr_upconn_t *u, const char *p, size_t n, int32_t bid)
+static int up_body(void *owner, mr_upx_t *u, const char *p, size_t n, int32_t bid)
 {
     mr_req_t *r = owner;
     if (r->route_flags & MR_RF_BODY) {
@@ -359,8 +356,8 @@ static int up_body(void *owner, mr_upconn_t *u, const char *p, size_t n, int32_t
         int rc = mr_phase_run(r, MR_PH_BODY, p, n, false, &out);
         if (rc == MR_LUA_YIELD) { mr_phase_park(r, MR_PH_BODY, &out); return MR_UP_HOLD; }
         if (rc == MR_LUA_ERROR) {
-            u->resp.error_status = 500;
-            u->resp.error_reason = "on_body failed";
+            u->error_status = 500;
+            u->error_reason = "on_body failed";
             return -1;
         }
         return send_owned(r, out.chunk, out.chunk_len) ? MR_UP_HOLD : MR_UP_GO;
@@ -372,14 +369,25 @@ static int up_body(void *owner, mr_upconn_t *u, const char *p, size_t n, int32_t
 /* The response is complete and its upstream connection can go. */
 static void resp_complete(mr_req_t *r)
 {
-    mr_upconn_t *u = r->up;
+    mr_upx_t *u = r->up;
     r->up = NULL;
-    if (u) mr_upconn_release(u, r->req_done);
+    if (u) {
+        /* The exchange's trailer store goes with it: copied, for finish to send where the
+         * client's protocol carries them. */
+        const mr_hdrs_t *t = u->trailers;
+        for (uint32_t i = 0; t && i < t->n; i++) {
+            const mr_hdr_t *e = &t->v[i];
+            if (!(e->flags & MR_HDR_DELETED))
+                mr_hdrs_add(&r->resp_trailers, mr_hdr_name(t, e), e->name_len, mr_hdr_value(t, e), e->val_len);
+        }
+        if (r->resp_trailers.n) r->resp.trailers = &r->resp_trailers;
+        mr_upx_release(u, r->req_done);
+    }
     r->resp_done = true;
     r->out->finish(r);
 }
 
-static void up_done(void *owner, mr_upconn_t *u)
+static void up_done(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
     if ((r->route_flags & MR_RF_BODY) && !resp_bodiless(r)) {
@@ -391,9 +399,9 @@ static void up_done(void *owner, mr_upconn_t *u)
             return; /* the connection stays bound until the phase ends */
         }
         if (rc == MR_LUA_ERROR) {
-            mr_warn("upstream %s: on_body failed (%s %.*s)", mr_upconn_addr(u), r->method_name, (int)r->target_len,
+            mr_warn("upstream %s: on_body failed (%s %.*s)", mr_upx_addr(u), r->method_name, (int)r->target_len,
                     mr_req_target_raw(r));
-            mr_upconn_close(u);
+            mr_upx_close(u);
             r->up = NULL;
             up_lost(r, 500);
             return;
@@ -403,7 +411,7 @@ static void up_done(void *owner, mr_upconn_t *u)
     resp_complete(r);
 }
 
-static void up_sent(void *owner, mr_upconn_t *u)
+static void up_sent(void *owner, mr_upx_t *u)
 {
     (void)u;
     mr_req_t *r = owner;
@@ -413,14 +421,14 @@ static void up_sent(void *owner, mr_upconn_t *u)
     }
 }
 
-static void up_tunnel(void *owner, mr_upconn_t *u)
+static void up_tunnel(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
     r->body_mode = MR_BODY_FORWARD;
-    r->out->tunnel(r, &u->s);
+    r->out->tunnel(r, u->raw);
 }
 
-static const mr_upconn_ops_t up_ops = { up_ready, up_head, up_body, up_done, up_failed, up_sent, up_tunnel };
+static const mr_upx_ops_t up_ops = { up_ready, up_head, up_body, up_done, up_failed, up_sent, up_tunnel };
 
 /* ------------------------------------------------------------------------------------------ */
 /* Lua phases. A phase that yields parks the request (mr_phase_park): the session reads no body
@@ -502,13 +510,13 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
         local_finish(r);
         return;
     }
-    mr_upconn_t *u = r->up;
+    mr_upx_t *u = r->up;
     if (!u) { free(out.chunk); return; }
     if (rc == MR_LUA_ERROR) {
         free(out.chunk);
-        mr_warn("upstream %s: a Lua response phase failed (%s %.*s)", mr_upconn_addr(u), r->method_name,
+        mr_warn("upstream %s: a Lua response phase failed (%s %.*s)", mr_upx_addr(u), r->method_name,
                 (int)r->target_len, mr_req_target_raw(r));
-        mr_upconn_close(u);
+        mr_upx_close(u);
         r->up = NULL;
         up_lost(r, 500);
         return;
@@ -516,12 +524,12 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
     if (phase == MR_PH_RESPONSE) {
         int st = resp_emit_head(r, u);
         if (st < 0) {
-            mr_upconn_close(u);
+            mr_upx_close(u);
             r->up = NULL;
             up_lost(r, 502);
             return;
         }
-        if (st == MR_UP_NOBODY) mr_upconn_skip_body(u);
+        if (st == MR_UP_NOBODY) mr_upx_skip_body(u);
     } else if (phase == MR_PH_BODY) {
         send_owned(r, out.chunk, out.chunk_len);
         if (r->lua_body_eof) {
@@ -530,7 +538,7 @@ static void lua_timer_fired(mr_loop_t *loop, mr_timer_t *t)
             return;
         }
     }
-    mr_upconn_resume(u);
+    mr_upx_resume(u);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -603,8 +611,8 @@ int mr_proxy_body(mr_req_t *r, const char *p, size_t n, int32_t bid)
         return 0;
     }
     if (r->body_mode != MR_BODY_FORWARD || !r->up) return 0;
-    mr_upconn_send_body(r->up, p, n, bid, r->chunked);
-    if (mr_upconn_full(r->up)) {
+    mr_upx_send_body(r->up, p, n, bid);
+    if (mr_upx_full(r->up)) {
         r->body_blocked = true;
         return 1;
     }
@@ -618,12 +626,12 @@ void mr_proxy_body_end(mr_req_t *r)
         r->lua_body_state = MR_LBODY_DONE;
         if (r->lua_phase) mr_timer_set(r->px->loop, &r->lua_timer, 0);
     }
-    if (r->body_mode == MR_BODY_FORWARD && r->up && !r->tunnel) mr_upconn_end_body(r->up, r->chunked);
+    if (r->body_mode == MR_BODY_FORWARD && r->up && !r->tunnel) mr_upx_end_body(r->up, r->trailers.n ? &r->trailers : NULL);
 }
 
 void mr_proxy_sent(mr_req_t *r)
 {
-    if (r->up && !r->lua_phase && !r->tunnel && r->head_sent && !r->resp_done) mr_upconn_resume(r->up);
+    if (r->up && !r->lua_phase && !r->tunnel && r->head_sent && !r->resp_done) mr_upx_resume(r->up);
 }
 
 /* The request lets go of the upstream side: a name lookup it waits for, its connection. */
@@ -634,7 +642,7 @@ static void unbind_upstream(mr_req_t *r)
         r->waiting = NULL;
     }
     if (r->up) {
-        mr_upconn_close(r->up);
+        mr_upx_close(r->up);
         r->up = NULL;
     }
 }

@@ -18,7 +18,7 @@
 #include "loop/loop.h"
 #include "proxy/req.h"
 #include "upstream/dyn.h"
-#include "upstream/upconn.h"
+#include "upstream/upx.h"
 #include "upstream/upstream.h"
 
 typedef struct mr_access_log mr_access_log_t;
@@ -30,7 +30,7 @@ struct mr_proxy {
     mr_gen_t *gen;                  /* current generation: new requests start here */
     mr_http1_limits_t h1limits;     /* the current generation's head limits (parsers point here) */
     bool draining;                  /* graceful stop: responses close their connections */
-    mr_upconn_ctx_t up;             /* upstream connections */
+    mr_upx_ctx_t up;                /* upstream clients */
     mr_server_registry_t servers;   /* upstream servers and their pools, across generations */
     mr_dyn_upstreams_t dyn;         /* run-time upstreams (req:set_upstream("ip:port")) */
     mr_access_log_t *alog;

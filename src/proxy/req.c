@@ -37,10 +37,10 @@ void mr_req_reset(mr_req_t *r)
     mr_hdrs_reset(&r->hdrs);
     mr_hdrs_reset(&r->trailers);
     mr_hdrs_reset(&r->local_hdrs);
+    mr_hdrs_reset(&r->resp_trailers);
     mr_vec_reset(&r->local_body);
     mr_vec_reset(&r->norm);
     mr_vec_reset(&r->target_ov);
-    mr_vec_reset(&r->up_head);
     mr_vec_reset(&r->lua_body);
 }
 
@@ -49,10 +49,10 @@ void mr_req_free(mr_req_t *r)
     mr_hdrs_free(&r->hdrs);
     mr_hdrs_free(&r->trailers);
     mr_hdrs_free(&r->local_hdrs);
+    mr_hdrs_free(&r->resp_trailers);
     mr_vec_free(&r->local_body);
     mr_vec_free(&r->norm);
     mr_vec_free(&r->target_ov);
-    mr_vec_free(&r->up_head);
     mr_vec_free(&r->lua_body);
 }
 

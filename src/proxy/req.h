@@ -27,7 +27,7 @@
 typedef struct mr_req mr_req_t;
 typedef struct mr_proxy mr_proxy_t;
 typedef struct mr_gen mr_gen_t;
-typedef struct mr_upconn mr_upconn_t;
+typedef struct mr_upx mr_upx_t;
 
 /* What a protocol session implements for its requests. The core calls these from its own
  * callbacks on the worker's loop; none re-enters the core synchronously (read_body defers). */
@@ -87,7 +87,7 @@ struct mr_req {
     uint8_t route_flags;        /* MR_RF_* of the route's chain */
     mr_upstream_t *upstream;
     mr_upstream_t *dyn_up;      /* chosen by req:set_upstream */
-    mr_upconn_t *up;
+    mr_upx_t *up;               /* the upstream exchange, while bound */
     mr_server_t *waiting;       /* a server whose name is being resolved for this request */
     mr_server_wait_t srv_wait;
     int tries, pick;
@@ -114,6 +114,7 @@ struct mr_req {
         const char *reason;     /* the upstream's phrase, or NULL for the registered one */
         uint32_t reason_len;
         int64_t length;         /* body length, -1 unknown */
+        const mr_hdrs_t *trailers;  /* trailer fields to send after the body, or NULL */
     } resp;
     bool head_sent;             /* the head went to the session */
     bool resp_done;             /* finish was called */
@@ -125,12 +126,12 @@ struct mr_req {
 
     /* ---------------- kept across requests (reset, not freed) ---------------- */
     mr_hdrs_t hdrs;             /* the request head's fields (and target bytes) */
-    mr_hdrs_t trailers;
+    mr_hdrs_t trailers;         /* the request's trailer fields (chunked HTTP/1.1, HTTP/2) */
     mr_hdrs_t local_hdrs;       /* a local response's fields */
+    mr_hdrs_t resp_trailers;    /* the upstream response's trailer fields, copied */
     mr_vec_t local_body;
     mr_vec_t norm;              /* normalised path, then host */
     mr_vec_t target_ov;         /* set by req:set_path / set_query */
-    mr_vec_t up_head;           /* the head for the upstream (kept across retries) */
     mr_vec_t lua_body;          /* req:body(): the request body buffered for Lua */
     mr_timer_t lua_timer;       /* resumes a parked Lua phase */
     /* Set by the session once. */

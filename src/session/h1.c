@@ -138,7 +138,6 @@ static void req_give(h1_t *h)
     trim(&r->local_body);
     trim(&r->lua_body);
     trim(&r->norm);
-    trim(&r->up_head);
     trim(&q->out_head);
     q->h = NULL;
     q->next_free = req_cache;
@@ -381,7 +380,15 @@ static int out_data(mr_req_t *r, const char *p, size_t n, int32_t bid, char *own
 static void out_finish(mr_req_t *r)
 {
     h1_t *h = h1_of(r);
-    if (h->x.out_mode == OUT_CHUNKED) mr_sock_send(&h->c.s, MR_H1_LAST_CHUNK, 5, MR_NO_BID);
+    if (h->x.out_mode == OUT_CHUNKED) {
+        mr_vec_t t = { 0 };
+        if (r->resp.trailers && mr_http1_write_last_chunk(&t, r->resp.trailers, MR_HDR_DELETED, HEAD_LIMIT) == 0)
+            mr_sock_send_owned(&h->c.s, t.p, t.len); /* the queue frees it once sent */
+        else {
+            mr_vec_free(&t);
+            mr_sock_send(&h->c.s, MR_H1_LAST_CHUNK, 5, MR_NO_BID);
+        }
+    }
     h->x.resp_done = true;
     if (h->x.req_done) mr_timer_stop(h->c.s.loop, &h->timer);
     check_finish(h);

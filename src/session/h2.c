@@ -385,6 +385,8 @@ static void out_send_continue(mr_req_t *r)
     schedule_flush(s->h);
 }
 
+static bool send_trailers(h2s_t *s);
+
 static ssize_t read_body_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
                             nghttp2_data_source *src, void *user)
 {
@@ -401,6 +403,7 @@ static ssize_t read_body_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (!s->out.count && s->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (send_trailers(s)) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers end it */
         s->eof_pulled = true;
         return (ssize_t)n;
     }
@@ -418,38 +421,50 @@ static bool connection_specific(const char *name, size_t n)
            (n == 7 && strncasecmp(name, "upgrade", 7) == 0) || (n == 2 && strncasecmp(name, "te", 2) == 0);
 }
 
+/* nv entries for the fields of hd (lowercase names, copied into h->nv from offset *o on; the
+ * caller reserved room), skipping what HTTP/2 must not carry. Returns how many were written. */
+static int put_fields(h2_t *h, const mr_hdrs_t *hd, nghttp2_nv *nv, size_t *o)
+{
+    int k = 0;
+    for (uint32_t i = 0; hd && i < hd->n; i++) {
+        const mr_hdr_t *e = &hd->v[i];
+        if (e->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
+        const char *name = mr_hdr_name(hd, e);
+        if (connection_specific(name, e->name_len) || (e->name_len == 14 && strncasecmp(name, "content-length", 14) == 0))
+            continue;
+        char *lc = h->nv.p + *o;
+        for (size_t j = 0; j < e->name_len; j++) lc[j] = (char)(name[j] >= 'A' && name[j] <= 'Z' ? name[j] + 32 : name[j]);
+        *o += e->name_len;
+        nv[k++] = (nghttp2_nv){ (uint8_t *)lc, (uint8_t *)mr_hdr_value(hd, e), e->name_len, e->val_len,
+                                NGHTTP2_NV_FLAG_NONE };
+    }
+    return k;
+}
+
+static size_t names_len(const mr_hdrs_t *hd)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; hd && i < hd->n; i++) n += hd->v[i].name_len;
+    return n;
+}
+
 static int out_head(mr_req_t *r)
 {
     h2s_t *s = stream_of(r);
     h2_t *h = s->h;
     int st = r->resp.status;
     const mr_hdrs_t *hd = r->resp.hdrs;
-    uint32_t n = hd ? hd->n : 0;
-    nghttp2_nv *nv = malloc((n + 2) * sizeof *nv);
+    nghttp2_nv *nv = malloc(((hd ? hd->n : 0) + 2) * sizeof *nv);
     if (!nv) return -ENOMEM;
     /* Names go out in lower case (RFC 9113 8.2): copied into one scratch buffer first. */
     mr_vec_reset(&h->nv);
-    size_t need = 16 + 24;
-    for (uint32_t i = 0; i < n; i++) need += hd->v[i].name_len;
-    if (mr_vec_reserve(&h->nv, need, 1u << 24) < 0) { free(nv); return -E2BIG; }
+    if (mr_vec_reserve(&h->nv, names_len(hd) + 40, 1u << 24) < 0) { free(nv); return -E2BIG; }
     char *sb = h->nv.p;
-    size_t o = 0;
-    int k = 0;
     int sl = snprintf(sb, 16, "%d", st);
+    size_t o = (size_t)sl + 1;
+    int k = 0;
     nv[k++] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)sb, 7, (size_t)sl, NGHTTP2_NV_FLAG_NONE };
-    o += (size_t)sl + 1;
-    for (uint32_t i = 0; i < n; i++) {
-        const mr_hdr_t *e = &hd->v[i];
-        if (e->flags & (MR_HDR_HOP | MR_HDR_DELETED)) continue;
-        const char *name = mr_hdr_name(hd, e);
-        if (connection_specific(name, e->name_len) || (e->name_len == 14 && strncasecmp(name, "content-length", 14) == 0))
-            continue;
-        char *lc = sb + o;
-        for (size_t j = 0; j < e->name_len; j++) lc[j] = (char)(name[j] >= 'A' && name[j] <= 'Z' ? name[j] + 32 : name[j]);
-        o += e->name_len;
-        nv[k++] = (nghttp2_nv){ (uint8_t *)lc, (uint8_t *)mr_hdr_value(hd, e), e->name_len, e->val_len,
-                                NGHTTP2_NV_FLAG_NONE };
-    }
+    k += put_fields(h, hd, nv + k, &o);
     bool nobody = r->method == HTTP_HEAD || st == 204 || st == 304 || st < 200;
     char *cl = sb + o;
     if (r->resp.length >= 0 && st != 204 && st >= 200) {
@@ -464,6 +479,22 @@ static int out_head(mr_req_t *r)
     s->head_sent = true;
     schedule_flush(h);
     return 0;
+}
+
+/* The response's trailer fields (gRPC's status among them) in a HEADERS frame ending the stream. */
+static bool send_trailers(h2s_t *s)
+{
+    const mr_hdrs_t *t = s->req.resp.trailers;
+    h2_t *h = s->h;
+    if (!t || !t->n) return false;
+    nghttp2_nv *nv = malloc(t->n * sizeof *nv);
+    mr_vec_reset(&h->nv);
+    if (!nv || mr_vec_reserve(&h->nv, names_len(t) + 1, 1u << 24) < 0) { free(nv); return false; }
+    size_t o = 0;
+    int k = put_fields(h, t, nv, &o);
+    int rc = k ? nghttp2_submit_trailer(h->ng, s->id, nv, (size_t)k) : -1;
+    free(nv);
+    return rc == 0;
 }
 
 static int out_data(mr_req_t *r, const char *p, size_t n, int32_t bid, char *owned)
@@ -552,7 +583,14 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     h2s_t *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!s || s->ended) return 0;
     mr_req_t *r = &s->req;
-    if (f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0; /* trailers: not forwarded (yet) */
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* Trailer fields (gRPC client streams end with them): kept for the upstream, bounded
+         * like the head. */
+        s->hdr_bytes += (uint32_t)(nlen + vlen + 32);
+        if (s->hdr_bytes <= h->c->h2conf.max_header_list_size && nlen && name[0] != ':')
+            mr_hdrs_add(&r->trailers, (const char *)name, nlen, (const char *)value, vlen);
+        return 0;
+    }
     /* RFC 9113 6.5.2 counts 32 bytes of overhead per field. */
     s->hdr_bytes += (uint32_t)(nlen + vlen + 32);
     if (s->hdr_bytes > h->c->h2conf.max_header_list_size || ++s->nhdrs > px_of(h)->h1limits.max_headers) {
