@@ -32,6 +32,8 @@ int mr_resp_header(void *r, const char *name, size_t nlen, const char **p, size_
 int mr_resp_header_count(void *r);
 int mr_resp_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
 int mr_resp_set_header(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
+int mr_resp_trailer(void *r, const char *name, size_t nlen, const char **p, size_t *n);
+int mr_resp_set_trailer(void *r, const char *name, size_t nlen, const char *val, size_t vlen, int mode);
 void *mr_req_waker(void *r);
 int mr_req_body_read(void *r, int64_t max);
 int mr_req_body_get(void *r, const char **p, size_t *n);
@@ -343,6 +345,23 @@ end
 function res_methods.set_header(self, name, value) return set_res_header(self, "res:set_header", name, value, MODE_SET) end
 function res_methods.add_header(self, name, value) return set_res_header(self, "res:add_header", name, value, MODE_ADD) end
 function res_methods.del_header(self, name) return set_res_header(self, "res:del_header", name, nil, MODE_DEL) end
+
+-- Trailer fields: the upstream's are readable once its body ended (the last on_body, eof = true);
+-- set ones go after the body where the client's protocol carries them (HTTP/2, chunked HTTP/1.1).
+function res_methods.trailer(self, name)
+  check_name("res:trailer", name)
+  if C.mr_resp_trailer(live(self), name, #name, pp, pn) ~= OK then return nil end
+  return ffi_string(pp[0], pn[0])
+end
+
+function res_methods.set_trailer(self, name, value)
+  check_name("res:set_trailer", name)
+  value = check_value("res:set_trailer", value)
+  if C.mr_resp_set_trailer(live(self), name, #name, value, #value, MODE_SET) ~= OK then
+    return nil, "cannot change trailers now"
+  end
+  return true
+end
 
 -- Chains ----------------------------------------------------------------------------------------
 

@@ -47,6 +47,11 @@ return {
     { path = "/lua", handler = function(req)
         return 200, table.concat({ req.version, req.method, req.path, req.host, tostring(req:header("x-a")) }, " ") .. "\n"
       end },
+    { path = "/tr", strip_prefix = true, upstream = "origin", filters = { {
+        on_body = function(res, chunk, eof)
+          if eof then res:set_trailer("x-sum", (res:trailer("x-checksum") or "none") .. "!") end
+          return chunk
+        end } } },
     { path = "/", upstream = "origin", filters = { { on_response = function(res) res:set_header("x-filtered", "1") end } } },
   },
 }
@@ -119,6 +124,12 @@ return {
     assert.truthy(f.trailer:find("grpc-status: 0", 1, true), f.output)
   end)
 
+  it("lets a filter read and set trailer fields (res:trailer, res:set_trailer)", function()
+    local f = h2c("get", port, "/tr/trailers")
+    assert.equal("hello", f.body, f.output)
+    assert.truthy(f.trailer and f.trailer:find("x-sum: abc123!", 1, true), f.output)
+  end)
+
   it("joins cookie crumbs and keeps :authority as Host for an HTTP/1.1 upstream", function()
     local f = h2c("cookies", port)
     assert.equal("1 200", f.status, f.output)
@@ -185,5 +196,57 @@ return {
   it("answers DATA on an idle stream with a connection error (RFC 9113 5.1)", function()
     local f = h2c("data_on_idle", port)
     assert.truthy(f.goaway and f.goaway:match("^1 "), f.output) -- PROTOCOL_ERROR
+  end)
+end)
+
+describe("HTTP/2 connections across a reload and a graceful stop", function()
+  local mr, port, origin
+
+  local function conf(version)
+    return ([[
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  upstreams = { origin = { servers = { "127.0.0.1:%d" } } },
+  routes = { { path = "/v", handler = function() return 200, %q end }, { path = "/", upstream = "origin" } },
+}
+]]):format(port, origin.port, version)
+  end
+
+  setup(function()
+    origin = helpers.start_origin()
+    port = helpers.free_port()
+    mr = helpers.start_moonring(conf("one"), { wait_port = port })
+  end)
+
+  teardown(function()
+    helpers.stop_all()
+  end)
+
+  it("keeps an h2 connection serving through a reload; new streams take the new generation", function()
+    local out = helpers.tmpname("h2-reload", ".log")
+    local client = helpers.spawn(H2C .. " two_requests " .. port .. " /v 1.2", out)
+    assert.truthy(helpers.eventually(function() return client.log():find("body 1 one", 1, true) end, 5), client.log())
+    helpers.write_file(mr.conf_path, conf("two"))
+    mr.signal("HUP")
+    assert.truthy(helpers.eventually(function() return mr.log():find("reload: generation 2", 1, true) end, 5), mr.log())
+    assert.equal(0, client.wait(10))
+    local log = client.log()
+    assert.truthy(log:find("body 3 two", 1, true), log)
+    assert.falsy(log:find("goaway", 1, true), log)
+  end)
+
+  it("finishes a stream in flight at a graceful stop, with GOAWAY, and exits 0", function()
+    -- nghttp, since python3-h2 treats any GOAWAY as the end of the connection
+    local out = helpers.tmpname("h2-stop", ".log")
+    local client = helpers.spawn(("nghttp -v http://127.0.0.1:%d/slow/800"):format(port), out)
+    assert.truthy(helpers.eventually(function() return client.log():find("send HEADERS frame", 1, true) end, 5))
+    helpers.sleep(0.2)
+    assert.equal(0, mr.stop("TERM", 10))
+    assert.equal(0, client.wait(10))
+    local log = client.log()
+    assert.truthy(log:find(":status: 200", 1, true), log)
+    assert.truthy(log:find("slow", 1, true), log)
+    assert.truthy(log:find("recv GOAWAY frame", 1, true), log)
   end)
 end)

@@ -214,6 +214,26 @@ MR_EXPORT int mr_resp_set_header(void *p, const char *name, size_t nlen, const c
     return edit_headers(h, NULL, name, nlen, val, vlen, mode);
 }
 
+/* Response trailer fields (res:trailer / res:set_trailer): the upstream's, once its body ended
+ * (readable in the last on_body, eof = true), and whatever filters add; sent where the client's
+ * protocol carries them (HTTP/2; HTTP/1.1 chunked responses). */
+MR_EXPORT int mr_resp_trailer(void *p, const char *name, size_t nlen, const char **s, size_t *n)
+{
+    mr_req_t *r = p;
+    int i = mr_hdrs_find(&r->resp_trailers, name, nlen, 0);
+    if (i < 0) return MR_FFI_DECLINED;
+    *s = mr_hdr_value(&r->resp_trailers, &r->resp_trailers.v[i]);
+    *n = r->resp_trailers.v[i].val_len;
+    return MR_FFI_OK;
+}
+
+MR_EXPORT int mr_resp_set_trailer(void *p, const char *name, size_t nlen, const char *val, size_t vlen, int mode)
+{
+    mr_req_t *r = p;
+    if (r->resp_done) return MR_FFI_BAD_CONTEXT;
+    return edit_headers(&r->resp_trailers, NULL, name, nlen, val, vlen, mode);
+}
+
 /* req:body(): see mr_proxy_body_read. AGAIN: reading (yield on I/O, then ask again); LIMIT: larger
  * than max; BAD_CONTEXT: the body is gone. */
 MR_EXPORT int mr_req_body_read(void *p, int64_t max)

@@ -371,18 +371,8 @@ static void resp_complete(mr_req_t *r)
 {
     mr_upx_t *u = r->up;
     r->up = NULL;
-    if (u) {
-        /* The exchange's trailer store goes with it: copied, for finish to send where the
-         * client's protocol carries them. */
-        const mr_hdrs_t *t = u->trailers;
-        for (uint32_t i = 0; t && i < t->n; i++) {
-            const mr_hdr_t *e = &t->v[i];
-            if (!(e->flags & MR_HDR_DELETED))
-                mr_hdrs_add(&r->resp_trailers, mr_hdr_name(t, e), e->name_len, mr_hdr_value(t, e), e->val_len);
-        }
-        if (r->resp_trailers.n) r->resp.trailers = &r->resp_trailers;
-        mr_upx_release(u, r->req_done);
-    }
+    if (u) mr_upx_release(u, r->req_done);
+    if (r->resp_trailers.n) r->resp.trailers = &r->resp_trailers;
     r->resp_done = true;
     r->out->finish(r);
 }
@@ -390,6 +380,14 @@ static void resp_complete(mr_req_t *r)
 static void up_done(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
+    /* The exchange's trailer store goes with it: copied, so the last on_body can read and change
+     * them (res:trailer) and finish can send them where the client's protocol carries them. */
+    const mr_hdrs_t *t = u->trailers;
+    for (uint32_t i = 0; t && i < t->n; i++) {
+        const mr_hdr_t *e = &t->v[i];
+        if (!(e->flags & MR_HDR_DELETED))
+            mr_hdrs_add(&r->resp_trailers, mr_hdr_name(t, e), e->name_len, mr_hdr_value(t, e), e->val_len);
+    }
     if ((r->route_flags & MR_RF_BODY) && !resp_bodiless(r)) {
         mr_lua_out_t out = { 0 };
         int rc = mr_phase_run(r, MR_PH_BODY, "", 0, true, &out);

@@ -112,6 +112,7 @@ int mr_req_local_emit(mr_req_t *r)
     r->resp_bytes = blen;
     if (blen) r->out->data(r, r->local_body.p, blen, MR_NO_BID, NULL);
     r->resp_done = true;
+    if (r->resp_trailers.n) r->resp.trailers = &r->resp_trailers; /* set by filters */
     r->out->finish(r);
     /* The body, if any, goes nowhere now; reading on completes the request (a bodiless one too:
      * the session has not read past its head yet). */
