@@ -72,7 +72,8 @@ static void in_free(mr_sock_t *s)
 
 static void maybe_closed(mr_sock_t *s)
 {
-    if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued || s->tls_pump.queued) return;
+    if (!s->closing || mr_sock_busy(s) || s->fd < 0) return;
+    if (mr_defer_queued(&s->flush) || mr_defer_queued(&s->tls_pump)) return;
     close(s->fd);
     s->fd = -1;
     in_free(s);

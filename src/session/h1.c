@@ -171,7 +171,7 @@ static void on_closed(mr_sock_t *s)
 {
     h1_t *h = h1_of_sock(s);
     /* A queued defer points at us: free when it has run. */
-    if (h->feed_defer.queued) h->dead = true;
+    if (mr_defer_queued(&h->feed_defer)) h->dead = true;
     else h1_free(h);
 }
 
