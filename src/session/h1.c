@@ -25,14 +25,15 @@ enum { OUT_LENGTH = 0, OUT_CHUNKED, OUT_CLOSE, OUT_NONE };
 
 typedef struct h1 h1_t;
 
-/* The current exchange; zeroed when a request head arrives. */
+/* The current exchange; zeroed when a request head arrives. Bit-fields here and in struct h1:
+ * every idle connection carries them, and packed they keep struct h1 in a smaller malloc class. */
 typedef struct {
-    bool active;                /* a request is in progress */
-    bool req_done;              /* request fully read */
-    bool resp_started, resp_done;
-    bool close_after;           /* Connection: close after this response */
-    bool sent_continue;
-    uint8_t out_mode;
+    bool active : 1;            /* a request is in progress */
+    bool req_done : 1;          /* request fully read */
+    bool resp_started : 1, resp_done : 1;
+    bool close_after : 1;       /* Connection: close after this response */
+    bool sent_continue : 1;
+    uint8_t out_mode : 2;       /* OUT_* */
 } h1_exchange_t;
 
 /* A request of this session: the protocol-independent request and what HTTP/1 adds to it. The
@@ -53,13 +54,13 @@ struct h1 {
     mr_defer_t feed_defer;
     h1_req_t *q;                /* current request, NULL while idle */
     uint32_t nrequests;
-    uint8_t pause;
-    bool in_feed, feed_again;   /* re-entrancy guard for feed */
-    bool failed;                /* a parse error was answered: further input is discarded */
-    bool lingering;             /* response sent, write side shut, draining input before close */
-    bool close_on_sent;         /* the response broke off midway: send what is queued, then close */
-    bool tunnel;
-    bool dead;                  /* closed: freed once the queued feed_defer has run */
+    uint8_t pause : 2;          /* P_* */
+    bool in_feed : 1, feed_again : 1;   /* re-entrancy guard for feed */
+    bool failed : 1;            /* a parse error was answered: further input is discarded */
+    bool lingering : 1;         /* response sent, write side shut, draining input before close */
+    bool close_on_sent : 1;     /* the response broke off midway: send what is queued, then close */
+    bool tunnel : 1;
+    bool dead : 1;              /* closed: freed once the queued feed_defer has run */
     h1_exchange_t x;
 };
 
