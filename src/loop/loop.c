@@ -287,11 +287,14 @@ static void run_timers(mr_loop_t *loop)
 
 /* ---- deferred callbacks ---- */
 
+/* The last queued callback's next: never NULL while queued (mr_defer_queued). */
+static mr_defer_t defer_end;
+#define DEFER_END (&defer_end)
+
 void mr_loop_defer(mr_loop_t *loop, mr_defer_t *d)
 {
-    if (d->queued) return;
-    d->queued = true;
-    d->next = NULL;
+    if (d->next) return;
+    d->next = DEFER_END;
     if (loop->defer_tail) loop->defer_tail->next = d; else loop->defer_head = d;
     loop->defer_tail = d;
 }
@@ -300,9 +303,9 @@ static void run_deferred(mr_loop_t *loop)
 {
     mr_defer_t *d = loop->defer_head;
     loop->defer_head = loop->defer_tail = NULL;
-    while (d) {
+    while (d && d != DEFER_END) {
         mr_defer_t *next = d->next;
-        d->queued = false;
+        d->next = NULL;
         d->fn(loop, d);
         d = next;
     }

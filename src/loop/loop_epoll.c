@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,15 +45,17 @@ typedef struct {
     uint32_t len, cap;
 } ep_fdvec_t;
 
+/* One per fd number up to the highest seen: every idle connection has one, so 56 bytes. */
 typedef struct {
     mr_op_t *rd;                /* accept, recv or read */
     mr_op_t *wr;                /* sendmsg or write */
     mr_op_t *cn;                /* connect */
-    const struct msghdr *msg;   /* wr is a sendmsg */
-    const void *wbuf;           /* wr is a write */
-    size_t wlen;
-    void *rbuf;                 /* rd is a read */
-    size_t rlen;
+    union {
+        const struct msghdr *msg;   /* wr is a sendmsg */
+        const void *wbuf;           /* wr is a write (wlen bytes) */
+    } w;
+    void *rbuf;                 /* rd is a read (rlen bytes) */
+    uint32_t wlen, rlen;        /* a longer read or write completes short */
     bool registered;
     /* An edge was seen and the side not yet drained to EAGAIN (or a short read, see try_recv). */
     bool rd_ready, wr_ready;
@@ -66,6 +70,8 @@ typedef struct {
 typedef struct {
     mr_loop_t base;
     int epfd;
+    /* Indexed by fd. Anonymous memory reserved for the descriptor limit: pages are zero until
+     * first touched and only touched pages cost, so no copy and no memset of unused slots. */
     ep_fd_t *fds;
     uint32_t nfds;
     uint16_t *free_bids;         /* FIFO ring of free buffer ids, buf_count long */
@@ -111,17 +117,27 @@ static void fdvec_push(ep_fdvec_t *l, int fd)
     l->v[l->len++] = fd;
 }
 
+static size_t fds_bytes(uint32_t n) { return (size_t)n * sizeof(ep_fd_t); }
+
+/* Reserves the table for n fds (n >= the current size); the new slots read as zero. */
+static int fds_reserve(mr_epoll_t *e, uint32_t n)
+{
+    void *v = e->fds ? mremap(e->fds, fds_bytes(e->nfds), fds_bytes(n), MREMAP_MAYMOVE)
+                     : mmap(NULL, fds_bytes(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (v == MAP_FAILED) return -ENOMEM;
+    e->fds = v;
+    e->nfds = n;
+    return 0;
+}
+
 static ep_fd_t *fd_state(mr_epoll_t *e, int fd)
 {
     if (fd < 0) return NULL;
     if ((uint32_t)fd >= e->nfds) {
-        uint32_t n = e->nfds ? e->nfds : 64;
+        /* Only when the descriptor limit was raised after the loop was made. */
+        uint32_t n = e->nfds;
         while (n <= (uint32_t)fd) n *= 2;
-        ep_fd_t *v = realloc(e->fds, n * sizeof *v);
-        if (!v) return NULL;
-        memset(v + e->nfds, 0, (n - e->nfds) * sizeof *v);
-        e->fds = v;
-        e->nfds = n;
+        if (fds_reserve(e, n) < 0) return NULL;
     }
     return &e->fds[fd];
 }
@@ -305,7 +321,7 @@ static void try_write(mr_epoll_t *e, int fd, ep_fd_t *st)
 {
     if (!poll_ready(fd, POLLOUT)) { st->wr_ready = false; return; }
     ssize_t n;
-    do n = write(fd, st->wbuf, st->wlen); while (n < 0 && errno == EINTR);
+    do n = write(fd, st->w.wbuf, st->wlen); while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { st->wr_ready = false; return; }
     mr_op_t *op = st->wr;
     st->wr = NULL;
@@ -315,7 +331,7 @@ static void try_write(mr_epoll_t *e, int fd, ep_fd_t *st)
 static void try_send(mr_epoll_t *e, int fd, ep_fd_t *st)
 {
     ssize_t n;
-    do n = sendmsg(fd, st->msg, MSG_NOSIGNAL | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+    do n = sendmsg(fd, st->w.msg, MSG_NOSIGNAL | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { st->wr_ready = false; return; }
     mr_op_t *op = st->wr;
     st->wr = NULL;
@@ -365,7 +381,7 @@ static int arm_reader(mr_epoll_t *e, mr_op_t *op, int fd, uint8_t kind, void *bu
     op_start(op, fd, kind);
     st->rd = op;
     st->rbuf = buf;
-    st->rlen = len;
+    st->rlen = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     if (st->rd_ready) ready_push(e, fd, st);
     return 0;
 }
@@ -413,9 +429,9 @@ static int arm_writer(mr_epoll_t *e, mr_op_t *op, int fd, uint8_t kind, const st
     if (st->wr) return -EBUSY;
     op_start(op, fd, kind);
     st->wr = op;
-    st->msg = msg;
-    st->wbuf = buf;
-    st->wlen = len;
+    if (msg) st->w.msg = msg;
+    else st->w.wbuf = buf;
+    st->wlen = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     if (kind == MR_OPK_SEND) try_send(e, fd, st);
     else try_write(e, fd, st);
     if (st->wr != op) return 0;
@@ -562,7 +578,7 @@ static void ep_free(mr_loop_t *loop)
         if (e->cq.v[i].kind == MR_OPK_ACCEPT && e->cq.v[i].res >= 0) close(e->cq.v[i].res);
     if (e->base.bufs) BUF_ALL_TAKEN(e);
     if (e->epfd >= 0) close(e->epfd);
-    free(e->fds);
+    if (e->fds) munmap(e->fds, fds_bytes(e->nfds));
     free(e->free_bids);
     free(e->cq.v);
     free(e->spare.v);
@@ -600,6 +616,12 @@ int mr_loop_epoll_create(mr_loop_t **out, const mr_loop_opts_t *opts)
     if (rc < 0) { free(e); return rc; }
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (e->epfd < 0) { rc = -errno; goto fail; }
+    struct rlimit rl;
+    uint32_t nfds = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > nfds)
+        nfds = rl.rlim_cur > (1u << 24) ? (1u << 24) : (uint32_t)rl.rlim_cur;
+    rc = fds_reserve(e, nfds);
+    if (rc < 0) goto fail;
     e->free_bids = malloc(loop->buf_count * sizeof *e->free_bids);
     if (!e->free_bids) { rc = -ENOMEM; goto fail; }
     for (uint32_t i = 0; i < loop->buf_count; i++) {

@@ -20,17 +20,48 @@
 
 #define MR_BGID 1
 
+/* A list of ops, kept here rather than linked through the ops, which every socket embeds. */
+typedef struct {
+    mr_op_t **v;
+    uint32_t len, cap;
+} op_list_t;
+
 typedef struct {
     mr_loop_t base;
     struct io_uring ring;
     bool ring_ok;
     struct io_uring_buf_ring *br;
     uint32_t buf_mask, buf_free, buf_pending;
-    mr_op_t *starved;              /* recvs that ended on ENOBUFS, re-armed when buffers return */
-    mr_op_t *starved_cancelled;    /* starved recvs cancelled by their owner: report -ECANCELED */
+    op_list_t starved;             /* recvs that ended on ENOBUFS, re-armed when buffers return */
+    op_list_t starved_cancelled;   /* starved recvs cancelled by their owner: report -ECANCELED */
 } mr_uring_t;
 
 static inline mr_uring_t *U(mr_loop_t *loop) { return (mr_uring_t *)loop; }
+
+static void op_list_push(op_list_t *l, mr_op_t *op)
+{
+    if (l->len == l->cap) {
+        uint32_t cap = l->cap ? l->cap * 2 : 64;
+        mr_op_t **v = realloc(l->v, cap * sizeof *v);
+        /* A recv's final completion would be lost: nothing sane is left to do. */
+        if (!v) { mr_error("io_uring loop: out of memory (starved recvs)"); abort(); }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->len++] = op;
+}
+
+/* Removes op, keeping the order (starved recvs are re-armed first come, first served). */
+static bool op_list_remove(op_list_t *l, mr_op_t *op)
+{
+    for (uint32_t i = 0; i < l->len; i++) {
+        if (l->v[i] != op) continue;
+        memmove(&l->v[i], &l->v[i + 1], (l->len - i - 1) * sizeof l->v[0]);
+        l->len--;
+        return true;
+    }
+    return false;
+}
 
 static int ring_setup(struct io_uring *ring, unsigned entries, unsigned *flags_out)
 {
@@ -118,6 +149,8 @@ static void uring_free(mr_loop_t *loop)
         io_uring_queue_exit(&u->ring);
     }
     if (u->br) munmap(u->br, loop->buf_count * sizeof(struct io_uring_buf));
+    free(u->starved.v);
+    free(u->starved_cancelled.v);
     mr_loop_base_free(loop);
     free(u);
 }
@@ -202,20 +235,12 @@ static int uring_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, si
     return arm(op, MR_OPK_WRITE, sqe);
 }
 
-static bool unlink_starved(mr_op_t **head, mr_op_t *op)
-{
-    for (mr_op_t **pp = head; *pp; pp = &(*pp)->next_starved)
-        if (*pp == op) { *pp = op->next_starved; op->next_starved = NULL; return true; }
-    return false;
-}
-
 static int uring_cancel(mr_loop_t *loop, mr_op_t *target)
 {
     mr_uring_t *u = U(loop);
-    if (unlink_starved(&u->starved, target)) {
+    if (op_list_remove(&u->starved, target)) {
         /* Not in the kernel: complete it ourselves at the end of this turn. */
-        target->next_starved = u->starved_cancelled;
-        u->starved_cancelled = target;
+        op_list_push(&u->starved_cancelled, target);
         return 0;
     }
     struct io_uring_sqe *sqe = get_sqe(u);
@@ -241,22 +266,30 @@ static void uring_flush(mr_loop_t *loop)
         u->buf_pending = 0;
     }
     /* Re-arm starved recvs only with a margin of free buffers, so they do not bounce on ENOBUFS. */
-    while (u->starved && u->buf_free > 4) {
-        mr_op_t *op = u->starved;
-        u->starved = op->next_starved;
-        op->next_starved = NULL;
-        if (prep_recv(u, op) < 0) { op->next_starved = u->starved; u->starved = op; break; }
+    uint32_t armed = 0;
+    while (armed < u->starved.len && u->buf_free > 4) {
+        if (prep_recv(u, u->starved.v[armed]) < 0) break;
+        armed++;
     }
-    while (u->starved_cancelled) {
-        mr_op_t *op = u->starved_cancelled;
-        u->starved_cancelled = op->next_starved;
-        op->next_starved = NULL;
-        op->active = false;
-        op->fn(loop, op, -ECANCELED, 0);
+    if (armed) {
+        memmove(u->starved.v, u->starved.v + armed, (u->starved.len - armed) * sizeof u->starved.v[0]);
+        u->starved.len -= armed;
+    }
+    /* Callbacks may cancel other starved recvs, which appends to this list: take it first. */
+    while (u->starved_cancelled.len) {
+        op_list_t l = u->starved_cancelled;
+        u->starved_cancelled = (op_list_t){ 0 };
+        for (uint32_t i = 0; i < l.len; i++) {
+            mr_op_t *op = l.v[i];
+            op->active = false;
+            op->fn(loop, op, -ECANCELED, 0);
+        }
+        if (!u->starved_cancelled.v) { l.len = 0; u->starved_cancelled = l; }
+        else free(l.v);
     }
 }
 
-static bool uring_pending(mr_loop_t *loop) { return U(loop)->starved_cancelled != NULL; }
+static bool uring_pending(mr_loop_t *loop) { return U(loop)->starved_cancelled.len != 0; }
 
 static int uring_wait(mr_loop_t *loop, int timeout_ms)
 {
@@ -290,8 +323,7 @@ static void dispatch(mr_uring_t *u, struct io_uring_cqe *cqe)
         flags |= MR_F_BUF | ((uint32_t)bid << 16);
     }
     if (op->kind == MR_OPK_RECV && res == -ENOBUFS && !(flags & MR_F_MORE)) {
-        op->next_starved = u->starved;
-        u->starved = op;
+        op_list_push(&u->starved, op);
         return;
     }
     if (!(flags & MR_F_MORE)) op->active = false;

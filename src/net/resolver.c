@@ -361,7 +361,7 @@ static void free_all(mr_resolver_t *r)
 
 static void maybe_free(mr_resolver_t *r)
 {
-    if (r->closing && !r->op.active && !r->defer.queued && r->busy == 0) free_all(r);
+    if (r->closing && !r->op.active && !mr_defer_queued(&r->defer) && r->busy == 0) free_all(r);
 }
 
 /* Calls back the requests that were waiting on e when this round started (later arrivals wait

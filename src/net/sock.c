@@ -22,6 +22,7 @@ static mr_sq_t *sq_get(mr_sock_t *s)
         return NULL;
     }
     q->head = q->count = 0;
+    q->bytes = 0;
     q->next_free = NULL;
     s->sq = q;
     return q;
@@ -72,13 +73,13 @@ static void in_free(mr_sock_t *s)
 
 static void maybe_closed(mr_sock_t *s)
 {
-    if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued || s->tls_pump.queued) return;
+    if (!s->closing || mr_sock_busy(s) || s->fd < 0) return;
+    if (mr_defer_queued(&s->flush) || mr_defer_queued(&s->tls_pump)) return;
     close(s->fd);
     s->fd = -1;
     in_free(s);
     while (s->sq && s->sq->count) release_head(s);
     sq_put(s);
-    s->sq_bytes = 0;
     /* Only now: in-flight sends pointed into the engine's output chunks. */
     mr_tls_conn_free(s->tls);
     s->tls = NULL;
@@ -139,7 +140,7 @@ static int tls_submit(mr_sock_t *s)
         if (rc == MR_TLS_ERR) return -EPROTO;
         if (rc != MR_TLS_OK) break; /* handshake not done, or 256 KiB of ciphertext unsent */
         /* The engine copied (encrypted) the bytes: the buffer references can go now. */
-        s->sq_bytes -= taken;
+        q->bytes -= taken;
         while (taken) {
             e = &q->ent[q->head];
             size_t n = taken < e->len ? taken : e->len;
@@ -359,9 +360,9 @@ static void send_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
     size_t n = (size_t)res;
     while (q->count && n) {
         mr_sq_ent_t *e = &q->ent[q->head];
-        if (n < e->len) { e->p += n; e->len -= (uint32_t)n; s->sq_bytes -= n; break; }
+        if (n < e->len) { e->p += n; e->len -= (uint32_t)n; q->bytes -= n; break; }
         n -= e->len;
-        s->sq_bytes -= e->len;
+        q->bytes -= e->len;
         release_head(s);
     }
     if (q->count) { submit_send(s); return; }
@@ -456,7 +457,7 @@ int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)
         if (bid >= 0) mr_loop_buf_ref(s->loop, (uint16_t)bid);
     }
     q->count++;
-    s->sq_bytes += len;
+    q->bytes += len;
     /* Submit at the end of this loop turn, so a head and its body leave in one sendmsg. */
     if (!s->send_op.active && !s->closing) mr_loop_defer(s->loop, &s->flush);
     return 0;

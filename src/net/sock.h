@@ -60,6 +60,7 @@ typedef struct mr_sq {
     struct iovec iov[MR_SQ_IOV];
     mr_sq_ent_t ent[MR_SQ_ENT];
     uint32_t head, count;
+    uint64_t bytes;     /* queued, not sent yet */
     struct mr_sq *next_free;
 } mr_sq_t;
 
@@ -68,14 +69,16 @@ typedef struct {
     uint32_t off, len;
 } mr_in_t;
 
+/* Every idle connection holds one of these (and nothing else of this module): keep it small and
+ * without holes (152 bytes on x86-64). */
 struct mr_sock {
     mr_loop_t *loop;
     const mr_sock_ops_t *ops;
     int fd;
+    int err;            /* first socket error seen (-EPROTO for TLS: see mr_sock_tls_error) */
     mr_op_t recv_op, send_op;
     mr_defer_t flush;
     mr_sq_t *sq;        /* NULL while nothing is queued or in flight */
-    uint64_t sq_bytes;
     mr_in_t *in;        /* held input; grows to absorb a multishot burst before a pause lands */
     uint32_t nin, in_cap;
     mr_in_t in_inl[MR_IN_INLINE];
@@ -84,7 +87,6 @@ struct mr_sock {
     bool eof;
     bool shut_wr, shut_done; /* write side: close_notify queued / shutdown(2) done */
     bool eof_pending;        /* EOF (close_notify) to report after the data before it */
-    int err;            /* first socket error seen (-EPROTO for TLS: see mr_sock_tls_error) */
     /* TLS (NULL on plain TCP); owned, freed after the last completion. */
     mr_tls_conn_t *tls;
     mr_defer_t tls_pump;     /* decrypt what the engine holds after a resume/consume */
@@ -102,6 +104,8 @@ int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid);
 /* Queue malloc'd memory; the queue frees it after the send (or on close). */
 int mr_sock_send_owned(mr_sock_t *s, char *p, size_t len);
 static inline uint32_t mr_sock_queued(const mr_sock_t *s) { return s->sq ? s->sq->count : 0; }
+/* Bytes queued and not sent yet. */
+static inline uint64_t mr_sock_queued_bytes(const mr_sock_t *s) { return s->sq ? s->sq->bytes : 0; }
 static inline uint32_t mr_sock_sq_space(const mr_sock_t *s) { return MR_SQ_ENT - mr_sock_queued(s); }
 /* Drop the first n bytes of held input (releasing buffers). */
 void mr_sock_consume(mr_sock_t *s, size_t n);
@@ -129,7 +133,7 @@ void mr_sock_pump(mr_sock_t *from, mr_sock_t *to, uint64_t limit);
 #define MR_SQ_RESERVE 4 /* entries a body piece may need: size line, data, CRLF, last-chunk */
 static inline bool mr_sock_full(const mr_sock_t *s, uint64_t limit)
 {
-    return mr_sock_sq_space(s) < MR_SQ_RESERVE || s->sq_bytes > limit;
+    return mr_sock_sq_space(s) < MR_SQ_RESERVE || mr_sock_queued_bytes(s) > limit;
 }
 /* Frees the per-thread cache of send queues (at thread exit). */
 void mr_sock_thread_free(void);

@@ -58,7 +58,7 @@ static void flush_cb(mr_loop_t *loop, mr_defer_t *d)
 
 bool mr_access_log_idle(const mr_access_log_t *al)
 {
-    return !al || (!al->op.active && !al->flush.queued && !al->len[0] && !al->len[1]);
+    return !al || (!al->op.active && !mr_defer_queued(&al->flush) && !al->len[0] && !al->len[1]);
 }
 
 void mr_access_log_on_idle(mr_access_log_t *al, void (*fn)(void *), void *arg)

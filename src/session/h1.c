@@ -26,40 +26,43 @@ enum { OUT_LENGTH = 0, OUT_CHUNKED, OUT_CLOSE, OUT_NONE };
 
 typedef struct h1 h1_t;
 
-/* The current exchange; zeroed when a request head arrives. */
+/* The current exchange; zeroed when a request head arrives. Bit-fields here and in struct h1:
+ * every idle connection carries them, and packed they keep struct h1 in a smaller malloc class. */
 typedef struct {
-    bool active;                /* a request is in progress */
-    bool req_done;              /* request fully read */
-    bool resp_started, resp_done;
-    bool close_after;           /* Connection: close after this response */
-    bool sent_continue;
-    uint8_t out_mode;
+    bool active : 1;            /* a request is in progress */
+    bool req_done : 1;          /* request fully read */
+    bool resp_started : 1, resp_done : 1;
+    bool close_after : 1;       /* Connection: close after this response */
+    bool sent_continue : 1;
+    uint8_t out_mode : 2;       /* OUT_* */
 } h1_exchange_t;
 
-/* A request of this session: the protocol-independent request and what HTTP/1 adds to it. */
+/* A request of this session: the protocol-independent request and what HTTP/1 adds to it. The
+ * parser lives here, not in the connection: between requests it is at a message boundary, where a
+ * fresh one is equivalent, so an idle connection does not carry its 240 bytes. */
 typedef struct h1_req {
     mr_req_t req;               /* first */
     h1_t *h;
+    mr_http1_msg_t p;           /* request parser; its stores are req's */
+    mr_sock_t *up;              /* a tunnel's other end (a tunnel keeps its request) */
     mr_vec_t out_head;          /* the response head: alive until sent */
     struct h1_req *next_free;
 } h1_req_t;
 
 struct h1 {
     mr_conn_t c;                /* first */
-    mr_http1_msg_t p;           /* request parser; its stores are the current request's */
     mr_timer_t timer;
     mr_defer_t feed_defer;
     h1_req_t *q;                /* current request, NULL while idle */
-    mr_sock_t *up;              /* a tunnel's other end */
     uint32_t nrequests;
-    uint8_t pause;
-    bool in_feed, feed_again;   /* re-entrancy guard for feed */
-    bool failed;                /* a parse error was answered: further input is discarded */
-    bool lingering;             /* response sent, write side shut, draining input before close */
-    bool close_on_sent;         /* the response broke off midway: send what is queued, then close */
-    bool tunnel;
-    bool dead;                  /* closed: freed once the queued feed_defer has run */
-    bool sniffed;               /* the first bytes were checked for the HTTP/2 preface */
+    uint8_t pause : 2;          /* P_* */
+    bool in_feed : 1, feed_again : 1;   /* re-entrancy guard for feed */
+    bool failed : 1;            /* a parse error was answered: further input is discarded */
+    bool lingering : 1;         /* response sent, write side shut, draining input before close */
+    bool close_on_sent : 1;     /* the response broke off midway: send what is queued, then close */
+    bool tunnel : 1;
+    bool dead : 1;              /* closed: freed once the queued feed_defer has run */
+    bool sniffed : 1;           /* the first bytes were checked for the HTTP/2 preface */
     h1_exchange_t x;
 };
 
@@ -103,6 +106,7 @@ static void req_take(h1_t *h)
         q->req.out = &resp_ops;
         q->req.peer = &h->c.peer;
         q->req.hdrs.limit = q->req.trailers.limit = limit;
+        q->up = NULL;
         mr_vec_reset(&q->out_head);
     } else {
         q = calloc(1, sizeof *q);
@@ -111,7 +115,8 @@ static void req_take(h1_t *h)
     }
     q->h = h;
     h->q = q;
-    mr_http1_set_store(&h->p, &q->req.hdrs, &q->req.trailers);
+    mr_http1_init(&q->p, MR_HTTP1_REQUEST, &px->h1limits, &req_cbs, h);
+    mr_http1_set_store(&q->p, &q->req.hdrs, &q->req.trailers);
 }
 
 static void trim(mr_vec_t *v)
@@ -126,7 +131,6 @@ static void req_give(h1_t *h)
     h1_req_t *q = h->q;
     if (!q) return;
     h->q = NULL;
-    mr_http1_set_store(&h->p, NULL, NULL);
     if (req_cached >= REQ_CACHE_MAX) {
         mr_req_free(&q->req);
         mr_vec_free(&q->out_head);
@@ -175,7 +179,7 @@ static void on_closed(mr_sock_t *s)
 {
     h1_t *h = h1_of_sock(s);
     /* A queued defer points at us: free when it has run. */
-    if (h->feed_defer.queued) h->dead = true;
+    if (mr_defer_queued(&h->feed_defer)) h->dead = true;
     else h1_free(h);
 }
 
@@ -203,22 +207,24 @@ static void linger_close(h1_t *h)
 
 static void tunnel_pump(h1_t *h)
 {
-    if (!h->up) { h1_close(h); return; }
+    mr_sock_t *up = h->q ? h->q->up : NULL;
+    if (!up) { h1_close(h); return; }
     uint64_t limit = bp_limit(h);
-    mr_sock_pump(&h->c.s, h->up, limit);
-    mr_sock_pump(h->up, &h->c.s, limit);
-    if ((h->c.s.eof && !h->c.s.nin) || (h->up->eof && !h->up->nin)) h1_close(h);
+    mr_sock_pump(&h->c.s, up, limit);
+    mr_sock_pump(up, &h->c.s, limit);
+    if ((h->c.s.eof && !h->c.s.nin) || (up->eof && !up->nin)) h1_close(h);
 }
 
 /* The head fields the parser knows, for the access log of a request it rejected. */
 static void note_line(h1_t *h, mr_req_t *r)
 {
-    if (r->line_known || !mr_http1_line_done(&h->p)) return;
-    r->method = (uint8_t)llhttp_get_method(&h->p.parser);
+    mr_http1_msg_t *p = &h->q->p;
+    if (r->line_known || !mr_http1_line_done(p)) return;
+    r->method = (uint8_t)llhttp_get_method(&p->parser);
     r->method_name = llhttp_method_name((llhttp_method_t)r->method);
-    r->version = (uint8_t)(llhttp_get_http_major(&h->p.parser) * 10 + llhttp_get_http_minor(&h->p.parser));
-    r->target_off = h->p.url_off;
-    r->target_len = h->p.url_len;
+    r->version = (uint8_t)(llhttp_get_http_major(&p->parser) * 10 + llhttp_get_http_minor(&p->parser));
+    r->target_off = p->url_off;
+    r->target_len = p->url_len;
     r->line_known = true;
 }
 
@@ -244,7 +250,7 @@ static void timed_out(mr_loop_t *loop, mr_timer_t *t)
     if (h->tunnel) return;
     if (h->lingering || h->close_on_sent) { h1_close(h); return; }
     if (!h->x.active) {
-        if (h->c.s.nin || h->p.head_bytes || h->p.url_len) h1_fail(h, 408);
+        if (h->c.s.nin || (h->q && (h->q->p.head_bytes || h->q->p.url_len))) h1_fail(h, 408);
         else h1_close(h);
         return;
     }
@@ -262,10 +268,8 @@ static void request_finish(h1_t *h)
     h->nrequests++;
     h->x.active = false;
     if (h->x.close_after) { linger_close(h); return; }
-    mr_http1_next(&h->p);
-    req_give(h);
+    req_give(h); /* the parser with it: the next request gets a fresh one */
     h->pause = P_NONE;
-    mr_http1_resume(&h->p);
     const mr_limits_t *lim = &cfg_now(h)->limits;
     uint32_t idle = h->c.s.nin ? lim->header_timeout_ms : lim->keepalive_timeout_ms;
     if (px->draining) {
@@ -416,7 +420,7 @@ static void out_tunnel(mr_req_t *r, mr_sock_t *up)
         h->pause = P_NONE;
         mr_timer_stop(h->c.s.loop, &h->timer);
     }
-    h->up = up;
+    ((h1_req_t *)r)->up = up;
     tunnel_pump(h);
 }
 
@@ -531,10 +535,10 @@ static void feed(h1_t *h)
         h->feed_again = false;
         while (!s->closing && !h->tunnel && !h->lingering) {
             bool resumed = false;
-            if (mr_http1_paused(&h->p)) {
+            if (h->q && mr_http1_paused(&h->q->p)) {
                 if (h->pause == P_HOLD) break;
                 if (h->pause == P_DONE && h->x.active) break;
-                mr_http1_resume(&h->p);
+                mr_http1_resume(&h->q->p);
                 resumed = true;
             }
             /* After a resume llhttp may have work that needs no input (e.g. completing a
@@ -551,11 +555,12 @@ static void feed(h1_t *h)
             const char *p = in ? mr_loop_buf_ptr(s->loop, (uint16_t)in->bid) + in->off : "";
             size_t len = in ? in->len : 0;
             size_t used = 0;
-            int rc = mr_http1_feed(&h->p, p, len, &used);
+            mr_http1_msg_t *m = &h->q->p;
+            int rc = mr_http1_feed(m, p, len, &used);
             if (rc < 0) {
                 mr_sock_consume(s, len);
-                int st = h->p.error_status ? h->p.error_status : 400;
-                mr_info("client %s: %d: %s", h->c.peer.ip, st, h->p.error_reason ? h->p.error_reason : "bad request");
+                int st = m->error_status ? m->error_status : 400;
+                mr_info("client %s: %d: %s", h->c.peer.ip, st, m->error_reason ? m->error_reason : "bad request");
                 h->failed = true;
                 h1_fail(h, st);
                 break;
@@ -603,7 +608,7 @@ static void on_recv(mr_sock_t *s, int res)
     }
     if (h->tunnel) { tunnel_pump(h); return; }
     const mr_limits_t *lim = &cfg_now(h)->limits;
-    if (!h->x.active && (!mr_timer_armed(&h->timer) || h->p.head_bytes == 0))
+    if (!h->x.active && (!mr_timer_armed(&h->timer) || !h->q || h->q->p.head_bytes == 0))
         mr_timer_set(s->loop, &h->timer, lim->header_timeout_ms);
     feed(h);
 }
@@ -692,7 +697,6 @@ int mr_h1_accept(mr_conns_t *cs, int fd, const mr_listen_conf_t *lc)
     }
     h->timer.fn = timed_out;
     h->feed_defer.fn = feed_deferred;
-    mr_http1_init(&h->p, MR_HTTP1_REQUEST, &cs->px->h1limits, &req_cbs, h);
     mr_conns_add(cs, &h->c);
     mr_timer_set(cs->px->loop, &h->timer, cfg_now(h)->limits.header_timeout_ms);
     int rc = mr_sock_start_recv(&h->c.s);

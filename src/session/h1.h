@@ -6,8 +6,8 @@
  * previous response is complete), 100-continue, the header/body/keep-alive/send timeouts, the
  * lingering close, and the raw tunnel after an Upgrade.
  *
- * Memory: an idle connection (between requests) holds its socket, parser state and timer only;
- * the request object and every buffer are taken when the first byte of a request arrives and
+ * Memory: an idle connection (between requests) holds its socket and timer only; the request
+ * object, with the parser and every buffer, is taken when the first byte of a request arrives and
  * given back (to a per-thread cache) when its response is complete.
  * Thread affinity: the worker. */
 #ifndef MR_SESSION_H1_H

@@ -314,7 +314,7 @@ static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
     (void)loop;
     h2_t *h = (h2_t *)((char *)d - offsetof(h2_t, flush));
     /* The socket closed while this was queued: the last defer to run frees the session. */
-    if (h->dead) { if (!h->deliver.queued) h2_free(h); return; }
+    if (h->dead) { if (!mr_defer_queued(&h->deliver)) h2_free(h); return; }
     flush(h);
 }
 
@@ -355,7 +355,7 @@ static void deliver_deferred(mr_loop_t *loop, mr_defer_t *d)
 {
     (void)loop;
     h2_t *h = (h2_t *)((char *)d - offsetof(h2_t, deliver));
-    if (h->dead) { if (!h->flush.queued) h2_free(h); return; }
+    if (h->dead) { if (!mr_defer_queued(&h->flush)) h2_free(h); return; }
     if (h->closing) return;
     for (h2s_t *s = h->streams, *next; s; s = next) {
         next = s->next;
@@ -768,7 +768,7 @@ static void on_closed(mr_sock_t *sock)
 {
     h2_t *h = h2_of_sock(sock);
     h->dead = true;
-    if (!h->flush.queued && !h->deliver.queued) h2_free(h);
+    if (!mr_defer_queued(&h->flush) && !mr_defer_queued(&h->deliver)) h2_free(h);
 }
 
 static void h2_close(h2_t *h)
