@@ -202,7 +202,8 @@ end
     for _ = 1, 300 do assert.equal(200, (reload())) end
     helpers.sleep(0.2)
     local rss1, fds1 = mr.rss_kb(), fd_count(mr.pid)
-    assert.equal(fds0, fds1)
+    -- no descriptor leaks (one may have closed meanwhile: an idle keep-alive connection timing out)
+    assert.is_true(fds1 <= fds0, ("fds grew from %d to %d"):format(fds0, fds1))
     local limit = os.getenv("ASAN_OPTIONS") and 200 * 1024 or 16 * 1024
     assert.is_true(rss1 - rss0 < limit, ("RSS grew from %d to %d KiB"):format(rss0, rss1))
   end)
