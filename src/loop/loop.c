@@ -138,6 +138,11 @@ int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t 
     return loop->ops->write(loop, op, fd, buf, len);
 }
 
+void mr_loop_close(mr_loop_t *loop, int fd)
+{
+    if (fd >= 0) loop->ops->close(loop, fd);
+}
+
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target)
 {
     if (!target->active) return -ENOENT;

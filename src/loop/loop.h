@@ -115,6 +115,11 @@ int mr_loop_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *m
 int mr_loop_connect(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockaddr *sa, socklen_t len);
 int mr_loop_read(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len);
 int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len);
+/* Closes fd, whose ops have all delivered their final completion (the rule for close(2) above).
+ * io_uring queues the close for the next submit, so closing a connection costs no syscall of its
+ * own (the socket's FIN leaves then, at the latest before the loop next sleeps); epoll closes now.
+ * Either way the fd belongs to the loop from this call on: the caller forgets the number. */
+void mr_loop_close(mr_loop_t *loop, int fd);
 /* Asks the kernel to cancel `target`; its callback still fires (with -ECANCELED or a result).
  * -ENOENT if target is not active; harmless when its final completion is already on its way. */
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "log/log.h"
 
@@ -28,6 +29,11 @@ typedef struct {
     uint32_t buf_mask, buf_free, buf_pending;
     mr_op_t *starved;              /* recvs that ended on ENOBUFS, re-armed when buffers return */
     mr_op_t *starved_cancelled;    /* starved recvs cancelled by their owner: report -ECANCELED */
+    /* fds to close with the next submit (mr_loop_close): queued here rather than as SQEs at
+     * once, so that one the loop never submits (freed after a stop) is closed by uring_free. */
+    int *closing;
+    uint32_t nclosing, closing_cap;
+    bool cqe_skip;                 /* IOSQE_CQE_SKIP_SUCCESS works: a close posts no CQE */
 } mr_uring_t;
 
 static inline mr_uring_t *U(mr_loop_t *loop) { return (mr_uring_t *)loop; }
@@ -113,6 +119,8 @@ int mr_loop_probe(mr_loop_features_t *f)
 static void uring_free(mr_loop_t *loop)
 {
     mr_uring_t *u = U(loop);
+    for (uint32_t i = 0; i < u->nclosing; i++) close(u->closing[i]);
+    free(u->closing);
     if (u->ring_ok) {
         if (u->br) io_uring_unregister_buf_ring(&u->ring, MR_BGID);
         io_uring_queue_exit(&u->ring);
@@ -202,6 +210,34 @@ static int uring_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, si
     return arm(op, MR_OPK_WRITE, sqe);
 }
 
+static void uring_close(mr_loop_t *loop, int fd)
+{
+    mr_uring_t *u = U(loop);
+    if (u->nclosing == u->closing_cap) {
+        uint32_t cap = u->closing_cap ? u->closing_cap * 2 : 64;
+        int *v = realloc(u->closing, cap * sizeof *v);
+        if (!v) { close(fd); return; }
+        u->closing = v;
+        u->closing_cap = cap;
+    }
+    u->closing[u->nclosing++] = fd;
+}
+
+/* The queued closes become SQEs of the submit about to happen. Their result is of no use (the
+ * fd is gone either way), so they post no CQE where the kernel allows; otherwise the CQE carries
+ * no op and is skipped. */
+static void closes_prep(mr_uring_t *u)
+{
+    for (uint32_t i = 0; i < u->nclosing; i++) {
+        struct io_uring_sqe *sqe = get_sqe(u);
+        if (!sqe) { close(u->closing[i]); continue; }
+        io_uring_prep_close(sqe, u->closing[i]);
+        io_uring_sqe_set_data(sqe, NULL);
+        if (u->cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    }
+    u->nclosing = 0;
+}
+
 static bool unlink_starved(mr_op_t **head, mr_op_t *op)
 {
     for (mr_op_t **pp = head; *pp; pp = &(*pp)->next_starved)
@@ -267,6 +303,7 @@ static int uring_wait(mr_loop_t *loop, int timeout_ms)
         ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
         tsp = &ts;
     }
+    if (u->nclosing) closes_prep(u);
     struct io_uring_cqe *cqe;
     int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, tsp, NULL);
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
@@ -318,6 +355,7 @@ static const mr_loop_ops_t uring_ops = {
     .connect = uring_connect,
     .read = uring_read,
     .write = uring_write,
+    .close = uring_close,
     .cancel = uring_cancel,
     .buf_release = uring_buf_release,
     .flush = uring_flush,
@@ -339,6 +377,7 @@ int mr_loop_uring_create(mr_loop_t **out, const mr_loop_opts_t *opts)
     rc = ring_setup(&u->ring, opts->entries, NULL);
     if (rc < 0) goto fail;
     u->ring_ok = true;
+    u->cqe_skip = u->ring.features & IORING_FEAT_CQE_SKIP;
     /* Every loop turn enters the ring: a registered ring fd saves the fd lookup and reference
      * count on each io_uring_enter. Per task, which is fine: only this thread enters it. */
     (void)io_uring_register_ring_fd(&u->ring);

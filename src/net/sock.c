@@ -73,7 +73,7 @@ static void in_free(mr_sock_t *s)
 static void maybe_closed(mr_sock_t *s)
 {
     if (!s->closing || mr_sock_busy(s) || s->fd < 0 || s->flush.queued || s->tls_pump.queued) return;
-    close(s->fd);
+    mr_loop_close(s->loop, s->fd);
     s->fd = -1;
     in_free(s);
     while (s->sq && s->sq->count) release_head(s);
