@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "net/net.h"
+
 /* Send queues are recycled per thread: a connection takes one only while it sends. */
 #define SQ_CACHE_MAX 256
 static _Thread_local mr_sq_t *sq_cache;
@@ -104,6 +106,19 @@ static bool in_grow(mr_sock_t *s)
     return true;
 }
 
+/* Every sendmsg goes through here (see mr_sock_nodelay_later). */
+static void sendmsg_now(mr_sock_t *s, const struct msghdr *msg)
+{
+    if (s->nodelay_later) {
+        if (s->sent_once) {
+            mr_net_set_nodelay(s->fd);
+            s->nodelay_later = false;
+        }
+        s->sent_once = true;
+    }
+    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, msg);
+}
+
 /* ---- TLS ---- */
 
 static void submit_send(mr_sock_t *s);
@@ -165,7 +180,7 @@ static int tls_submit(mr_sock_t *s)
     memset(&q->msg, 0, sizeof q->msg);
     q->msg.msg_iov = q->iov;
     q->msg.msg_iovlen = (size_t)n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
+    sendmsg_now(s, &q->msg);
     return 1;
 }
 
@@ -435,7 +450,7 @@ static void submit_send(mr_sock_t *s)
     memset(&q->msg, 0, sizeof q->msg);
     q->msg.msg_iov = q->iov;
     q->msg.msg_iovlen = n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
+    sendmsg_now(s, &q->msg);
 }
 
 int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)

@@ -637,8 +637,8 @@ int mr_h1_accept(mr_conns_t *cs, int fd, mr_tls_ctx_t *tls)
     h->c.peer = peer;
     h->c.ip_counted = counted;
     h->c.ops = &conn_ops;
-    mr_net_set_nodelay(fd);
     mr_sock_init(&h->c.s, cs->px->loop, fd, &sock_ops);
+    mr_sock_nodelay_later(&h->c.s);
     /* A client that never finishes the handshake sends no request: the header timeout armed
      * below closes it. */
     if (t) {
