@@ -31,6 +31,8 @@ typedef struct {
     bool req_done;              /* request fully read */
     bool resp_started, resp_done;
     bool close_after;           /* Connection: close after this response */
+    bool client_close;          /* the client said this is its last request (close, or 1.0) */
+    bool read_all;              /* the parser saw its end (req_done is also set on a failure) */
     bool sent_continue;
     uint8_t out_mode;
 } h1_exchange_t;
@@ -185,11 +187,20 @@ static void h1_close(h1_t *h)
 }
 
 /* Closing with unread input makes the kernel send RST, which can destroy the response we just
- * sent before the client reads it. So shut the write side, drain briefly, then close. */
+ * sent before the client reads it. So shut the write side, drain briefly, then close.
+ * Not when the client itself ended the connection with this request (Connection: close, or
+ * HTTP/1.0 without keep-alive) and every byte of it was read: nothing more is coming that a RST
+ * could answer, so it closes at once, as nginx does. A close the client did not ask for (an error,
+ * an unread body, keepalive_requests, a drain) still lingers: a keep-alive client may have sent
+ * its next request already. TLS lingers too, so that close_notify goes out first. */
 static void linger_close(h1_t *h)
 {
     if (h->c.s.closing || h->lingering) return;
     if (h->c.s.eof || h->c.s.err) { h1_close(h); return; }
+    if (h->x.client_close && h->x.read_all && !h->failed && !h->c.s.nin && !h->c.s.tls) {
+        h1_close(h);
+        return;
+    }
     h->lingering = true;
     mr_sock_shutdown_write(&h->c.s); /* TLS: close_notify first */
     mr_sock_consume(&h->c.s, (size_t)-1);
@@ -435,6 +446,7 @@ static int req_on_head(mr_http1_msg_t *m)
     r->expect_continue = m->expect_continue;
     r->upgrade = m->upgrade;
     r->head_done = true;
+    h->x.client_close = !m->keep_alive;
     h->x.close_after = !m->keep_alive || px->draining || h->nrequests + 1 >= lim->keepalive_requests;
     if (m->has_body) mr_timer_set(h->c.s.loop, &h->timer, lim->body_timeout_ms);
     else mr_timer_stop(h->c.s.loop, &h->timer);
@@ -465,7 +477,7 @@ static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
 static int req_on_done(mr_http1_msg_t *m)
 {
     h1_t *h = m->owner;
-    h->x.req_done = true;
+    h->x.req_done = h->x.read_all = true;
     h->pause = P_DONE;
     /* The rest is the upstream's read timeout, the Lua phases' own, or the send timeout. */
     mr_timer_stop(h->c.s.loop, &h->timer);
@@ -525,8 +537,11 @@ static void feed(h1_t *h)
     } while (h->feed_again && !s->closing);
     h->in_feed = false;
     if (s->closing || h->tunnel || h->lingering) return;
-    /* Read ahead only while it is useful and bounded. */
-    if (s->nin >= MR_IN_MAX - 2 || (s->nin && h->x.active && h->pause != P_NONE)) mr_sock_pause(s);
+    /* Read ahead only while it is useful and bounded. Not at all once the client's last request
+     * (see linger_close) is read: then the connection closes as soon as the response is sent,
+     * with no recv left to cancel first, so the FIN follows the response within the same turn. */
+    bool last_read = h->x.active && h->x.client_close && h->x.read_all && !s->tls;
+    if (last_read || s->nin >= MR_IN_MAX - 2 || (s->nin && h->x.active && h->pause != P_NONE)) mr_sock_pause(s);
     else mr_sock_resume(s);
 }
 
