@@ -584,6 +584,7 @@ static const mr_loop_ops_t epoll_ops = {
     .free = ep_free,
     .accept = ep_accept,
     .recv = ep_recv,
+    .recv_once = ep_recv, /* a registration is the cheap part here: no reason to end it early */
     .sendmsg = ep_sendmsg,
     .connect = ep_connect,
     .read = ep_read,

@@ -174,6 +174,20 @@ static int uring_recv(mr_loop_t *loop, mr_op_t *op, int fd)
     return prep_recv(U(loop), op);
 }
 
+static int uring_recv_once(mr_loop_t *loop, mr_op_t *op, int fd)
+{
+    mr_uring_t *u = U(loop);
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = MR_BGID;
+    op->fd = fd;
+    /* The same kind as a multishot recv: ENOBUFS parks it with the starved ones, which re-arm
+     * as multishot, which the caller handles alike. */
+    return arm(op, MR_OPK_RECV, sqe);
+}
+
 static int uring_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg)
 {
     struct io_uring_sqe *sqe = get_sqe(U(loop));
@@ -351,6 +365,7 @@ static const mr_loop_ops_t uring_ops = {
     .free = uring_free,
     .accept = uring_accept,
     .recv = uring_recv,
+    .recv_once = uring_recv_once,
     .sendmsg = uring_sendmsg,
     .connect = uring_connect,
     .read = uring_read,

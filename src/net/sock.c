@@ -326,7 +326,13 @@ static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
             return;
         }
         s->in[s->nin++] = (mr_in_t){ .bid = bid, .off = 0, .len = (uint32_t)res };
-        if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);
+        /* A final completion with data (a first read, or a multishot the kernel ended): read on
+         * from the end of the turn, unless the owner paused or closed meanwhile, as one that has
+         * just read a request it knows to be the last does (no recv to cancel before its close). */
+        if (!(flags & MR_F_MORE) && !s->recv_paused) {
+            s->rearm_recv = true;
+            mr_loop_defer(loop, &s->flush);
+        }
         s->ops->on_recv(s, res);
         return;
     }
@@ -389,6 +395,10 @@ static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
     (void)loop;
     mr_sock_t *s = (mr_sock_t *)((char *)d - offsetof(mr_sock_t, flush));
     if (s->closing) { maybe_closed(s); return; }
+    if (s->rearm_recv) {
+        s->rearm_recv = false;
+        if (!s->recv_op.active && !s->recv_paused && !s->eof && !s->err) mr_loop_recv(loop, &s->recv_op, s->fd);
+    }
     if (s->send_op.active) return;
     if (s->tls) {
         int rc = tls_submit(s);
@@ -418,7 +428,7 @@ void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *op
 int mr_sock_start_recv(mr_sock_t *s)
 {
     if (s->recv_op.active || s->closing) return 0;
-    return mr_loop_recv(s->loop, &s->recv_op, s->fd);
+    return mr_loop_recv_once(s->loop, &s->recv_op, s->fd);
 }
 
 void mr_sock_pause(mr_sock_t *s)

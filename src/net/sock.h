@@ -86,6 +86,7 @@ struct mr_sock {
     bool eof_pending;        /* EOF (close_notify) to report after the data before it */
     bool nodelay_later;      /* set TCP_NODELAY before the second send (mr_sock_nodelay_later) */
     bool sent_once;
+    bool rearm_recv;         /* arm the recv again from the flush defer (see recv_done) */
     int err;            /* first socket error seen (-EPROTO for TLS: see mr_sock_tls_error) */
     /* TLS (NULL on plain TCP); owned, freed after the last completion. */
     mr_tls_conn_t *tls;
