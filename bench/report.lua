@@ -5,7 +5,8 @@
 --         RESULTS_DIR/meta.txt    key=value: machine, versions, run parameters
 -- Writes  RESULTS_DIR/results.csv medians over rounds + ratios to nginx, one row per point
 --         RESULTS_DIR/summary.md  machine + tables (for the README's Performance section)
---         RESULTS_DIR/*.png       gnuplot plots (and the .dat/.gp files that made them)
+--         RESULTS_DIR/*.png       gnuplot plots (and the .dat/.gp files that made them); the close
+--                                 point (a new connection per request) as ratios to nginx
 -- Prints  the markdown tables on stdout.
 
 local dir = assert(arg[1], "usage: luajit report.lua RESULTS_DIR")
@@ -213,11 +214,18 @@ local legend = "Each cell: median over rounds; in parentheses the ratio to nginx
   "responses ≥ 400, summed over rounds. CPU µs/req = CPU time of all the variant's processes and " ..
   "threads during the load, divided by the requests completed."
 
-local tables = table.concat({
-  "### " .. conc_title, "", table_for("conc"), "",
-  "### " .. body_title, "", table_for("body"), "",
-  legend,
-}, "\n")
+local close_title = string.format("New connection per request (`Connection: close`, %s connections, %s body)",
+  meta.close_conns or "50", size(tonumber(meta.close_body) or 12))
+local sections = {}
+for _, sec in ipairs({ { "conc", conc_title }, { "body", body_title }, { "close", close_title } }) do
+  local ran = false
+  for _, key in ipairs(order) do ran = ran or points[key].sweep == sec[1] end
+  if ran then
+    for _, l in ipairs({ "### " .. sec[2], "", table_for(sec[1]), "" }) do sections[#sections + 1] = l end
+  end
+end
+sections[#sections + 1] = legend
+local tables = table.concat(sections, "\n")
 
 -- HTTPS runs: handshakes.csv (openssl s_time), one row per variant and kind.
 local hs_path = dir .. "/handshakes.csv"
@@ -275,7 +283,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- Plots (gnuplot, pngcairo).
 
-local COLORS = { moonring = "#d62728", ["moonring-lua"] = "#ff7f0e", nginx = "#2ca02c",
+local COLORS = { moonring = "#d62728", ["moonring-lua"] = "#ff7f0e", ["moonring-baseline"] = "#8c564b", nginx = "#2ca02c",
   ["nginx-lua"] = "#17becf", haproxy = "#1f77b4", relay = "#7f7f7f", direct = "#000000" }
 
 -- Writes NAME.dat with one x column (plus a label column) and one column per variant.
@@ -343,6 +351,40 @@ plot("p99_vs_conns", "conc", "conns", "p99", 1 / 1000, "p99 latency vs connectio
 plot("cpu_vs_conns", "conc", "conns", "cpu", 1, "Proxy CPU per request vs connections (lower is better)",
   "CPU µs / request", CONNS_AXIS)
 
+-- The close point: one x per variant, its req/s and CPU µs/request as ratios to nginx.
+do
+  local key = nil
+  for _, k in ipairs(order) do if points[k].sweep == "close" then key = k end end
+  local p = key and points[key]
+  if p and p.by.nginx then
+    local f = assert(io.open(dir .. "/close_vs_nginx.dat", "w"))
+    f:write("variant rps_ratio cpu_ratio\n")
+    local n = 0
+    for _, proxy in ipairs(proxies) do
+      if p.by[proxy] and ratio(p, proxy, "rps") then
+        f:write(string.format('"%s" %.3f %.3f\n', proxy, ratio(p, proxy, "rps"), ratio(p, proxy, "cpu") or 0))
+        n = n + 1
+      end
+    end
+    f:close()
+    if n > 0 then
+      gp[#gp + 1] = "reset session"
+      for _, l in ipairs(gp_header) do gp[#gp + 1] = l end
+      gp[#gp + 1] = string.format('set output "%s/close_vs_nginx.png"', dir)
+      gp[#gp + 1] = string.format('set title "A new connection per request (Connection: close, %s connections): ratio to nginx"',
+        meta.close_conns or "50")
+      gp[#gp + 1] = 'set ylabel "ratio to nginx (req/s: higher is better; CPU: lower is better)"'
+      gp[#gp + 1] = "set yrange [0:*]"
+      gp[#gp + 1] = string.format("set xrange [-0.6:%.1f]", n - 0.4)
+      gp[#gp + 1] = "set style data histogram"
+      gp[#gp + 1] = "set style histogram clustered gap 1"
+      gp[#gp + 1] = "set style fill solid 0.8 border -1"
+      gp[#gp + 1] = string.format('plot "%s/close_vs_nginx.dat" using 2:xtic(1) title "req/s" lc rgb "#1f77b4", ' ..
+        '"" using 3 title "CPU µs/request" lc rgb "#d62728", 1 with lines dt 2 lc rgb "#000000" notitle', dir)
+    end
+  end
+end
+
 local pngs = {}
 do
   local f = assert(io.open(dir .. "/plots.gp", "w"))
@@ -358,7 +400,7 @@ do
   else
     io.stderr:write("[bench] gnuplot not found: no PNGs\n")
   end
-  for _, n in ipairs({ "rps_vs_conns", "rps_vs_body", "p99_vs_conns", "cpu_vs_conns" }) do
+  for _, n in ipairs({ "rps_vs_conns", "rps_vs_body", "p99_vs_conns", "cpu_vs_conns", "close_vs_nginx" }) do
     local p = io.open(dir .. "/" .. n .. ".png", "r")
     if p then p:close(); pngs[#pngs + 1] = n .. ".png" end
   end

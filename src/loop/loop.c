@@ -117,6 +117,7 @@ uint64_t mr_loop_now(mr_loop_t *loop) { return loop->now; }
 
 int mr_loop_accept(mr_loop_t *loop, mr_op_t *op, int fd) { return loop->ops->accept(loop, op, fd); }
 int mr_loop_recv(mr_loop_t *loop, mr_op_t *op, int fd) { return loop->ops->recv(loop, op, fd); }
+int mr_loop_recv_once(mr_loop_t *loop, mr_op_t *op, int fd) { return loop->ops->recv_once(loop, op, fd); }
 
 int mr_loop_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg)
 {
@@ -136,6 +137,11 @@ int mr_loop_read(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len)
 int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len)
 {
     return loop->ops->write(loop, op, fd, buf, len);
+}
+
+void mr_loop_close(mr_loop_t *loop, int fd)
+{
+    if (fd >= 0) loop->ops->close(loop, fd);
 }
 
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target)

@@ -109,12 +109,23 @@ uint64_t mr_loop_now(mr_loop_t *loop);
  * including errors of the operation itself, arrive only through op->fn. */
 int mr_loop_accept(mr_loop_t *loop, mr_op_t *op, int fd);               /* multishot; res = fd */
 int mr_loop_recv(mr_loop_t *loop, mr_op_t *op, int fd);                 /* multishot, provided bufs */
+/* mr_loop_recv for a socket's first read. io_uring issues it single-shot: a fresh connection
+ * usually has its first bytes waiting, so the read completes at once with no poll left armed,
+ * and a connection that closes after one request has no recv to cancel first. Its completion
+ * with data may therefore be final (no MR_F_MORE); the caller re-arms with mr_loop_recv, as
+ * after any final completion. The epoll backend arms an ordinary recv. */
+int mr_loop_recv_once(mr_loop_t *loop, mr_op_t *op, int fd);
 /* May complete short (0 <= res < total bytes); the caller resubmits the rest. msg and what it
  * points to stay the caller's and must stay valid until the final completion. */
 int mr_loop_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg);
 int mr_loop_connect(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockaddr *sa, socklen_t len);
 int mr_loop_read(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len);
 int mr_loop_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len);
+/* Closes fd, whose ops have all delivered their final completion (the rule for close(2) above).
+ * io_uring queues the close for the next submit, so closing a connection costs no syscall of its
+ * own (the socket's FIN leaves then, at the latest before the loop next sleeps); epoll closes now.
+ * Either way the fd belongs to the loop from this call on: the caller forgets the number. */
+void mr_loop_close(mr_loop_t *loop, int fd);
 /* Asks the kernel to cancel `target`; its callback still fires (with -ECANCELED or a result).
  * -ENOENT if target is not active; harmless when its final completion is already on its way. */
 int mr_loop_cancel(mr_loop_t *loop, mr_op_t *target);

@@ -481,6 +481,13 @@ static int ep_connect(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockadd
     return 0;
 }
 
+/* The fd left the epoll set when its last op ended (settle), so closing is all there is. */
+static void ep_close(mr_loop_t *loop, int fd)
+{
+    (void)loop;
+    close(fd);
+}
+
 static int ep_cancel(mr_loop_t *loop, mr_op_t *target)
 {
     mr_epoll_t *e = E(loop);
@@ -593,10 +600,12 @@ static const mr_loop_ops_t epoll_ops = {
     .free = ep_free,
     .accept = ep_accept,
     .recv = ep_recv,
+    .recv_once = ep_recv, /* a registration is the cheap part here: no reason to end it early */
     .sendmsg = ep_sendmsg,
     .connect = ep_connect,
     .read = ep_read,
     .write = ep_write,
+    .close = ep_close,
     .cancel = ep_cancel,
     .buf_release = ep_buf_release,
     .flush = ep_flush,

@@ -13,10 +13,12 @@ typedef struct mr_loop_ops {
     void (*free)(mr_loop_t *loop);
     int (*accept)(mr_loop_t *loop, mr_op_t *op, int fd);
     int (*recv)(mr_loop_t *loop, mr_op_t *op, int fd);
+    int (*recv_once)(mr_loop_t *loop, mr_op_t *op, int fd);
     int (*sendmsg)(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg);
     int (*connect)(mr_loop_t *loop, mr_op_t *op, int fd, const struct sockaddr *sa, socklen_t len);
     int (*read)(mr_loop_t *loop, mr_op_t *op, int fd, void *buf, size_t len);
     int (*write)(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, size_t len);
+    void (*close)(mr_loop_t *loop, int fd);
     /* Called only for an active target. */
     int (*cancel)(mr_loop_t *loop, mr_op_t *target);
     /* The last reference to bid is gone: hand the buffer back to the backend's pool. */

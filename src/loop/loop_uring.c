@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "log/log.h"
 
@@ -34,6 +35,11 @@ typedef struct {
     uint32_t buf_mask, buf_free, buf_pending;
     op_list_t starved;             /* recvs that ended on ENOBUFS, re-armed when buffers return */
     op_list_t starved_cancelled;   /* starved recvs cancelled by their owner: report -ECANCELED */
+    /* fds to close with the next submit (mr_loop_close): queued here rather than as SQEs at
+     * once, so that one the loop never submits (freed after a stop) is closed by uring_free. */
+    int *closing;
+    uint32_t nclosing, closing_cap;
+    bool cqe_skip;                 /* IOSQE_CQE_SKIP_SUCCESS works: a close posts no CQE */
 } mr_uring_t;
 
 static inline mr_uring_t *U(mr_loop_t *loop) { return (mr_uring_t *)loop; }
@@ -144,6 +150,8 @@ int mr_loop_probe(mr_loop_features_t *f)
 static void uring_free(mr_loop_t *loop)
 {
     mr_uring_t *u = U(loop);
+    for (uint32_t i = 0; i < u->nclosing; i++) close(u->closing[i]);
+    free(u->closing);
     if (u->ring_ok) {
         if (u->br) io_uring_unregister_buf_ring(&u->ring, MR_BGID);
         io_uring_queue_exit(&u->ring);
@@ -199,6 +207,20 @@ static int uring_recv(mr_loop_t *loop, mr_op_t *op, int fd)
     return prep_recv(U(loop), op);
 }
 
+static int uring_recv_once(mr_loop_t *loop, mr_op_t *op, int fd)
+{
+    mr_uring_t *u = U(loop);
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = MR_BGID;
+    op->fd = fd;
+    /* The same kind as a multishot recv: ENOBUFS parks it with the starved ones, which re-arm
+     * as multishot, which the caller handles alike. */
+    return arm(op, MR_OPK_RECV, sqe);
+}
+
 static int uring_sendmsg(mr_loop_t *loop, mr_op_t *op, int fd, const struct msghdr *msg)
 {
     struct io_uring_sqe *sqe = get_sqe(U(loop));
@@ -233,6 +255,34 @@ static int uring_write(mr_loop_t *loop, mr_op_t *op, int fd, const void *buf, si
     io_uring_prep_write(sqe, fd, buf, (unsigned)len, (uint64_t)-1);
     op->fd = fd;
     return arm(op, MR_OPK_WRITE, sqe);
+}
+
+static void uring_close(mr_loop_t *loop, int fd)
+{
+    mr_uring_t *u = U(loop);
+    if (u->nclosing == u->closing_cap) {
+        uint32_t cap = u->closing_cap ? u->closing_cap * 2 : 64;
+        int *v = realloc(u->closing, cap * sizeof *v);
+        if (!v) { close(fd); return; }
+        u->closing = v;
+        u->closing_cap = cap;
+    }
+    u->closing[u->nclosing++] = fd;
+}
+
+/* The queued closes become SQEs of the submit about to happen. Their result is of no use (the
+ * fd is gone either way), so they post no CQE where the kernel allows; otherwise the CQE carries
+ * no op and is skipped. */
+static void closes_prep(mr_uring_t *u)
+{
+    for (uint32_t i = 0; i < u->nclosing; i++) {
+        struct io_uring_sqe *sqe = get_sqe(u);
+        if (!sqe) { close(u->closing[i]); continue; }
+        io_uring_prep_close(sqe, u->closing[i]);
+        io_uring_sqe_set_data(sqe, NULL);
+        if (u->cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    }
+    u->nclosing = 0;
 }
 
 static int uring_cancel(mr_loop_t *loop, mr_op_t *target)
@@ -300,6 +350,7 @@ static int uring_wait(mr_loop_t *loop, int timeout_ms)
         ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
         tsp = &ts;
     }
+    if (u->nclosing) closes_prep(u);
     struct io_uring_cqe *cqe;
     int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, tsp, NULL);
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
@@ -346,10 +397,12 @@ static const mr_loop_ops_t uring_ops = {
     .free = uring_free,
     .accept = uring_accept,
     .recv = uring_recv,
+    .recv_once = uring_recv_once,
     .sendmsg = uring_sendmsg,
     .connect = uring_connect,
     .read = uring_read,
     .write = uring_write,
+    .close = uring_close,
     .cancel = uring_cancel,
     .buf_release = uring_buf_release,
     .flush = uring_flush,
@@ -371,6 +424,7 @@ int mr_loop_uring_create(mr_loop_t **out, const mr_loop_opts_t *opts)
     rc = ring_setup(&u->ring, opts->entries, NULL);
     if (rc < 0) goto fail;
     u->ring_ok = true;
+    u->cqe_skip = u->ring.features & IORING_FEAT_CQE_SKIP;
     /* Every loop turn enters the ring: a registered ring fd saves the fd lookup and reference
      * count on each io_uring_enter. Per task, which is fine: only this thread enters it. */
     (void)io_uring_register_ring_fd(&u->ring);

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "net/net.h"
+
 /* Send queues are recycled per thread: a connection takes one only while it sends. */
 #define SQ_CACHE_MAX 256
 static _Thread_local mr_sq_t *sq_cache;
@@ -75,7 +77,7 @@ static void maybe_closed(mr_sock_t *s)
 {
     if (!s->closing || mr_sock_busy(s) || s->fd < 0) return;
     if (mr_defer_queued(&s->flush) || mr_defer_queued(&s->tls_pump)) return;
-    close(s->fd);
+    mr_loop_close(s->loop, s->fd);
     s->fd = -1;
     in_free(s);
     while (s->sq && s->sq->count) release_head(s);
@@ -103,6 +105,19 @@ static bool in_grow(mr_sock_t *s)
     s->in = in;
     s->in_cap = cap;
     return true;
+}
+
+/* Every sendmsg goes through here (see mr_sock_nodelay_later). */
+static void sendmsg_now(mr_sock_t *s, const struct msghdr *msg)
+{
+    if (s->nodelay_later) {
+        if (s->sent_once) {
+            mr_net_set_nodelay(s->fd);
+            s->nodelay_later = false;
+        }
+        s->sent_once = true;
+    }
+    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, msg);
 }
 
 /* ---- TLS ---- */
@@ -166,7 +181,7 @@ static int tls_submit(mr_sock_t *s)
     memset(&q->msg, 0, sizeof q->msg);
     q->msg.msg_iov = q->iov;
     q->msg.msg_iovlen = (size_t)n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
+    sendmsg_now(s, &q->msg);
     return 1;
 }
 
@@ -312,7 +327,13 @@ static void recv_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
             return;
         }
         s->in[s->nin++] = (mr_in_t){ .bid = bid, .off = 0, .len = (uint32_t)res };
-        if (!(flags & MR_F_MORE) && !s->recv_paused) mr_loop_recv(loop, op, s->fd);
+        /* A final completion with data (a first read, or a multishot the kernel ended): read on
+         * from the end of the turn, unless the owner paused or closed meanwhile, as one that has
+         * just read a request it knows to be the last does (no recv to cancel before its close). */
+        if (!(flags & MR_F_MORE) && !s->recv_paused) {
+            s->rearm_recv = true;
+            mr_loop_defer(loop, &s->flush);
+        }
         s->ops->on_recv(s, res);
         return;
     }
@@ -375,6 +396,10 @@ static void flush_deferred(mr_loop_t *loop, mr_defer_t *d)
     (void)loop;
     mr_sock_t *s = (mr_sock_t *)((char *)d - offsetof(mr_sock_t, flush));
     if (s->closing) { maybe_closed(s); return; }
+    if (s->rearm_recv) {
+        s->rearm_recv = false;
+        if (!s->recv_op.active && !s->recv_paused && !s->eof && !s->err) mr_loop_recv(loop, &s->recv_op, s->fd);
+    }
     if (s->send_op.active) return;
     if (s->tls) {
         int rc = tls_submit(s);
@@ -404,7 +429,7 @@ void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *op
 int mr_sock_start_recv(mr_sock_t *s)
 {
     if (s->recv_op.active || s->closing) return 0;
-    return mr_loop_recv(s->loop, &s->recv_op, s->fd);
+    return mr_loop_recv_once(s->loop, &s->recv_op, s->fd);
 }
 
 void mr_sock_pause(mr_sock_t *s)
@@ -436,7 +461,7 @@ static void submit_send(mr_sock_t *s)
     memset(&q->msg, 0, sizeof q->msg);
     q->msg.msg_iov = q->iov;
     q->msg.msg_iovlen = n;
-    mr_loop_sendmsg(s->loop, &s->send_op, s->fd, &q->msg);
+    sendmsg_now(s, &q->msg);
 }
 
 int mr_sock_send(mr_sock_t *s, const char *p, size_t len, int32_t bid)

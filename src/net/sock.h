@@ -87,12 +87,19 @@ struct mr_sock {
     bool eof;
     bool shut_wr, shut_done; /* write side: close_notify queued / shutdown(2) done */
     bool eof_pending;        /* EOF (close_notify) to report after the data before it */
+    bool nodelay_later;      /* set TCP_NODELAY before the second send (mr_sock_nodelay_later) */
+    bool sent_once;
+    bool rearm_recv;         /* arm the recv again from the flush defer (see recv_done) */
     /* TLS (NULL on plain TCP); owned, freed after the last completion. */
     mr_tls_conn_t *tls;
     mr_defer_t tls_pump;     /* decrypt what the engine holds after a resume/consume */
 };
 
 void mr_sock_init(mr_sock_t *s, mr_loop_t *loop, int fd, const mr_sock_ops_t *ops);
+/* TCP_NODELAY, set only before the socket's second send: Nagle holds a small segment back only
+ * while earlier data is unacknowledged, which the first send never meets. A connection that
+ * answers one request and closes (Connection: close) then spends no setsockopt on it. */
+static inline void mr_sock_nodelay_later(mr_sock_t *s) { s->nodelay_later = true; }
 int mr_sock_start_recv(mr_sock_t *s);
 /* Stop/resume reading (backpressure). Held input stays. */
 void mr_sock_pause(mr_sock_t *s);

@@ -33,6 +33,8 @@ typedef struct {
     bool req_done : 1;          /* request fully read */
     bool resp_started : 1, resp_done : 1;
     bool close_after : 1;       /* Connection: close after this response */
+    bool client_close : 1;      /* the client said this is its last request (close, or 1.0) */
+    bool read_all : 1;          /* the parser saw its end (req_done is also set on a failure) */
     bool sent_continue : 1;
     uint8_t out_mode : 2;       /* OUT_* */
 } h1_exchange_t;
@@ -193,11 +195,20 @@ static void h1_close(h1_t *h)
 }
 
 /* Closing with unread input makes the kernel send RST, which can destroy the response we just
- * sent before the client reads it. So shut the write side, drain briefly, then close. */
+ * sent before the client reads it. So shut the write side, drain briefly, then close.
+ * Not when the client itself ended the connection with this request (Connection: close, or
+ * HTTP/1.0 without keep-alive) and every byte of it was read: nothing more is coming that a RST
+ * could answer, so it closes at once, as nginx does. A close the client did not ask for (an error,
+ * an unread body, keepalive_requests, a drain) still lingers: a keep-alive client may have sent
+ * its next request already. TLS lingers too, so that close_notify goes out first. */
 static void linger_close(h1_t *h)
 {
     if (h->c.s.closing || h->lingering) return;
     if (h->c.s.eof || h->c.s.err) { h1_close(h); return; }
+    if (h->x.client_close && h->x.read_all && !h->failed && !h->c.s.nin && !h->c.s.tls) {
+        h1_close(h);
+        return;
+    }
     h->lingering = true;
     mr_sock_shutdown_write(&h->c.s); /* TLS: close_notify first */
     mr_sock_consume(&h->c.s, (size_t)-1);
@@ -451,6 +462,7 @@ static int req_on_head(mr_http1_msg_t *m)
     r->expect_continue = m->expect_continue;
     r->upgrade = m->upgrade;
     r->head_done = true;
+    h->x.client_close = !m->keep_alive;
     h->x.close_after = !m->keep_alive || px->draining || h->nrequests + 1 >= lim->keepalive_requests;
     if (m->has_body) mr_timer_set(h->c.s.loop, &h->timer, lim->body_timeout_ms);
     else mr_timer_stop(h->c.s.loop, &h->timer);
@@ -481,7 +493,7 @@ static int req_on_body(mr_http1_msg_t *m, const char *p, size_t n)
 static int req_on_done(mr_http1_msg_t *m)
 {
     h1_t *h = m->owner;
-    h->x.req_done = true;
+    h->x.req_done = h->x.read_all = true;
     h->pause = P_DONE;
     /* The rest is the upstream's read timeout, the Lua phases' own, or the send timeout. */
     mr_timer_stop(h->c.s.loop, &h->timer);
@@ -572,8 +584,11 @@ static void feed(h1_t *h)
     } while (h->feed_again && !s->closing);
     h->in_feed = false;
     if (s->closing || h->tunnel || h->lingering) return;
-    /* Read ahead only while it is useful and bounded. */
-    if (s->nin >= MR_IN_MAX - 2 || (s->nin && h->x.active && h->pause != P_NONE)) mr_sock_pause(s);
+    /* Read ahead only while it is useful and bounded. Not at all once the client's last request
+     * (see linger_close) is read: then the connection closes as soon as the response is sent,
+     * with no recv left to cancel first, so the FIN follows the response within the same turn. */
+    bool last_read = h->x.active && h->x.client_close && h->x.read_all && !s->tls;
+    if (last_read || s->nin >= MR_IN_MAX - 2 || (s->nin && h->x.active && h->pause != P_NONE)) mr_sock_pause(s);
     else mr_sock_resume(s);
 }
 
@@ -687,8 +702,8 @@ int mr_h1_accept(mr_conns_t *cs, int fd, const mr_listen_conf_t *lc)
     h->c.ops = &conn_ops;
     h->c.freed = conn_freed;
     h->c.h2conf = lc->http2;
-    mr_net_set_nodelay(fd);
     mr_sock_init(&h->c.s, cs->px->loop, fd, &sock_ops);
+    mr_sock_nodelay_later(&h->c.s);
     /* A client that never finishes the handshake sends no request: the header timeout armed
      * below closes it. */
     if (t) {
