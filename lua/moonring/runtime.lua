@@ -43,7 +43,8 @@ local OK, AGAIN, LIMIT, DECLINED, BAD_CONTEXT = base.OK, base.AGAIN, base.LIMIT,
 local ffi_string = ffi.string
 local find = string.find
 local ffi_cast = ffi.cast
-local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+local thread = require "moonring.thread"
+local co_create, co_resume, co_yield = thread.raw.create, thread.raw.resume, thread.raw.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
 local pp2 = ffi.new("const char *[1]")
@@ -514,7 +515,10 @@ local fin_code, fin_out
 
 local function worker(body, st, chain, chunk, eof)
   while true do
-    fin_code, fin_out = body(st, chain, chunk, eof)
+    local c, o = body(st, chain, chunk, eof)
+    if st.threads then thread.drain(st) end -- the phase ends when its light threads did
+    fin_code, fin_out = c, o
+    c, o = nil, nil
     body, st, chain, chunk, eof = nil, nil, nil, nil, nil
     body, st, chain, chunk, eof = co_yield(FINISHED)
   end
@@ -600,17 +604,12 @@ end
 
 -- Functions yielding to the core ----------------------------------------------------------------
 
-moonring._yield = function(what, arg)
-  local co = coroutine.running()
-  if co == nil then
-    error("moonring." .. what .. " can only be called from a request phase or a timer", 3)
-  end
-  local cur = moonring._cur
-  if cur and cur.co ~= co then
-    error("moonring." .. what .. " cannot yield from inside a coroutine of your own; call it from the phase itself", 3)
-  end
-  if budget[0] == budget[1] then over_budget(3) end
-  return co_yield(what, arg)
-end
+-- moonring._yield lives in moonring.thread: it parks the entry coroutine, a light thread or a
+-- coroutine of the script's own (coroutine.* are wrapped here, as OpenResty does, so that
+-- libraries that read bodies in coroutines of their own work).
+thread.check_budget = function() if budget[0] == budget[1] then over_budget(4) end end
+coroutine.resume = thread.resume
+coroutine.wrap = thread.wrap
+coroutine.yield = thread.co_yield
 
 return M

@@ -524,10 +524,13 @@ MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
 }
 
 /* Result of the last finished operation: a count >= 0 (bytes sent; bytes read, at *p, 0 at
- * the end of the stream; 0 for connect and sslhandshake), or an MR_FFI_* failure code. */
+ * the end of the stream; 0 for connect and sslhandshake), or an MR_FFI_* failure code.
+ * MR_FFI_AGAIN while the operation is still in flight: a coroutine can be resumed by a wake-up
+ * meant for another one of its owner (moonring.thread), and then parks again. */
 MR_EXPORT int mr_cosock_result(mr_cosock_t *s, const char **p)
 {
     *p = s->rbuf;
+    if (s->opk != OPK_NONE) return MR_FFI_AGAIN;
     return s->res >= 0 ? s->res : ffi_ret(s, s->res);
 }
 
