@@ -63,7 +63,7 @@ end
 -- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
 -- without them pay nothing.
 local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer",
-               thread = "moonring.thread" }
+               thread = "moonring.thread", json = "moonring.json" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if name then
