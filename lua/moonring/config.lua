@@ -1054,6 +1054,7 @@ local lua_opts = S.record({
   { "http_max_response", S.size(1), default = "16m" },
   { "ssl_trusted_certificate", readable_file },
   { "ssl_verify_depth", S.int(1, 100) },
+  { "ngx", S.bool, default = false },
 })
 
 local admin = S.record({
@@ -1419,6 +1420,20 @@ function M.load(path, opts)
   d = d == "/" and "" or d
   local saved = package.path
   package.path = own_path .. d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
+  -- The global `ngx` (lua.ngx, moonring.ngx) is installed on first use while the config and
+  -- the modules it loads run: OpenResty libraries read it when they load, before the config
+  -- says whether it wants the layer. Afterwards it stays only if the config asked for it.
+  local lazy = rawget(_G, "ngx") == nil and getmetatable(_G) == nil
+  local wanted = false
+  if lazy then
+    setmetatable(_G, { __index = function(_, k)
+      if k ~= "ngx" then return nil end
+      wanted = true
+      local n = require "moonring.ngx"
+      rawset(_G, "ngx", n)
+      return n
+    end })
+  end
   local ok, res = pcall(chunk)
   package.path = saved
   if not ok then
@@ -1428,9 +1443,23 @@ function M.load(path, opts)
     if mod then res = inner .. " (module '" .. mod .. "' required by " .. path .. ")" end
     -- error(msg, 0) and non-string errors carry no position; keep the file at least.
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
+    if lazy then setmetatable(_G, nil) end
     return nil, (res:gsub("\n.*", ""))
   end
-  return M.normalise(res, path, opts)
+  local cfg, err = M.normalise(res, path, opts)
+  if lazy then
+    setmetatable(_G, nil)
+    if cfg and cfg.lua.ngx then
+      rawset(_G, "ngx", require "moonring.ngx")
+    elseif wanted then
+      rawset(_G, "ngx", nil)
+      if cfg then
+        return nil, path .. ": the config's code uses the global 'ngx' (OpenResty's API): set lua = { ngx = true } "
+          .. "to install moonring's compatibility layer"
+      end
+    end
+  end
+  return cfg, err
 end
 
 -- The source line of a key path written as in messages ("listen[2].tls.certs[1].key"), or nil:

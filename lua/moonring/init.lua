@@ -63,13 +63,13 @@ end
 -- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
 -- without them pay nothing.
 local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer",
-               thread = "moonring.thread", json = "moonring.json" }
+               thread = "moonring.thread", json = "moonring.json", udp = "moonring.udp", re = "moonring.re" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if name then
     local ok, mod = pcall(require, name)
     if not ok then error(name .. " is not available: " .. tostring(mod), 2) end
-    if k == "tcp" then mod = mod.tcp end
+    if k == "tcp" then mod = mod.tcp elseif k == "udp" then mod = mod.udp end
     rawset(t, k, mod)
     return mod
   end

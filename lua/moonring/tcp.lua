@@ -433,4 +433,8 @@ function methods._rewake(self, waker)
   if self.s then C.mr_cosock_set_waker(self.s, waker) end
 end
 
+-- For the OpenResty layer (moonring.ngx.socket): the methods, and one read from the socket.
+M._methods = methods
+M._fill = fill
+
 return M

@@ -159,6 +159,7 @@ schedule = function(o, ts, deadline)
       local th = list[i]
       if not th.dead and th.deadline and (not d or th.deadline < d) then d = th.deadline end
     end
+    if o.woken then d = 0 end -- posted by one of its own threads: a turn for everyone
     if d then
       local left = d - now()
       co_yield("sleep", left > 0 and left or 0)
@@ -166,6 +167,8 @@ schedule = function(o, ts, deadline)
       co_yield("io")
     end
     local t = now()
+    -- a semaphore post for this owner: every waiting coroutine checks its condition again
+    if o.woken then o.woken = nil; t = math.huge end
     run_ready(ts, t)
     -- forget threads that ended and were waited for (or killed)
     if #list > 64 then

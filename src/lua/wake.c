@@ -8,6 +8,9 @@
  * timer. */
 #include <time.h>
 
+#include <stdlib.h>
+
+#include "log/log.h"
 #include "loop/loop.h"
 #include "util/export.h"
 
@@ -26,4 +29,12 @@ MR_EXPORT double mr_lua_monotonic(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The index of the calling worker (0-based), or -1 off a worker: its log tag is "w<index>". */
+MR_EXPORT int mr_lua_worker_id(void)
+{
+    const char *t = mr_log_thread_tag();
+    if (!t || t[0] != 'w' || t[1] < '0' || t[1] > '9') return -1;
+    return atoi(t + 1);
 }
