@@ -826,7 +826,7 @@ M.STOCK_FILTERS = {
   "moonring.filters.access_log_json", "moonring.filters.basic_auth", "moonring.filters.cors",
   "moonring.filters.headers", "moonring.filters.ip_restriction", "moonring.filters.rate_limit",
   "moonring.filters.redirect", "moonring.filters.request_id", "moonring.filters.respond",
-  "moonring.filters.rewrite",
+  "moonring.filters.rewrite", "moonring.filters.gzip", "moonring.filters.cache", "moonring.filters.error_pages",
 }
 
 -- This file is <lua dir>/moonring/config.lua; the same directory comes first at runtime (see
@@ -1391,6 +1391,8 @@ function M.normalise(tbl, file, opts)
     return nil, file .. ": config must return a table, got " .. type(tbl)
   end
   local ctx = { dir = config_dir(file), define_shared = opts and opts.define_shared }
+  -- Filter factories resolve their own relative paths (error_pages' files) against this.
+  M.dir = ctx.dir
   local ok, res = pcall(top, tbl, {}, ctx)
   if not ok then
     if type(res) ~= "table" then return nil, file .. ": " .. tostring(res) end
