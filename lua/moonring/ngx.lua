@@ -39,7 +39,9 @@ int mr_lua_vm_retired(void *vm);
 local C = ffi.C
 
 local ngx = {}
-local EXIT = {} -- raised by ngx.exit & co. to end the current handler (see M.wrap_phase)
+-- raised by ngx.exit & co. to end the current handler (see ngx._wrap_phase)
+local EXIT = setmetatable({}, { __tostring = function() return "ngx.exit" end })
+require("moonring.thread").quiet[EXIT] = true
 
 local function runtime() return package.loaded["moonring.runtime"] end
 

@@ -110,6 +110,7 @@ function Dict:get(key)
   if not k then return nil, err end
   local e = self:_live(k)
   if not e then return nil end
+  if e.list then return nil, "value is a list" end
   if e.flags ~= 0 then return e.value, e.flags end
   return e.value
 end
@@ -217,6 +218,44 @@ function Dict:flush_expired(max)
   return n
 end
 
+local function dict_push(self, key, value, left)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  if type(value) ~= "string" and type(value) ~= "number" then return nil, "bad value type" end
+  local e = self:_live(k)
+  if e and e.list == nil then return nil, "value not a list" end
+  if not e then e = { list = {}, exp = 0, flags = 0 }; self._data[k] = e end
+  if left then table.insert(e.list, 1, value) else e.list[#e.list + 1] = value end
+  return #e.list
+end
+
+local function dict_pop(self, key, left)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return nil end
+  if e.list == nil then return nil, "value not a list" end
+  local v = table.remove(e.list, left and 1 or #e.list)
+  if #e.list == 0 then self._data[k] = nil end
+  return v
+end
+
+function Dict:lpush(key, value) return dict_push(self, key, value, true) end
+function Dict:rpush(key, value) return dict_push(self, key, value, false) end
+function Dict:lpop(key) return dict_pop(self, key, true) end
+function Dict:rpop(key) return dict_pop(self, key, false) end
+function Dict:llen(key)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return 0 end
+  if e.list == nil then return nil, "value not a list" end
+  return #e.list
+end
+
 function Dict:get_keys(max)
   check_self(self)
   max = max or 1024
@@ -230,7 +269,8 @@ function Dict:get_keys(max)
 end
 
 -- An in-memory dict with ngx.shared.DICT semantics (get, get_stale, set, safe_set, add,
--- safe_add, replace, incr, delete, ttl, expire, flush_all, flush_expired, get_keys).
+-- safe_add, replace, incr, delete, ttl, expire, flush_all, flush_expired, get_keys, lpush,
+-- rpush, lpop, rpop, llen).
 -- `opts` is a name or { name = , clock = function() return seconds end }; expiry uses the
 -- clock, by default moonring.now() (so testing.clock controls it). A named dict is also
 -- registered as moonring.shared[name], where filters configured with `dict = name` find it.

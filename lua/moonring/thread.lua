@@ -108,6 +108,7 @@ end
 -- Light threads ----------------------------------------------------------------------------
 
 local thread_mt = { __index = {} }
+M.quiet = {} -- error values that end a thread without a log line
 thread_mt.__tostring = function(t) return "moonring.thread (" .. (t.dead and "dead" or "alive") .. ")" end
 local MAX_THREADS = 10000 -- alive at once per owner
 
@@ -120,7 +121,8 @@ local function ended(th, ok, ...)
   else
     local err = ...
     th.res = { n = 2, false, err }
-    moonring.log("error", "lua light thread aborted: " .. debug.traceback(th.co, tostring(err)))
+    -- ngx.exit in a thread ends it quietly (the layer registers its marker here)
+    if not M.quiet[err] then moonring.log("error", "lua light thread aborted: " .. debug.traceback(th.co, tostring(err))) end
   end
   th.co = nil
 end
@@ -229,8 +231,9 @@ function M.wait(...)
     for i = 1, n do
       local th = select(i, ...)
       if th.dead then
-        th.reaped = true
         local r = th.res
+        if not r then return nil, "already waited or killed" end -- killed while we waited
+        th.reaped = true
         th.res = nil
         return unpack(r, 1, r.n)
       end
