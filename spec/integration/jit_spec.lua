@@ -173,11 +173,21 @@ return {
 
   teardown(function() helpers.stop_all() end)
 
+  -- ngx.var, ngx.header and ngx.status are metamethods (as in lua-resty-core). When the hot
+  -- counter of one of them fires before the probe's loop does (counters are hashed by bytecode
+  -- address, so it varies from run to run), LuaJIT starts a root trace at its entry and gives up
+  -- where it returns into the metamethod's caller ("return to lower frame"); the loop's own
+  -- trace, with the metamethods inlined, is what `stops` counts. Any other abort fails.
   local function check(text)
     local n, stops, naborts, detail = text:match("^(%d+) (%d+) (%d+) ?(.*)$")
     assert.equal("3000", n, text)
     assert.is_true(tonumber(stops) >= 1, "no trace was recorded: " .. text)
-    assert.equal("0", naborts, "trace aborts: " .. detail)
+    local other = {}
+    detail = detail:gsub("%s+$", "")
+    for a in (detail .. "; "):gmatch("(.-); ") do
+      if a ~= "" and not a:find("return to lower frame", 1, true) then other[#other + 1] = a end
+    end
+    assert.equal(0, #other, "trace aborts: " .. detail)
   end
 
   it("compiles an access-phase script (ngx.req.get_headers, ngx.var, ngx.req.set_header)", function()

@@ -17,8 +17,12 @@ end
 
 local CONF = [=[
 local lrucache = require "resty.lrucache"      -- Debian's, unmodified: reads the global ngx
+local pureffi = require "resty.lrucache.pureffi"
 local cjson = require "cjson"
 local cache = assert(lrucache.new(100))
+local pcache = assert(pureffi.new(100))
+-- lua-resty-core where it can load: Debian's own base module (the shims shadow it on the path)
+local debian_base = assert(loadfile("/usr/share/lua/5.1/resty/core/base.lua"))()
 local RP, UP, OP = @RP@, @UP@, @OP@
 
 -- lua-resty-redis's way of talking: an array of strings per command, "*l" for the reply line,
@@ -99,7 +103,10 @@ return {
   routes = {
     { path = "/lru", handler = function()
         cache:set("k", (cache:get("k") or 0) + 1, 10)
-        ngx.say("lru ", cache:get("k"), " ", tostring(cache:get("missing")))
+        pcache:set("k", (pcache:get("k") or 0) + 2, 0.05)
+        local expired_later = pcache:get("k")
+        ngx.say("lru ", cache:get("k"), " ", tostring(cache:get("missing")), " pureffi ", expired_later, " ",
+          debian_base.version, " ", type(debian_base.get_string_buf(10)))
       end },
     { path = "/vars", handler = function()
         ngx.say(ngx.var.uri, "|", ngx.var.args, "|", ngx.var.request_uri, "|", ngx.var.request_method, "|",
@@ -292,8 +299,10 @@ describe("ngx compatibility layer", function()
   end
 
   it("runs Debian's lua-resty-lrucache unmodified", function()
-    assert.equal("lru 1 nil\n", body("/lru"))
-    assert.equal("lru 2 nil\n", body("/lru"))
+    assert.equal("lru 1 nil pureffi 2 0.1.25 cdata\n", body("/lru"))
+    assert.equal("lru 2 nil pureffi 4 0.1.25 cdata\n", body("/lru"))
+    socket.sleep(0.1)
+    assert.equal("lru 3 nil pureffi 2 0.1.25 cdata\n", body("/lru")) -- the 50 ms TTL (ngx.now) expired
   end)
 
   it("has ngx.var", function()
