@@ -560,8 +560,7 @@ VARS.request_id = function(req, o)
 end
 VARS.status = function(req, o) if o.phase and o.phase >= 3 then return tostring(o.res.status) end return nil end
 VARS.request_time = function(req, o)
-  local s = nstate(o)
-  return format("%.3f", s.t0 and (moonring.now() - s.t0) or 0)
+  return format("%.3f", o.ngx_t0 and (moonring.now() - o.ngx_t0) or 0)
 end
 
 local function var_get(_, k)
@@ -569,11 +568,12 @@ local function var_get(_, k)
   local req = o.req
   local f = VARS[k]
   if f then return f(req, o) end
-  local s = o.ngx
-  local v = s and s.vars and s.vars[k]
+  local vars = o.ngx_vars
+  local v = vars and vars[k]
   if v ~= nil then return v end
+  local s = o.ngx
   if type(k) ~= "string" then return nil end
-  if sub(k, 1, 5) == "http_" then return req:header((gsub(sub(k, 6), "_", "-"))) end
+  if sub(k, 1, 5) == "http_" then return req:header(hname(sub(k, 6))) end
   if sub(k, 1, 4) == "arg_" then return req:arg(sub(k, 5)) end
   if sub(k, 1, 7) == "cookie_" then return req:cookie(sub(k, 8)) end
   if sub(k, 1, 10) == "sent_http_" or sub(k, 1, 14) == "upstream_http_" then
@@ -596,9 +596,8 @@ local function var_set(_, k, v)
     return
   end
   if VARS[k] then error("variable \"" .. tostring(k) .. "\" not changeable", 2) end
-  local s = nstate(o)
-  local vars = s.vars
-  if not vars then vars = {}; s.vars = vars end
+  local vars = o.ngx_vars
+  if not vars then vars = {}; o.ngx_vars = vars end
   vars[k] = v
 end
 ngx.var = setmetatable({}, { __index = var_get, __newindex = var_set })
@@ -745,8 +744,7 @@ end
 
 function req_api.start_time()
   local o = cur("ngx.req.start_time")
-  local s = nstate(o)
-  return s.t0 or moonring.now()
+  return o.ngx_t0 or moonring.now()
 end
 
 function req_api.is_internal() return false end
@@ -827,7 +825,7 @@ function ngx._wrap_phase(f, phase)
   if phase == 2 then
     return function(req, ctx)
       local o = moonring._cur
-      nstate(o).t0 = nstate(o).t0 or moonring.now()
+      if not o.ngx_t0 then o.ngx_t0 = moonring.now() end
       local ok, status, body, headers = xpcall(f, on_error, req, ctx)
       if not ok and status ~= EXIT then error(status, 0) end
       if ok and status ~= nil then return status, body, headers end
@@ -856,7 +854,8 @@ function ngx._wrap_phase(f, phase)
   end
   return function(a, b, c, d)
     local o = moonring._cur
-    if o and phase == 1 then local s = nstate(o); s.t0 = s.t0 or moonring.now() end
+    -- the request's start for ngx.req.start_time / $request_time (a field: no table per request)
+    if phase == 1 and o and not o.ngx_t0 then o.ngx_t0 = moonring.now() end
     return finish_call(phase, o, xpcall(f, on_error, a, b, c, d))
   end
 end
