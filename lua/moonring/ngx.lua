@@ -34,6 +34,7 @@ int getpid(void);
 long sysconf(int name);
 int gethostname(char *name, size_t len);
 int mr_lua_worker_id(void);
+int mr_req_want_response_phase(void *r);
 int mr_lua_vm_retired(void *vm);
 ]])
 local C = ffi.C
@@ -389,6 +390,9 @@ local function send_response(o, status)
   s.out = nil
   local headers = s.headers
   s.headers = nil
+  if headers then
+    for k, v in pairs(headers) do if v == false then headers[k] = nil end end
+  end
   local ok, err = o.req:respond(status, body, headers)
   if not ok then return nil, err end
   return true
@@ -480,13 +484,26 @@ local function hname(k)
   return n
 end
 
+-- Response headers set by ngx.header in on_request or a handler, applied when the response
+-- (an upstream's, or a local one made without ngx.say/exit) reaches its response phase.
+local function apply_pending(o)
+  local s = o.ngx
+  local h = s and s.headers
+  if not h then return end
+  s.headers = nil
+  local res = o.res
+  for k, v in pairs(h) do
+    if v == nil or v == false then res:del_header(k) else res:set_header(k, v) end
+  end
+end
+
 local header_mt = {
   __index = function(_, k)
     local o = cur("ngx.header")
     local name = hname(k)
     if in_response(o) then return o.res:header(name) end
     local h = o.ngx and o.ngx.headers
-    return h and h[name]
+    return h and h[name] or nil
   end,
   __newindex = function(_, k, v)
     local o = cur("ngx.header")
@@ -505,8 +522,14 @@ local header_mt = {
     end
     local s = nstate(o)
     local h = s.headers
-    if not h then h = {}; s.headers = h end
-    if type(v) == "table" then v = concat(v, ", ") end
+    if not h then
+      h = {}
+      s.headers = h
+      -- a proxied response gets them too: ask for this request's response phase
+      o.pre_response = apply_pending
+      C.mr_req_want_response_phase(o.req._r)
+    end
+    if type(v) == "table" then v = concat(v, ", ") elseif v == nil then v = false end -- false: remove it
     h[name] = v
   end,
 }

@@ -574,6 +574,9 @@ end
 
 local function run_response(st, chain)
   local res, ctx = st.res, st.ctx
+  -- the ngx layer's response headers set before the response existed (ngx.header in access)
+  local pre = st.pre_response
+  if pre then st.pre_response = nil; pre(st) end
   for i = 1, #chain.resp do
     st.fi = i
     chain.resp[i](res, ctx)

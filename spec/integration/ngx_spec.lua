@@ -251,6 +251,9 @@ return {
         local none, err = u2:receive()
         ngx.say(data, " ", data2, " ", tostring(none), " ", err)
       end },
+    { path = "/early", upstream = "127.0.0.1:" .. OP, strip_prefix = true, filters = { {
+        on_request = function() ngx.header["X-Early"] = "set in access"; ngx.header["X-Origin"] = nil end,
+      } } },
     { path = "/arg", upstream = "127.0.0.1:" .. OP, strip_prefix = true, filters = { {
         on_body = function() ngx.arg[1] = ngx.arg[1]:upper() end,
       } } },
@@ -391,6 +394,14 @@ describe("ngx compatibility layer", function()
 
   it("has UDP cosockets", function()
     assert.equal("echo:hello echo:ab nil connection refused\n", body("/udp"))
+  end)
+
+  it("applies response headers set in the access phase to the proxied response", function()
+    local res = get("/early/size/3")
+    assert.equal(200, res.status)
+    assert.equal("set in access", res.headers["x-early"])
+    assert.is_nil(res.headers["x-origin"])
+    assert.equal("abc", res.body)
   end)
 
   it("runs body filters on ngx.arg", function()

@@ -10,6 +10,7 @@
 #include "llhttp.h"
 #include "proxy/proxy.h"
 #include "proxy/req.h"
+#include "lua/lua.h"
 
 #include "util/export.h"
 
@@ -282,5 +283,15 @@ MR_EXPORT int mr_req_set_body(void *p, const char *s, size_t n)
     r->content_length = (int64_t)n;
     r->chunked = false;
     r->has_body = n > 0;
+    return MR_FFI_OK;
+}
+
+/* Runs the route's response phase for this request even when no filter of its chain defines
+ * one: the OpenResty layer applies there the response headers a script set in the access phase
+ * (ngx.header before the upstream answered). Only this request pays for it. */
+MR_EXPORT int mr_req_want_response_phase(void *p)
+{
+    mr_req_t *r = p;
+    r->route_flags |= MR_RF_RESPONSE;
     return MR_FFI_OK;
 }
