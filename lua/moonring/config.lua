@@ -1427,15 +1427,19 @@ function M.load(path, opts)
   -- says whether it wants the layer. Afterwards it stays only if the config asked for it.
   local lazy = rawget(_G, "ngx") == nil and getmetatable(_G) == nil
   local wanted = false
+  local lazy_mt
   if lazy then
-    setmetatable(_G, { __index = function(_, k)
+    lazy_mt = { __index = function(_, k)
       if k ~= "ngx" then return nil end
       wanted = true
       local n = require "moonring.ngx"
       rawset(_G, "ngx", n)
       return n
-    end })
+    end }
+    setmetatable(_G, lazy_mt)
   end
+  -- (a config that set a metatable of its own on _G keeps it)
+  local function unlazy() if getmetatable(_G) == lazy_mt then setmetatable(_G, nil) end end
   local ok, res = pcall(chunk)
   package.path = saved
   if not ok then
@@ -1445,12 +1449,12 @@ function M.load(path, opts)
     if mod then res = inner .. " (module '" .. mod .. "' required by " .. path .. ")" end
     -- error(msg, 0) and non-string errors carry no position; keep the file at least.
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
-    if lazy then setmetatable(_G, nil) end
+    if lazy then unlazy() end
     return nil, (res:gsub("\n.*", ""))
   end
   local cfg, err = M.normalise(res, path, opts)
   if lazy then
-    setmetatable(_G, nil)
+    unlazy()
     if cfg and cfg.lua.ngx then
       rawset(_G, "ngx", require "moonring.ngx")
     elseif wanted then
