@@ -320,7 +320,8 @@ function req_methods.body(self)
   local max = l and l.max_body or DEFAULT_MAX_BODY
   if max > 2 ^ 30 then max = 2 ^ 30 end -- one buffer, and a span past it, must stay below 2 GiB
   local rc = C.mr_req_body_read(r, max)
-  if rc == AGAIN then
+  -- a wake-up may be meant for another coroutine of this request (moonring.thread): ask again
+  while rc == AGAIN do
     moonring._yield("io")
     rc = C.mr_req_body_read(live(self), max)
   end

@@ -114,6 +114,25 @@ return {
         for i = 1, 3 do log[#log + 1] = "m" .. i; coroutine.yield() end
         return 200, table.concat(log, ",")
       end },
+    -- the request body read while a thread sleeps (its wake-ups reach the body reader too)
+    { path = "/body", handler = function(req)
+        local t = moonring.thread.spawn(function()
+          for i = 1, 20 do moonring.sleep(0.005) end
+          return "slept"
+        end)
+        local b = assert(req:body())
+        local _, r = moonring.thread.wait(t)
+        return 200, #b .. " " .. r
+      end },
+    -- a coroutine parked on I/O cannot be resumed by someone else meanwhile
+    { path = "/parked", handler = function(req)
+        local co = coroutine.create(function() moonring.sleep(0.05); return "done" end)
+        local result
+        local t = moonring.thread.spawn(function() result = { coroutine.resume(co) } end)
+        local ok, err = coroutine.resume(co)
+        moonring.thread.wait(t)
+        return 200, tostring(ok) .. " " .. tostring(err) .. " " .. tostring(result[2])
+      end },
     { path = "/timer", handler = function(req) return 200, tostring(moonring.shared.t:get("timer")) end },
   },
 }
@@ -157,6 +176,20 @@ return {
 
   it("turns coroutine.yield at the top into a turn for the others", function()
     assert.equal("t1,m1,t2,m2,t3,m3", get("/yield"))
+  end)
+
+  it("reads the request body while a thread sleeps", function()
+    local c = assert(helpers.connect(tonumber(base:match(":(%d+)$"))))
+    c:send("POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+    socket.sleep(0.05)
+    c:send("56789")
+    local data = helpers.read(c, { pattern = "slept" })
+    c:close()
+    assert.matches("10 slept", data, 1, true)
+  end)
+
+  it("refuses to resume a coroutine that waits for I/O", function()
+    assert.equal("false cannot resume a coroutine that is waiting for I/O done", get("/parked"))
   end)
 
   it("runs threads in timers", function()
