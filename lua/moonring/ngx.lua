@@ -35,6 +35,7 @@ long sysconf(int name);
 int gethostname(char *name, size_t len);
 int mr_lua_worker_id(void);
 int mr_req_want_response_phase(void *r);
+int mr_req_raw_target(void *r, const char **s, size_t *n);
 int mr_lua_vm_retired(void *vm);
 ]])
 local C = ffi.C
@@ -543,7 +544,11 @@ VARS.document_uri = VARS.uri
 VARS.args = function(req) local q = req.query; if q == "" then return nil end return q end
 VARS.query_string = VARS.args
 VARS.is_args = function(req) return req.query ~= "" and "?" or "" end
-VARS.request_uri = function(req) local q = req.query; return q ~= "" and (req.path .. "?" .. q) or req.path end
+-- as the client sent it (nginx's $request_uri is not normalised either)
+VARS.request_uri = function(req)
+  C.mr_req_raw_target(req._r, ngx._pp, ngx._pn)
+  return ffi.string(ngx._pp[0], ngx._pn[0])
+end
 VARS.request_method = function(req) return req.method end
 VARS.host = function(req) return req.host end
 VARS.server_name = VARS.host

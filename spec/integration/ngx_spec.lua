@@ -311,6 +311,8 @@ describe("ngx compatibility layer", function()
   it("has ngx.var", function()
     assert.equal("/vars|a=1&b|/vars?a=1&b|GET|example.com|thing|1|s1|127.0.0.1|http|HTTP/1.1|?|nil\n",
       body("/vars?a=1&b", { headers = { Host = "example.com", ["X-Thing"] = "thing", Cookie = "x=1; sid=s1" } }))
+    -- $request_uri is the target as sent; $uri the normalised path
+    assert.matches("^/vars/|a=1|//vars/%./%?a=1|", body("//vars/./?a=1"))
   end)
 
   it("edits the request with ngx.req and the response with ngx.header", function()

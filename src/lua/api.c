@@ -295,3 +295,12 @@ MR_EXPORT int mr_req_want_response_phase(void *p)
     r->route_flags |= MR_RF_RESPONSE;
     return MR_FFI_OK;
 }
+
+/* The request target as the client sent it (before normalisation): ngx.var.request_uri. */
+MR_EXPORT int mr_req_raw_target(void *p, const char **s, size_t *n)
+{
+    mr_req_t *r = p;
+    *s = mr_req_target_raw(r);
+    *n = r->target_len;
+    return MR_FFI_OK;
+}
