@@ -283,7 +283,8 @@ end
 ---------------------------------------------------------------------------------------------
 -- Plots (gnuplot, pngcairo).
 
-local COLORS = { moonring = "#d62728", ["moonring-lua"] = "#ff7f0e", ["moonring-baseline"] = "#8c564b", nginx = "#2ca02c",
+local COLORS = { moonring = "#d62728", ["moonring-lua"] = "#ff7f0e", ["moonring-baseline"] = "#8c564b",
+  ["moonring-ngx"] = "#9467bd", nginx = "#2ca02c",
   ["nginx-lua"] = "#17becf", haproxy = "#1f77b4", relay = "#7f7f7f", direct = "#000000" }
 
 -- Writes NAME.dat with one x column (plus a label column) and one column per variant.

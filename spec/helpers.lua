@@ -32,8 +32,7 @@ helpers.spec_dir = script_dir()
 helpers.root = helpers.spec_dir:match("^(.*)/[^/]*$") or helpers.spec_dir
 helpers.moonring_bin = os.getenv("MOONRING_BIN") or (helpers.root .. "/build/moonring")
 helpers.origin_bin = os.getenv("MR_ORIGIN_BIN") or (helpers.root .. "/build/mr-origin")
-helpers.tmp = helpers.root .. "/tmp"
-os.execute("mkdir -p '" .. helpers.tmp .. "'")
+
 
 local function shq(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -63,6 +62,12 @@ local function exists(path)
 end
 
 local my_pid = (read_file("/proc/self/stat") or ""):match("^(%d+)") or "0"
+
+-- Every file this module makes (configs, logs, PKIs) goes under a directory of its own in
+-- <repo>/tmp/, removed when the module goes away (at the latest when busted exits), unless
+-- MOONRING_KEEP_TMP is set: failures print the logs they need, so nothing piles up in tmp/.
+helpers.tmp = ("%s/tmp/run-%s-%d"):format(helpers.root, my_pid, math.floor(socket.gettime() * 1e6))
+os.execute("mkdir -p '" .. helpers.tmp .. "'")
 local seq = 0
 -- A fresh path under <repo>/tmp/ (nothing is created). busted insulates spec files, so this
 -- module (and seq) starts afresh in each file of one run: the microsecond clock keeps names of two
@@ -249,10 +254,15 @@ function helpers.stop_all()
   if #reports > 0 then error("sanitizer report:\n" .. table.concat(reports, "\n----\n"), 2) end
 end
 
--- Last resort on a normal interpreter exit.
+-- Last resort on a normal interpreter exit: stop what is left, remove this module's files.
 if newproxy then
   helpers._sentinel = newproxy(true)
-  getmetatable(helpers._sentinel).__gc = function() pcall(helpers.stop_all) end
+  getmetatable(helpers._sentinel).__gc = function()
+    pcall(helpers.stop_all)
+    if not os.getenv("MOONRING_KEEP_TMP") and helpers.tmp:find("/tmp/run%-") then
+      os.execute("rm -rf " .. shq(helpers.tmp))
+    end
+  end
 end
 
 -- Waits for a spawned process while sampling an instance's RSS; returns its exit code and the

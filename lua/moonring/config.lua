@@ -861,7 +861,7 @@ M.STOCK_FILTERS = {
   "moonring.filters.access_log_json", "moonring.filters.basic_auth", "moonring.filters.cors",
   "moonring.filters.headers", "moonring.filters.ip_restriction", "moonring.filters.rate_limit",
   "moonring.filters.redirect", "moonring.filters.request_id", "moonring.filters.respond",
-  "moonring.filters.rewrite",
+  "moonring.filters.rewrite", "moonring.filters.gzip", "moonring.filters.cache", "moonring.filters.error_pages",
 }
 
 -- This file is <lua dir>/moonring/config.lua; the same directory comes first at runtime (see
@@ -1089,6 +1089,7 @@ local lua_opts = S.record({
   { "http_max_response", S.size(1), default = "16m" },
   { "ssl_trusted_certificate", readable_file },
   { "ssl_verify_depth", S.int(1, 100) },
+  { "ngx", S.bool, default = false },
 })
 
 local admin = S.record({
@@ -1425,6 +1426,8 @@ function M.normalise(tbl, file, opts)
     return nil, file .. ": config must return a table, got " .. type(tbl)
   end
   local ctx = { dir = config_dir(file), define_shared = opts and opts.define_shared }
+  -- Filter factories resolve their own relative paths (error_pages' files) against this.
+  M.dir = ctx.dir
   local ok, res = pcall(top, tbl, {}, ctx)
   if not ok then
     if type(res) ~= "table" then return nil, file .. ": " .. tostring(res) end
@@ -1454,6 +1457,24 @@ function M.load(path, opts)
   d = d == "/" and "" or d
   local saved = package.path
   package.path = own_path .. d .. "/?.lua;" .. d .. "/?/init.lua;" .. saved
+  -- The global `ngx` (lua.ngx, moonring.ngx) is installed on first use while the config and
+  -- the modules it loads run: OpenResty libraries read it when they load, before the config
+  -- says whether it wants the layer. Afterwards it stays only if the config asked for it.
+  local lazy = rawget(_G, "ngx") == nil and getmetatable(_G) == nil
+  local wanted = false
+  local lazy_mt
+  if lazy then
+    lazy_mt = { __index = function(_, k)
+      if k ~= "ngx" then return nil end
+      wanted = true
+      local n = require "moonring.ngx"
+      rawset(_G, "ngx", n)
+      return n
+    end }
+    setmetatable(_G, lazy_mt)
+  end
+  -- (a config that set a metatable of its own on _G keeps it)
+  local function unlazy() if getmetatable(_G) == lazy_mt then setmetatable(_G, nil) end end
   local ok, res = pcall(chunk)
   package.path = saved
   if not ok then
@@ -1463,9 +1484,23 @@ function M.load(path, opts)
     if mod then res = inner .. " (module '" .. mod .. "' required by " .. path .. ")" end
     -- error(msg, 0) and non-string errors carry no position; keep the file at least.
     if not res:match("^[^\n]-:%d+: ") then res = path .. ": " .. res end
+    if lazy then unlazy() end
     return nil, (res:gsub("\n.*", ""))
   end
-  return M.normalise(res, path, opts)
+  local cfg, err = M.normalise(res, path, opts)
+  if lazy then
+    unlazy()
+    if cfg and cfg.lua.ngx then
+      rawset(_G, "ngx", require "moonring.ngx")
+    elseif wanted then
+      rawset(_G, "ngx", nil)
+      if cfg then
+        return nil, path .. ": the config's code uses the global 'ngx' (OpenResty's API): set lua = { ngx = true } "
+          .. "to install moonring's compatibility layer"
+      end
+    end
+  end
+  return cfg, err
 end
 
 -- The source line of a key path written as in messages ("listen[2].tls.certs[1].key"), or nil:

@@ -5,6 +5,7 @@ local ffi = require "ffi"
 
 ffi.cdef [[
 double mr_lua_now(void);
+double mr_lua_monotonic(void);
 void mr_lua_log(int level, const char *msg, size_t len);
 ]]
 
@@ -24,6 +25,9 @@ function M.log(level, ...)
   C.mr_lua_log(l, msg, #msg)
 end
 
+-- Seconds on a monotonic clock (for deadlines; not a date).
+function M.monotonic() return C.mr_lua_monotonic() end
+
 function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
     error("moonring.sleep(seconds): seconds must be a non-negative number", 2)
@@ -31,7 +35,15 @@ function M.sleep(seconds)
   if coroutine.running() == nil or not M._yield then
     error("moonring.sleep can only be called from a request phase", 2)
   end
-  return M._yield("sleep", seconds)
+  -- A wake-up may be meant for another coroutine of the same request (moonring.thread): sleep
+  -- until the deadline whatever wakes this one.
+  local deadline = C.mr_lua_monotonic() + seconds
+  M._yield("sleep", seconds)
+  local left = deadline - C.mr_lua_monotonic()
+  while left > 0.0005 do
+    M._yield("sleep", left)
+    left = deadline - C.mr_lua_monotonic()
+  end
 end
 
 -- Cosockets belong to the owner that was running when they connected: a request's state, or a
@@ -50,13 +62,14 @@ end
 
 -- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
 -- without them pay nothing.
-local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer" }
+local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer",
+               thread = "moonring.thread", json = "moonring.json", udp = "moonring.udp", re = "moonring.re" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if name then
     local ok, mod = pcall(require, name)
     if not ok then error(name .. " is not available: " .. tostring(mod), 2) end
-    if k == "tcp" then mod = mod.tcp end
+    if k == "tcp" then mod = mod.tcp elseif k == "udp" then mod = mod.udp end
     rawset(t, k, mod)
     return mod
   end

@@ -38,6 +38,8 @@ void *mr_req_waker(void *r);
 int mr_req_body_read(void *r, int64_t max);
 int mr_req_body_get(void *r, const char **p, size_t *n);
 int mr_req_tls(void *r, const char **v, int *reused);
+int mr_req_set_method(void *r, const char *name, size_t n);
+int mr_req_set_body(void *r, const char *s, size_t n);
 ]]
 
 local C = ffi.C
@@ -46,7 +48,8 @@ local OK, AGAIN, LIMIT, DECLINED, BAD_CONTEXT = base.OK, base.AGAIN, base.LIMIT,
 local ffi_string = ffi.string
 local find = string.find
 local ffi_cast = ffi.cast
-local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+local thread = require "moonring.thread"
+local co_create, co_resume, co_yield = thread.raw.create, thread.raw.resume, thread.raw.yield
 local pp = ffi.new("const char *[1]")
 local pn = ffi.new("size_t[1]")
 local pp2 = ffi.new("const char *[1]")
@@ -212,6 +215,74 @@ function req_methods.arg(self, name)
   return nil
 end
 
+-- Every query argument, URL-decoded: name -> value, repeated names -> a list of values in order,
+-- a bare name -> "" (as req:arg). At most max pairs (default 100, 0 = all); past them the
+-- second value is "truncated".
+function req_methods.args(self, max)
+  if max ~= nil and type(max) ~= "number" then error("req:args(max): max must be a number", 2) end
+  local t, n = {}, 0
+  max = max or 100
+  for pair in self.query:gmatch("[^&]+") do
+    if max > 0 and n >= max then return t, "truncated" end
+    n = n + 1
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k = unescape(k)
+    if k ~= "" then
+      v = unescape(v)
+      local old = t[k]
+      if old == nil then t[k] = v
+      elseif type(old) == "table" then old[#old + 1] = v
+      else t[k] = { old, v } end
+    end
+  end
+  return t
+end
+
+-- The value of cookie `name` from the Cookie header(s), or nil. Values are returned as sent
+-- (a quoted value keeps no quotes; nothing is URL-decoded).
+function req_methods.cookie(self, name)
+  if type(name) ~= "string" or name == "" then error("req:cookie(name): name must be a non-empty string", 2) end
+  local cookies = rawget(self, "_cookies")
+  if not cookies then
+    cookies = {}
+    local r = live(self)
+    for i = 0, C.mr_req_header_count(r) - 1 do
+      if C.mr_req_header_at(r, i, pp, pn, pp2, pn2) == OK and pn[0] == 6
+        and ffi_string(pp[0], 6):lower() == "cookie" then
+        for pair in ffi_string(pp2[0], pn2[0]):gmatch("[^;]+") do
+          local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+          if k and cookies[k] == nil then
+            if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
+            cookies[k] = v
+          end
+        end
+      end
+    end
+    rawset(self, "_cookies", cookies)
+  end
+  return cookies[name]
+end
+
+-- The method the upstream gets (GET, POST, PURGE, ...): true, or nil and an error.
+function req_methods.set_method(self, m)
+  if type(m) ~= "string" or not m:find("^%u+$") then error("req:set_method(method): method must be an upper-case name", 2) end
+  local rc = C.mr_req_set_method(live(self), m, #m)
+  if rc == BAD_CONTEXT then return nil, "cannot change the method now" end
+  if rc ~= OK then return nil, "unknown method " .. m end
+  rawset(self, "method", m)
+  return true
+end
+
+-- Replaces the body the upstream gets (sent with Content-Length), after req:body() read it.
+function req_methods.set_body(self, data)
+  if type(data) ~= "string" then error("req:set_body(data): data must be a string", 2) end
+  local rc = C.mr_req_set_body(live(self), data, #data)
+  if rc == BAD_CONTEXT then return nil, "read the body with req:body() first (and before the request is forwarded)" end
+  if rc ~= OK then return nil, "no memory" end
+  rawset(self, "_body", data)
+  return true
+end
+
 local function set_target(self, path, query)
   local t = query ~= "" and (path .. "?" .. query) or path
   if C.mr_req_set_target(live(self), t, #t) ~= OK then return nil, "cannot change the target now" end
@@ -254,7 +325,8 @@ function req_methods.body(self)
   local max = l and l.max_body or DEFAULT_MAX_BODY
   if max > 2 ^ 30 then max = 2 ^ 30 end -- one buffer, and a span past it, must stay below 2 GiB
   local rc = C.mr_req_body_read(r, max)
-  if rc == AGAIN then
+  -- a wake-up may be meant for another coroutine of this request (moonring.thread): ask again
+  while rc == AGAIN do
     moonring._yield("io")
     rc = C.mr_req_body_read(live(self), max)
   end
@@ -363,6 +435,40 @@ function res_methods.set_trailer(self, name, value)
   return true
 end
 
+-- Buffers the response body in on_body: returns nil while it buffers (return nil: the chunk is
+-- kept), the whole body at eof (return it, changed or not), or false, "too large" and the data
+-- to send unchanged when the body grows past max (default lua.max_body; the rest of the body
+-- then passes through: every later call returns false, "too large", chunk).
+function res_methods.body(self, chunk, eof, max)
+  if type(chunk) ~= "string" then error("res:body(chunk, eof, max): chunk must be the on_body chunk", 2) end
+  local b = rawget(self, "_rbody")
+  if b == false then return false, "too large", chunk end
+  if not b then b = { n = 0 }; rawset(self, "_rbody", b) end
+  local l = M.config and M.config.lua
+  max = max or (l and l.max_body) or DEFAULT_MAX_BODY
+  b[#b + 1] = chunk
+  b.n = b.n + #chunk
+  if b.n > max then
+    rawset(self, "_rbody", false)
+    return false, "too large", table.concat(b)
+  end
+  if not eof then return nil end
+  rawset(self, "_rbody", nil)
+  return table.concat(b)
+end
+
+-- on_body helper: returns what on_body should return so that the client gets fn(whole body),
+-- or the body unchanged when it is larger than max.
+function res_methods.rewrite(self, chunk, eof, fn, max)
+  if type(fn) ~= "function" then error("res:rewrite(chunk, eof, fn, max): fn must be a function", 2) end
+  local body, err, pass = res_methods.body(self, chunk, eof, max)
+  if body == nil then return nil end
+  if body == false then return pass end
+  local out = fn(body)
+  if out ~= nil and type(out) ~= "string" then error("res:rewrite: fn must return a string", 2) end
+  return out or body
+end
+
 -- Chains ----------------------------------------------------------------------------------------
 
 -- Builds a route's phase lists from its filters, which the config loader already resolved and
@@ -373,17 +479,20 @@ local function compile_route(r)
                   -- who each phase function belongs to, for error messages (see step)
                   names = { {}, {}, {}, {}, {} } }
   local n = chain.names
+  -- lua.ngx: phase functions are wrapped so that ngx.exit & co. work (moonring.ngx)
+  local w = M.phase_wrap or function(fn) return fn end
   for i, e in ipairs(r.chain or {}) do
     local f = e.filter
     local name = "filter " .. r.name .. ".filters[" .. i .. "]" .. (e.module and (" (" .. e.module .. ")") or "")
-    if f.on_request then chain.req[#chain.req + 1] = f.on_request; n[1][#chain.req] = name end
+    if f.on_request then chain.req[#chain.req + 1] = w(f.on_request, 1); n[1][#chain.req] = name end
     if f.on_response then -- reverse: unwinding
-      table.insert(chain.resp, 1, f.on_response)
+      table.insert(chain.resp, 1, w(f.on_response, 3))
       table.insert(n[3], 1, name)
     end
-    if f.on_body then chain.body[#chain.body + 1] = f.on_body; n[4][#chain.body] = name end
-    if f.on_log then chain.log[#chain.log + 1] = f.on_log; n[5][#chain.log] = name end
+    if f.on_body then chain.body[#chain.body + 1] = w(f.on_body, 4); n[4][#chain.body] = name end
+    if f.on_log then chain.log[#chain.log + 1] = w(f.on_log, 5); n[5][#chain.log] = name end
   end
+  if r.handler then chain.handler = w(r.handler, 2) end
   local flags = 0
   if #chain.req > 0 then flags = flags + F_REQUEST end
   if #chain.resp > 0 then flags = flags + F_RESPONSE end
@@ -444,6 +553,7 @@ function M.init(file, vm, budget_ptr, ms)
   local cfg, err = config.load(file)
   if not cfg then error(err, 0) end
   M.config = cfg
+  if cfg.lua and cfg.lua.ngx then M.phase_wrap = require("moonring.ngx")._wrap_phase end
   local flags = {}
   M.route_names = {}
   M.router = cfg.router
@@ -472,7 +582,7 @@ end
 local function run_handler(st, chain)
   local req = st.req
   st.fi = nil
-  local status, body, headers = chain.route.handler(req, st.ctx)
+  local status, body, headers = chain.handler(req, st.ctx)
   if not rawget(req, "_responded") then
     if type(status) == "number" then
       req:respond(status, body, headers)
@@ -487,6 +597,9 @@ end
 
 local function run_response(st, chain)
   local res, ctx = st.res, st.ctx
+  -- the ngx layer's response headers set before the response existed (ngx.header in access)
+  local pre = st.pre_response
+  if pre then st.pre_response = nil; pre(st) end
   for i = 1, #chain.resp do
     st.fi = i
     chain.resp[i](res, ctx)
@@ -536,7 +649,10 @@ local fin_code, fin_out
 
 local function worker(body, st, chain, chunk, eof)
   while true do
-    fin_code, fin_out = body(st, chain, chunk, eof)
+    local c, o = body(st, chain, chunk, eof)
+    if st.threads then thread.drain(st) end -- the phase ends when its light threads did
+    fin_code, fin_out = c, o
+    c, o = nil, nil
     body, st, chain, chunk, eof = nil, nil, nil, nil, nil
     body, st, chain, chunk, eof = co_yield(FINISHED)
   end
@@ -606,6 +722,7 @@ function M.finish(r)
   st.res._r = nil
   st.co = nil
   if st.socks then moonring._release(st) end
+  if st.sema_waits then require("moonring.semaphore")._forget(st) end
 end
 
 -- A parked on_log phase becomes a fiber (src/lua/lua.c mr_lua_detach) so the request can end.
@@ -622,17 +739,12 @@ end
 
 -- Functions yielding to the core ----------------------------------------------------------------
 
-moonring._yield = function(what, arg)
-  local co = coroutine.running()
-  if co == nil then
-    error("moonring." .. what .. " can only be called from a request phase or a timer", 3)
-  end
-  local cur = moonring._cur
-  if cur and cur.co ~= co then
-    error("moonring." .. what .. " cannot yield from inside a coroutine of your own; call it from the phase itself", 3)
-  end
-  if budget[0] == budget[1] then over_budget(3) end
-  return co_yield(what, arg)
-end
+-- moonring._yield lives in moonring.thread: it parks the entry coroutine, a light thread or a
+-- coroutine of the script's own (coroutine.* are wrapped here, as OpenResty does, so that
+-- libraries that read bodies in coroutines of their own work).
+thread.check_budget = function() if budget[0] == budget[1] then over_budget(4) end end
+coroutine.resume = thread.resume
+coroutine.wrap = thread.wrap
+coroutine.yield = thread.co_yield
 
 return M

@@ -31,6 +31,10 @@ int mr_shdict_flush_all(void *d);
 int mr_shdict_flush_expired(void *d, int max);
 size_t mr_shdict_capacity(void *d);
 size_t mr_shdict_free_space(void *d);
+int mr_shdict_push(void *d, const char *k, size_t kl, int left, int type, const char *str, size_t sl, double num,
+                   int *len_out, int *forcible);
+int mr_shdict_pop(void *d, const char *k, size_t kl, int left, int *type, double *num, char *buf, size_t *len);
+int mr_shdict_llen(void *d, const char *k, size_t kl, int *n);
 ]]
 
 local C = ffi.C
@@ -45,7 +49,7 @@ local ERRS = {
   [base.BAD_TYPE] = "not a number", [base.NOMEM] = base.ERR_NOMEM, [base.RETIRED] = "dict removed",
 }
 -- Value types and store operations of src/lua/shdict.h.
-local T_NIL, T_BOOLEAN, T_NUMBER, T_STRING = 0, 1, 3, 4
+local T_NIL, T_BOOLEAN, T_NUMBER, T_STRING, T_LIST = 0, 1, 3, 4, 5
 local OP_SET, OP_ADD, OP_REPLACE, OP_SAFE = 0, 1, 2, 8
 local KEY_MAX = 65535
 
@@ -138,6 +142,7 @@ local function get(self, key, stale_ok)
     if rc == DECLINED then return nil end
     return nil, ERRS[rc]
   end
+  if o_type[0] == T_LIST then return nil, "value is a list" end
   local flags = o_flags[0]
   if stale_ok == 0 then
     if flags == 0 then return v end
@@ -343,6 +348,61 @@ local dict_mt = {
   __index = methods,
   __tostring = function(self) return "moonring.shared." .. self.name end,
 }
+
+-- Lists (ngx.shared.DICT's list operations), atomic across workers like everything else.
+local function push(self, name, left, key, value)
+  local d = type(self) == "table" and self._d
+  if not d then bad_self(name, 3) end
+  local k, n = check_key(key, 3)
+  if not k then return nil, n end
+  local rc
+  local t = type(value)
+  if t == "string" then
+    rc = C.mr_shdict_push(d, k, n, left, T_STRING, value, #value, 0, o_count, o_forcible)
+  elseif t == "number" then
+    rc = C.mr_shdict_push(d, k, n, left, T_NUMBER, nil, 0, value, o_count, o_forcible)
+  else
+    return nil, "bad value type"
+  end
+  if rc == OK then return o_count[0] end
+  if rc == base.BAD_TYPE then return nil, "value not a list" end
+  return nil, ERRS[rc]
+end
+
+local function pop(self, name, left, key)
+  local d = type(self) == "table" and self._d
+  if not d then bad_self(name, 3) end
+  local k, n = check_key(key, 3)
+  if not k then return nil, n end
+  o_len[0] = BUF_SIZE
+  local rc = C.mr_shdict_pop(d, k, n, left, o_type, o_num, buf, o_len)
+  if rc == TOO_SMALL then
+    local tmp = ffi_new("char[?]", tonumber(o_len[0]))
+    rc = C.mr_shdict_pop(d, k, n, left, o_type, o_num, tmp, o_len)
+    if rc == OK then return o_type[0] == T_STRING and ffi_string(tmp, o_len[0]) or o_num[0] end
+  end
+  if rc == OK then return o_type[0] == T_STRING and ffi_string(buf, o_len[0]) or o_num[0] end
+  if rc == DECLINED then return nil end
+  if rc == base.BAD_TYPE then return nil, "value not a list" end
+  return nil, ERRS[rc]
+end
+
+-- length, or nil, err ("value not a list", "no memory")
+function methods.lpush(self, key, value) return push(self, "lpush", 1, key, value) end
+function methods.rpush(self, key, value) return push(self, "rpush", 0, key, value) end
+-- the item, nil for an empty or missing list, or nil, err
+function methods.lpop(self, key) return pop(self, "lpop", 1, key) end
+function methods.rpop(self, key) return pop(self, "rpop", 0, key) end
+function methods.llen(self, key)
+  local d = type(self) == "table" and self._d
+  if not d then bad_self("llen", 2) end
+  local k, n = check_key(key, 2)
+  if not k then return nil, n end
+  local rc = C.mr_shdict_llen(d, k, n, o_count)
+  if rc == OK then return o_count[0] end
+  if rc == base.BAD_TYPE then return nil, "value not a list" end
+  return nil, ERRS[rc]
+end
 
 local helpers = {}
 local shared = {}

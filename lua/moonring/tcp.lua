@@ -59,10 +59,12 @@ function M.tcp()
   return setmetatable({ buf = "", ct = DEFAULT_TIMEOUT, st = DEFAULT_TIMEOUT, rt = DEFAULT_TIMEOUT }, sock_mt)
 end
 
+-- The owner running now (its entry coroutine, a light thread of it, or a coroutine of the
+-- script's own that it resumed: moonring.thread parks them all).
 local function owner_of(fn)
   local o = moonring._cur
-  if not o or coroutine.running() ~= o.co then
-    error("sock:" .. fn .. " can only be called from a request phase or a timer callback (not at load time, not from a coroutine of your own)", 3)
+  if not o or coroutine.running() == nil then
+    error("sock:" .. fn .. " can only be called from a request phase or a timer callback (not at load time)", 3)
   end
   return o
 end
@@ -81,13 +83,15 @@ end
 
 -- Parks until the operation submitted with code rc completes; returns its result (a count >= 0,
 -- or a failure code < 0).
+-- A wake-up may be meant for another coroutine of the same owner: park again until done.
 local function finish(s, rc)
-  if rc == AGAIN then
+  if rc ~= AGAIN and rc ~= OK then return rc end
+  rc = C.mr_cosock_result(s, pp)
+  while rc == AGAIN do
     moonring._yield("io")
-  elseif rc ~= OK then
-    return rc
+    rc = C.mr_cosock_result(s, pp)
   end
-  return C.mr_cosock_result(s, pp)
+  return rc
 end
 
 local function drop(self)
@@ -428,5 +432,9 @@ end
 function methods._rewake(self, waker)
   if self.s then C.mr_cosock_set_waker(self.s, waker) end
 end
+
+-- For the OpenResty layer (moonring.ngx.socket): the methods, and one read from the socket.
+M._methods = methods
+M._fill = fill
 
 return M

@@ -110,6 +110,7 @@ function Dict:get(key)
   if not k then return nil, err end
   local e = self:_live(k)
   if not e then return nil end
+  if e.list then return nil, "value is a list" end
   if e.flags ~= 0 then return e.value, e.flags end
   return e.value
 end
@@ -217,6 +218,44 @@ function Dict:flush_expired(max)
   return n
 end
 
+local function dict_push(self, key, value, left)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  if type(value) ~= "string" and type(value) ~= "number" then return nil, "bad value type" end
+  local e = self:_live(k)
+  if e and e.list == nil then return nil, "value not a list" end
+  if not e then e = { list = {}, exp = 0, flags = 0 }; self._data[k] = e end
+  if left then table.insert(e.list, 1, value) else e.list[#e.list + 1] = value end
+  return #e.list
+end
+
+local function dict_pop(self, key, left)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return nil end
+  if e.list == nil then return nil, "value not a list" end
+  local v = table.remove(e.list, left and 1 or #e.list)
+  if #e.list == 0 then self._data[k] = nil end
+  return v
+end
+
+function Dict:lpush(key, value) return dict_push(self, key, value, true) end
+function Dict:rpush(key, value) return dict_push(self, key, value, false) end
+function Dict:lpop(key) return dict_pop(self, key, true) end
+function Dict:rpop(key) return dict_pop(self, key, false) end
+function Dict:llen(key)
+  check_self(self)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local e = self:_live(k)
+  if not e then return 0 end
+  if e.list == nil then return nil, "value not a list" end
+  return #e.list
+end
+
 function Dict:get_keys(max)
   check_self(self)
   max = max or 1024
@@ -230,7 +269,8 @@ function Dict:get_keys(max)
 end
 
 -- An in-memory dict with ngx.shared.DICT semantics (get, get_stale, set, safe_set, add,
--- safe_add, replace, incr, delete, ttl, expire, flush_all, flush_expired, get_keys).
+-- safe_add, replace, incr, delete, ttl, expire, flush_all, flush_expired, get_keys, lpush,
+-- rpush, lpop, rpop, llen).
 -- `opts` is a name or { name = , clock = function() return seconds end }; expiry uses the
 -- clock, by default moonring.now() (so testing.clock controls it). A named dict is also
 -- registered as moonring.shared[name], where filters configured with `dict = name` find it.
@@ -379,6 +419,49 @@ function Request:arg(name)
   return nil
 end
 
+function Request:args(max)
+  local t, n = {}, 0
+  max = max or 100
+  for pair in string.gmatch(self.query, "[^&]+") do
+    if max > 0 and n >= max then return t, "truncated" end
+    n = n + 1
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k = unescape(k)
+    if k ~= "" then
+      v = unescape(v)
+      local old = t[k]
+      if old == nil then t[k] = v elseif type(old) == "table" then old[#old + 1] = v else t[k] = { old, v } end
+    end
+  end
+  return t
+end
+
+function Request:cookie(name)
+  if type(name) ~= "string" or name == "" then error("req:cookie(name): name must be a non-empty string", 2) end
+  for _, line in ipairs(self._h.cookie or {}) do
+    for pair in line:gmatch("[^;]+") do
+      local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+      if k == name then
+        if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
+        return v
+      end
+    end
+  end
+  return nil
+end
+
+function Request:set_method(m)
+  if type(m) ~= "string" or not m:find("^%u+$") then error("req:set_method(method): method must be an upper-case name", 2) end
+  self.method = m
+  return true
+end
+
+function Request:set_body(data)
+  if type(data) ~= "string" then error("req:set_body(data): data must be a string", 2) end
+  self._body = data
+  return true
+end
+
 function Request:set_path(p)
   if type(p) ~= "string" or sub(p, 1, 1) ~= "/" then
     error("req:set_path(p): p must be a string starting with '/', got " .. util.describe(p), 2)
@@ -438,6 +521,29 @@ end
 local Response = {}
 Response.__index = Response
 for k, f in pairs(Headers) do Response[k] = f end
+
+-- res:body / res:rewrite in on_body, as the server has them (lua.max_body: 1 MiB by default).
+function Response:body(chunk, eof, max)
+  if type(chunk) ~= "string" then error("res:body(chunk, eof, max): chunk must be the on_body chunk", 2) end
+  local b = self._rbody
+  if b == false then return false, "too large", chunk end
+  if not b then b = { n = 0 }; self._rbody = b end
+  max = max or 1024 * 1024
+  b[#b + 1] = chunk
+  b.n = b.n + #chunk
+  if b.n > max then self._rbody = false; return false, "too large", concat(b) end
+  if not eof then return nil end
+  self._rbody = nil
+  return concat(b)
+end
+
+function Response:rewrite(chunk, eof, fn, max)
+  if type(fn) ~= "function" then error("res:rewrite(chunk, eof, fn, max): fn must be a function", 2) end
+  local body, _, pass = self:body(chunk, eof, max)
+  if body == nil then return nil end
+  if body == false then return pass end
+  return fn(body) or body
+end
 
 -- A mock upstream response. `opts`: status (200), headers, body (a string, or a list of
 -- chunks fed to on_body one by one).
@@ -587,6 +693,265 @@ end
 -- Runs a single filter: a module name, { module, options }, a filter table or a factory.
 function testing.run(filter, req, res, opts)
   return testing.run_chain({ filter }, req, res, opts)
+end
+
+-- ------------------------------------------------------------------ mocks of the yielding APIs
+
+-- Replaces m[key] (a module field of moonring, loaded lazily in the server) until :restore().
+local function swap(key, value)
+  local m = moonring()
+  local old = rawget(m, key)
+  rawset(m, key, value)
+  return function() rawset(m, key, old) end
+end
+
+-- testing.mock_http(responder): moonring.http.request answers from `responder`, a function(opts)
+-- returning a response table ({ status, headers, body }), or nil and an error; or a table from
+-- "METHOD url" (or just the url) to such a response. Unknown requests get nil, "connection
+-- refused". Returns a mock with .calls (every opts table, in order) and :restore().
+function testing.mock_http(responder)
+  local t = type(responder)
+  if t ~= "function" and t ~= "table" then error("testing.mock_http(responder): a function or a table", 2) end
+  local mock = { calls = {} }
+  local function request(opts)
+    if type(opts) ~= "table" or type(opts.url) ~= "string" then error("moonring.http.request: opts.url is required", 2) end
+    mock.calls[#mock.calls + 1] = opts
+    local method = (opts.method or "GET"):upper()
+    local res, err
+    if t == "function" then
+      res, err = responder(opts)
+    else
+      res = responder[method .. " " .. opts.url] or responder[opts.url]
+      if not res then err = "connection refused" end
+    end
+    if not res then return nil, err end
+    local headers = {}
+    for k, v in pairs(res.headers or {}) do headers[lower(k)] = v end
+    return { status = res.status or 200, reason = res.reason or "", headers = headers, body = res.body or "" }
+  end
+  mock.restore = swap("http", { request = request })
+  return mock
+end
+
+-- testing.mock_tcp(servers): moonring.tcp() sockets talk to fakes. `servers` maps "host:port" to
+-- a function(data, conn) called with every send; what it returns is what the socket receives
+-- next (conn.closed = true makes the peer close once that is read). An unknown address refuses
+-- the connection. Returns a mock with .sent (every { addr, data }), .connects and :restore().
+function testing.mock_tcp(servers)
+  if type(servers) ~= "table" then error("testing.mock_tcp(servers): a table from \"host:port\" to a function", 2) end
+  local mock = { sent = {}, connects = {}, pool = {} }
+  local S = {}
+  S.__index = S
+  function S:settimeout(ms) self.timeout = ms end
+  function S:settimeouts() end
+  function S:connect(host, port)
+    local addr = host .. ":" .. tostring(port)
+    local fn = servers[addr]
+    mock.connects[#mock.connects + 1] = addr
+    if not fn then return nil, "connection refused" end
+    local pooled = mock.pool[addr]
+    if pooled and #pooled > 0 then
+      local c = table.remove(pooled)
+      self.conn, self.addr = c, addr
+      c.reused = c.reused + 1
+      return 1
+    end
+    self.conn, self.addr = { fn = fn, buf = "", reused = 0 }, addr
+    return 1
+  end
+  function S:send(data)
+    local c = self.conn
+    if not c then return nil, "closed" end
+    if type(data) == "table" then data = concat(data) end
+    data = tostring(data)
+    mock.sent[#mock.sent + 1] = { addr = self.addr, data = data }
+    local reply = c.fn(data, c)
+    if reply then c.buf = c.buf .. reply end
+    return #data
+  end
+  local function take(self, n)
+    local c = self.conn
+    local out = sub(c.buf, 1, n)
+    c.buf = sub(c.buf, n + 1)
+    return out
+  end
+  function S:receive(pat)
+    local c = self.conn
+    if not c then return nil, "closed" end
+    pat = pat or "*l"
+    if pat == "*l" or pat == "l" then
+      local i = find(c.buf, "\n", 1, true)
+      if not i then
+        local partial = take(self, #c.buf)
+        return nil, c.closed and "closed" or "timeout", partial
+      end
+      local line = take(self, i)
+      return (gsub(line, "\r?\n$", ""))
+    elseif pat == "*a" or pat == "a" then
+      return take(self, #c.buf)
+    end
+    local n = tonumber(pat)
+    if #c.buf < n then return nil, c.closed and "closed" or "timeout", take(self, #c.buf) end
+    return take(self, n)
+  end
+  function S:receiveuntil(delim)
+    return function()
+      local c = self.conn
+      if not c then return nil, "closed" end
+      local i = find(c.buf, delim, 1, true)
+      if not i then return nil, c.closed and "closed" or "timeout", take(self, #c.buf) end
+      local out = take(self, i - 1)
+      take(self, #delim)
+      return out
+    end
+  end
+  function S:setkeepalive()
+    local c = self.conn
+    if not c then return nil, "closed" end
+    self.conn = nil
+    local p = mock.pool[self.addr] or {}
+    mock.pool[self.addr] = p
+    p[#p + 1] = c
+    return 1
+  end
+  function S:getreusedtimes() return self.conn and self.conn.reused or nil, not self.conn and "closed" or nil end
+  function S:close() if not self.conn then return nil, "closed" end self.conn = nil; return 1 end
+  function S:sslhandshake() return true end
+  mock.restore = swap("tcp", function() return setmetatable({}, S) end)
+  return mock
+end
+
+-- testing.timers(): moonring.timer.at/every queue their callbacks on a fake schedule instead of
+-- the worker's loop. timers:run(dt) advances time by dt seconds (default: to the next due
+-- timer) and runs what is due, each callback in a coroutine (yields resumed at once);
+-- timers:pending() counts them; :restore() puts the real module back.
+function testing.timers()
+  local q, now = {}, 0
+  local T = { }
+  local function add(delay, interval, fn, ...)
+    if type(delay) ~= "number" or delay < 0 then error("moonring.timer: the delay must be a non-negative number", 3) end
+    if type(fn) ~= "function" then error("moonring.timer: fn must be a function", 3) end
+    local t = { at = now + delay, interval = interval, fn = fn, args = { n = select("#", ...), ... } }
+    q[#q + 1] = t
+    return { cancel = function() if t.cancelled then return nil, "the timer is not pending" end t.cancelled = true; return true end }
+  end
+  local fake = {
+    at = function(delay, fn, ...) return add(delay, nil, fn, ...) end,
+    every = function(iv, fn, ...) return add(iv, iv, fn, ...) end,
+    pending = function() local n = 0 for _, t in ipairs(q) do if not t.cancelled then n = n + 1 end end return n end,
+  }
+  function T:pending() return fake.pending() end
+  function T:now() return now end
+  -- Runs every timer due within dt seconds (each `every` as often as it falls due), in time order.
+  function T:run(dt, premature)
+    local limit
+    if dt then limit = now + dt else
+      for _, t in ipairs(q) do if not t.cancelled and (not limit or t.at < limit) then limit = t.at end end
+      limit = limit or now
+    end
+    while true do
+      table.sort(q, function(a, b) return a.at < b.at end)
+      local t = q[1]
+      if not t or t.at > limit then break end
+      table.remove(q, 1)
+      if not t.cancelled then
+        now = t.at
+        local co = coroutine.create(t.fn)
+        local ok, err = coroutine.resume(co, premature or false, unpack(t.args, 1, t.args.n))
+        while ok and coroutine.status(co) ~= "dead" do ok, err = coroutine.resume(co) end
+        if not ok then error("timer callback failed: " .. debug.traceback(co, tostring(err)), 0) end
+        if t.interval and not t.cancelled then t.at = t.at + t.interval; q[#q + 1] = t end
+      end
+    end
+    now = limit
+  end
+  T.restore = swap("timer", fake)
+  return setmetatable(T, { __index = fake })
+end
+
+-- moonring.thread outside the server: spawn runs the function to its end at once (yields are
+-- resumed at once, as in testing.run), wait returns its results, kill refuses (it has ended).
+do
+  local Thread = {}
+  local fake = {
+    spawn = function(fn, ...)
+      if type(fn) ~= "function" then error("moonring.thread.spawn(fn, ...): fn must be a function", 2) end
+      local co = coroutine.create(fn)
+      local res = { coroutine.resume(co, ...) }
+      while res[1] and coroutine.status(co) ~= "dead" do res = { coroutine.resume(co) } end
+      return setmetatable({ res = res, n = #res }, Thread)
+    end,
+    wait = function(...)
+      local th = ...
+      if getmetatable(th) ~= Thread then error("moonring.thread.wait: expected a thread", 2) end
+      if th.waited then return nil, "already waited or killed" end
+      th.waited = true
+      return unpack(th.res, 1, th.n)
+    end,
+    kill = function(th)
+      if th.waited then return nil, "already waited or killed" end
+      return nil, "already terminated"
+    end,
+  }
+  testing.thread = fake
+  rawset(moonring(), "thread", fake)
+end
+
+-- ------------------------------------------------------------------ routes and handlers
+
+-- testing.config(source): a config (a file path, Lua source, or a table) loaded and checked as
+-- the server does (filters resolved, options checked); nil, err when invalid.
+function testing.config(src)
+  local config = require "moonring.config"
+  if type(src) == "table" then return config.normalise(src, "config") end
+  if type(src) ~= "string" then error("testing.config(src): a path, Lua source or a table", 2) end
+  if not find(src, "\n", 1, true) and io.open(src, "rb") then return config.load(src) end
+  local chunk, err = loadstring(src, "=config")
+  if not chunk then return nil, err end
+  local ok, tbl = pcall(chunk)
+  if not ok then return nil, tbl end
+  return config.normalise(tbl, "config")
+end
+
+-- testing.route(cfg, req): the route (a table of cfg.routes, with .name) that req matches, as
+-- the server would choose it (routing keys, `match` functions, `router`), or nil for a 404.
+function testing.route(cfg, req)
+  if type(cfg) ~= "table" or type(cfg.routes) ~= "table" then error("testing.route(cfg, req): cfg from testing.config", 2) end
+  if getmetatable(req) ~= Request then error("testing.route: req must come from testing.request{}", 2) end
+  if cfg.router then
+    local v = cfg.router(req)
+    if v == nil or v == false then return nil end
+    if type(v) == "number" then return cfg.routes[v] end
+    for _, r in ipairs(cfg.routes) do if r.name == v then return r end end
+    error("router returned " .. tostring(v) .. ", which names no route", 0)
+  end
+  cfg._match = cfg._match or require("moonring.router").compile(cfg.routes)
+  local i = cfg._match(req)
+  return i and i > 0 and cfg.routes[i] or nil
+end
+
+-- testing.handle(cfg, req, res?): routes req and runs what the server would: the route's chain
+-- and its handler (a handler's return value becomes the response), or, on a proxied route, the
+-- chain against `res` (the upstream's mock response). Returns run_chain's result plus .route
+-- (nil and .status 404 when nothing matches).
+function testing.handle(cfg, req, res, opts)
+  local route = testing.route(cfg, req)
+  if not route then return { status = 404, responded = true, body = "404 Not Found\n" } end
+  local entries = {}
+  for i, e in ipairs(route.chain or {}) do entries[i] = e.filter end
+  if route.handler then
+    local h = route.handler
+    entries[#entries + 1] = { on_request = function(r, ctx)
+      local status, body, headers = h(r, ctx)
+      if r.responded then return end
+      if type(status) == "number" then r:respond(status, body, headers)
+      elseif type(status) == "string" then r:respond(200, status, body)
+      else error("the handler of " .. tostring(route.name) .. " returned without a response", 0) end
+    end }
+  end
+  local result = testing.run_chain(entries, req, res, opts)
+  result.route = route
+  return result
 end
 
 return testing

@@ -14,7 +14,8 @@ int mr_lua_vm_retired(void *vm);
 ]]
 
 local C = ffi.C
-local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local raw = require("moonring.thread").raw
+local co_create, co_resume, co_status = raw.create, raw.resume, raw.status
 local DONE, YIELD = base.RUN_DONE, base.RUN_YIELD
 local DEFAULT_MAX = 1024
 
@@ -76,6 +77,7 @@ function M.pending() return C.mr_lua_timer_count() end
 
 local function body(rec, premature)
   rec.fn(premature, unpack(rec.args, 1, rec.args.n))
+  if rec.threads then require("moonring.thread").drain(rec) end
   return DONE
 end
 

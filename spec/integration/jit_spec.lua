@@ -2,13 +2,7 @@
 -- so a loop over header reads/writes and path/method access records traces without aborts.
 local helpers = require "helpers"
 
-describe("hot Lua API", function()
-  local mr, base
-
-  setup(function()
-    local port = helpers.free_port()
-    base = "http://127.0.0.1:" .. port
-    mr = helpers.start_moonring(([=[
+local PROBE = [==[
 local function probe(req, body)
   local aborts, stops = {}, 0
   local function on_trace(what, tr, func, pc, otr, oex)
@@ -49,6 +43,16 @@ local function probe(req, body)
   return n, stops, text
 end
 
+]==]
+
+describe("hot Lua API", function()
+  local mr, base
+
+  setup(function()
+    local port = helpers.free_port()
+    base = "http://127.0.0.1:" .. port
+    mr = helpers.start_moonring(([=[
+@PROBE@
 local respond_result
 
 local function report(req, n, stops, aborts)
@@ -99,7 +103,7 @@ return {
       end },
   },
 }
-]=]):format(port, port), { wait_port = port })
+]=]):gsub("@PROBE@", function() return (PROBE:gsub("%%", "%%%%")) end):format(port, port), { wait_port = port })
   end)
 
   teardown(function() helpers.stop_all() end)
@@ -121,5 +125,80 @@ return {
     assert.equal(200, res.status)
     assert.equal("x", res.body)
     check("/respond-result")
+  end)
+end)
+
+-- The OpenResty layer's hot calls go to the same FFI API: the access-phase script of bench/run's
+-- nginx-lua variant, written against ngx, compiles as well.
+describe("hot ngx API (lua.ngx)", function()
+  local base
+
+  setup(function()
+    local port = helpers.free_port()
+    base = "http://127.0.0.1:" .. port
+    helpers.start_moonring(([=[
+@PROBE@
+local report_text
+local function report(n, stops, aborts)
+  return ("%%d %%d %%d %%s"):format(n, stops, #aborts, table.concat(aborts, "; "))
+end
+return {
+  workers = 1,
+  listen = { "127.0.0.1:%d" },
+  lua = { ngx = true },
+  routes = {
+    { path = "/access", upstream = "127.0.0.1:1", filters = { { on_request = function(req)
+        local text = report(probe(req, function(r, i)
+          local v = ngx.req.get_headers()["x-bench"]
+          if ngx.var.uri:sub(1, 5) == "/api/" then ngx.var.bench_upstream = "origin" end
+          ngx.req.set_header("x-chain", "1")
+          if not v then error("no header") end
+        end))
+        ngx.say(text)
+        ngx.exit(200)
+      end } } },
+    { path = "/header", upstream = "127.0.0.1:1", filters = { {
+        on_request = function() ngx.exit(200) end,
+        on_response = function(res)
+          local text = report(probe(res, function(r, i)
+            ngx.header["x-served-by"] = "nginx-lua"
+            local s = ngx.status
+          end))
+          ngx.header["x-report"] = text
+        end } } },
+  },
+}
+]=]):gsub("@PROBE@", function() return (PROBE:gsub("%%", "%%%%")) end):format(port), { wait_port = port })
+  end)
+
+  teardown(function() helpers.stop_all() end)
+
+  -- ngx.var, ngx.header and ngx.status are metamethods (as in lua-resty-core). When the hot
+  -- counter of one of them fires before the probe's loop does (counters are hashed by bytecode
+  -- address, so it varies from run to run), LuaJIT starts a root trace at its entry and gives up
+  -- where it returns into the metamethod's caller ("return to lower frame"); the loop's own
+  -- trace, with the metamethods inlined, is what `stops` counts. Any other abort fails.
+  local function check(text)
+    local n, stops, naborts, detail = text:match("^(%d+) (%d+) (%d+) ?(.*)$")
+    assert.equal("3000", n, text)
+    assert.is_true(tonumber(stops) >= 1, "no trace was recorded: " .. text)
+    local other = {}
+    detail = detail:gsub("%s+$", "")
+    for a in (detail .. "; "):gmatch("(.-); ") do
+      if a ~= "" and not a:find("return to lower frame", 1, true) then other[#other + 1] = a end
+    end
+    assert.equal(0, #other, "trace aborts: " .. detail)
+  end
+
+  it("compiles an access-phase script (ngx.req.get_headers, ngx.var, ngx.req.set_header)", function()
+    local res = assert(helpers.http("GET", base .. "/access/api/x", { headers = { ["X-Bench"] = "1" } }))
+    assert.equal(200, res.status, res.body)
+    check(res.body)
+  end)
+
+  it("compiles a header filter (ngx.header, ngx.status)", function()
+    local res = assert(helpers.http("GET", base .. "/header"))
+    assert.equal(200, res.status, res.body)
+    check(res.headers["x-report"])
   end)
 end)

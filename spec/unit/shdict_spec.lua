@@ -632,4 +632,58 @@ describe("moonring.shared", function()
       assert.equal("v2", d:get("k"))   -- same C dict behind the old handle
     end)
   end)
+
+  describe("lists", function()
+    it("pushes and pops at both ends, strings and numbers", function()
+      local d = new_dict()
+      assert.equal(1, d:rpush("l", "b"))
+      assert.equal(2, d:rpush("l", 3.5))
+      assert.equal(3, d:lpush("l", "a"))
+      assert.equal(3, d:llen("l"))
+      assert.equal("a", d:lpop("l"))
+      assert.equal(3.5, d:rpop("l"))
+      assert.equal("b", d:rpop("l"))
+      assert.is_nil(d:rpop("l"))
+      assert.equal(0, d:llen("l"))
+      assert.is_nil(d:get("l")) -- the list went with its last item
+    end)
+
+    it("keeps lists and other values apart", function()
+      local d = new_dict()
+      d:set("s", "x")
+      assert.same({ nil, "value not a list" }, { d:lpush("s", 1) })
+      assert.same({ nil, "value not a list" }, { d:lpop("s") })
+      assert.same({ nil, "value not a list" }, { d:llen("s") })
+      d:rpush("l", 1)
+      assert.same({ nil, "value is a list" }, { d:get("l") })
+      assert.same({ nil, "bad value type" }, { d:rpush("l", {}) })
+      assert.same({ nil, "not a number" }, { d:incr("l", 1) })
+    end)
+
+    it("grows past the value buffer and through many pushes", function()
+      local d = new_dict()
+      local big = ("x"):rep(40000)
+      d:rpush("big", big)
+      assert.equal(big, d:lpop("big"))
+      for i = 1, 1000 do d:rpush("q", "item" .. i) end
+      assert.equal(1000, d:llen("q"))
+      for i = 1, 1000 do assert.equal("item" .. i, d:lpop("q")) end
+      assert.equal(0, d:llen("q"))
+    end)
+
+    it("charges lists to the budget and expires them", function()
+      local d = new_dict(8192)
+      local ok, err
+      for i = 1, 1000 do
+        ok, err = d:rpush("full", ("y"):rep(100))
+        if not ok then break end
+      end
+      assert.is_nil(ok)
+      assert.equal("no memory", err)
+      d:rpush("t", 1)
+      d:expire("t", 0.05)
+      sleep(0.1)
+      assert.equal(0, d:llen("t"))
+    end)
+  end)
 end)

@@ -7,8 +7,10 @@
 #include <strings.h>
 
 #include "http/headers.h"
+#include "llhttp.h"
 #include "proxy/proxy.h"
 #include "proxy/req.h"
+#include "lua/lua.h"
 
 #include "util/export.h"
 
@@ -277,5 +279,55 @@ MR_EXPORT int mr_req_tls(void *p, const char **v, int *reused)
     v[4] = mr_tls_peer_subject(t);
     v[5] = mr_tls_peer_fingerprint(t);
     *reused = mr_tls_session_reused(t) ? 1 : 0;
+    return MR_FFI_OK;
+}
+
+/* req:set_method: the method the upstream gets (one of llhttp's names: GET, POST, PURGE...).
+ * BAD_ARG: not a method name; BAD_CONTEXT: already forwarded. */
+MR_EXPORT int mr_req_set_method(void *p, const char *name, size_t n)
+{
+    mr_req_t *r = p;
+    if (r->up) return MR_FFI_BAD_CONTEXT;
+    for (int m = 0; m <= HTTP_SOURCE; m++) { /* the HTTP methods; RTSP ones follow */
+        const char *s = llhttp_method_name((llhttp_method_t)m);
+        if (s && strlen(s) == n && memcmp(s, name, n) == 0 && strcmp(s, "PRI") != 0) {
+            r->method = (uint8_t)m;
+            r->method_name = s; /* static storage, as the session sets it */
+            return MR_FFI_OK;
+        }
+    }
+    return MR_FFI_BAD_ARG;
+}
+
+/* req:set_body: replaces the body the upstream gets, sent with Content-Length. Only once the body
+ * was read by req:body() (BAD_CONTEXT otherwise, or once forwarded). */
+MR_EXPORT int mr_req_set_body(void *p, const char *s, size_t n)
+{
+    mr_req_t *r = p;
+    if (r->up || r->lua_body_state != MR_LBODY_DONE) return MR_FFI_BAD_CONTEXT;
+    mr_vec_reset(&r->lua_body);
+    if (n && mr_vec_append(&r->lua_body, s, n, (size_t)1 << 31) < 0) return MR_FFI_NOMEM;
+    r->content_length = (int64_t)n;
+    r->chunked = false;
+    r->has_body = n > 0;
+    return MR_FFI_OK;
+}
+
+/* Runs the route's response phase for this request even when no filter of its chain defines
+ * one: the OpenResty layer applies there the response headers a script set in the access phase
+ * (ngx.header before the upstream answered). Only this request pays for it. */
+MR_EXPORT int mr_req_want_response_phase(void *p)
+{
+    mr_req_t *r = p;
+    r->route_flags |= MR_RF_RESPONSE;
+    return MR_FFI_OK;
+}
+
+/* The request target as the client sent it (before normalisation): ngx.var.request_uri. */
+MR_EXPORT int mr_req_raw_target(void *p, const char **s, size_t *n)
+{
+    mr_req_t *r = p;
+    *s = mr_req_target_raw(r);
+    *n = r->target_len;
     return MR_FFI_OK;
 }

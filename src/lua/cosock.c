@@ -81,6 +81,8 @@ int mr_cosock_thread_init(mr_loop_t *loop, mr_resolver_t *res)
 
 mr_loop_t *mr_cosock_loop(void) { return T ? T->loop : NULL; }
 
+mr_resolver_t *mr_cosock_resolver(void) { return T ? T->res : NULL; }
+
 static void sess_unref(mr_cosock_sess_t *b)
 {
     if (!b || --b->refs > 0) return;
@@ -199,6 +201,7 @@ void mr_cosock_thread_drain(void)
 void mr_cosock_thread_free(void)
 {
     if (!T) return;
+    mr_udp_thread_free();
     while (T->all) cs_free(T->all);
     free(T);
     T = NULL;
@@ -524,10 +527,13 @@ MR_EXPORT int mr_cosock_recv(mr_cosock_t *s, int timeout_ms, void *waker)
 }
 
 /* Result of the last finished operation: a count >= 0 (bytes sent; bytes read, at *p, 0 at
- * the end of the stream; 0 for connect and sslhandshake), or an MR_FFI_* failure code. */
+ * the end of the stream; 0 for connect and sslhandshake), or an MR_FFI_* failure code.
+ * MR_FFI_AGAIN while the operation is still in flight: a coroutine can be resumed by a wake-up
+ * meant for another one of its owner (moonring.thread), and then parks again. */
 MR_EXPORT int mr_cosock_result(mr_cosock_t *s, const char **p)
 {
     *p = s->rbuf;
+    if (s->opk != OPK_NONE) return MR_FFI_AGAIN;
     return s->res >= 0 ? s->res : ffi_ret(s, s->res);
 }
 

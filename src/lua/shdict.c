@@ -303,8 +303,8 @@ MR_EXPORT int mr_shdict_get(mr_shdict_t *d, const char *k, size_t kl, int stale_
     if (e->type == MR_SHD_TSTRING && e->vlen > *len) { *len = e->vlen; rc = MR_FFI_TOO_SMALL; goto out; }
     *type = e->type;
     *num = e->num;
-    *len = e->vlen;
-    if (e->vlen) memcpy(buf, e->data + e->klen, e->vlen);
+    *len = e->type == MR_SHD_TSTRING ? e->vlen : 0; /* a list (TLIST) is not copied: num is its length */
+    if (e->type == MR_SHD_TSTRING && e->vlen) memcpy(buf, e->data + e->klen, e->vlen);
     *flags = e->flags;
     *stale = !alive;
 out:
@@ -494,6 +494,157 @@ MR_EXPORT size_t mr_shdict_free_space(mr_shdict_t *d)
     size_t s = d->size > d->used ? d->size - d->used : 0;
     pthread_mutex_unlock(&d->lock);
     return s;
+}
+
+
+/* ---- lists (lpush, rpush, lpop, rpop, llen) -------------------------------------------------
+ * A list is one entry of type MR_SHD_TLIST whose value bytes are its items, each framed as
+ * [type:1][len:4][payload][len:4] (numbers as 8-byte doubles), so both ends pop in O(1) after
+ * the framing; e->num holds the item count. A push that outgrows the entry reallocates it with
+ * headroom (charged to the budget like any store, evicting if needed); a pop shrinks in place;
+ * the entry goes away with its last item. A new list never expires (expire() sets a TTL). */
+
+#define ITEM_OVH 9
+
+static int list_push(mr_shdict_t *d, mr_shent_t *e, uint64_t h, const char *k, size_t kl, int left, int type,
+                     const char *str, size_t sl, double num, uint64_t now, int *forcible, int *n_out)
+{
+    size_t plen = type == MR_SHD_TSTRING ? sl : sizeof(double);
+    size_t old = e ? e->vlen : 0, vl = old + plen + ITEM_OVH;
+    if (vl > d->size || kl + vl > d->size) return MR_FFI_NOMEM;
+    if (!e || e->cap < kl + vl) {
+        size_t want = kl + vl + vl / 2;   /* headroom: pushes amortise their copies */
+        if (charge_of_cap(cap_for(want)) > d->size) want = kl + vl;
+        size_t cap = cap_for(want), ch = charge_of_cap(cap);
+        if (ch > d->size) return MR_FFI_NOMEM;
+        if (make_room(d, ch, e, 0, now, forcible) != 0) return MR_FFI_NOMEM;
+        mr_shent_t *n = malloc(HDR + cap);
+        if (!n) return MR_FFI_NOMEM;
+        n->hash = h;
+        n->klen = (uint16_t)kl;
+        n->cap = cap;
+        memcpy(n->data, k, kl);
+        n->type = MR_SHD_TLIST;
+        n->vlen = old;
+        n->num = 0;
+        n->expires = 0;
+        n->flags = 0;
+        n->gen = d->gen;
+        if (e) {
+            n->num = e->num;
+            n->expires = e->expires;
+            char *dst = n->data;
+            const char *src = e->data;
+            memcpy(dst + kl, src + kl, old); /* the items so far */
+            free_entry(d, e);
+        }
+        hash_link(d, n);
+        lru_push(d, n);
+        d->used += ch;
+        d->count++;
+        e = n;
+    } else {
+        lru_touch(d, e);
+    }
+    char *v = e->data + kl;
+    size_t isz = plen + ITEM_OVH;
+    if (left && old) memmove(v + isz, v, old);
+    char *it = left ? v : v + old;
+    uint32_t l32 = (uint32_t)plen;
+    it[0] = (char)type;
+    memcpy(it + 1, &l32, 4);
+    if (type == MR_SHD_TSTRING) { if (sl) memcpy(it + 5, str, sl); }
+    else memcpy(it + 5, &num, sizeof num);
+    memcpy(it + 5 + plen, &l32, 4);
+    e->vlen = old + isz;
+    e->num += 1;
+    *n_out = (int)e->num;
+    return MR_FFI_OK;
+}
+
+/* Pushes a string or number at the head (left) or the tail. *len_out: the list's length after.
+ * BAD_TYPE: the key holds something else than a list. */
+MR_EXPORT int mr_shdict_push(mr_shdict_t *d, const char *k, size_t kl, int left, int type, const char *str,
+                             size_t sl, double num, int *len_out, int *forcible)
+{
+    int dummy;
+    if (!forcible) forcible = &dummy;
+    *forcible = 0;
+    if (bad_key(d, k, kl) || (type != MR_SHD_TSTRING && type != MR_SHD_TNUMBER)) return MR_FFI_BAD_ARG;
+    if (type == MR_SHD_TSTRING && !str && sl) return MR_FFI_BAD_ARG;
+    uint64_t h = hash_key(k, kl), now = now_ms();
+    int rc;
+    pthread_mutex_lock(&d->lock);
+    if (d->retired) { rc = MR_FFI_RETIRED; goto out; }
+    reclaim_tail(d, now);
+    mr_shent_t *e = lookup(d, h, k, kl);
+    if (e && !live(d, e, now)) { free_entry(d, e); e = NULL; }
+    if (e && e->type != MR_SHD_TLIST) { rc = MR_FFI_BAD_TYPE; goto out; }
+    rc = list_push(d, e, h, k, kl, left, type, str, sl, num, now, forcible, len_out);
+out:
+    pthread_mutex_unlock(&d->lock);
+    return rc;
+}
+
+/* Pops from the head (left) or the tail: *type and *num, or a string copied into buf (capacity
+ * *len on entry, its length on return). TOO_SMALL (*len = the size needed, nothing popped),
+ * DECLINED (no such list: nil), BAD_TYPE (not a list). */
+MR_EXPORT int mr_shdict_pop(mr_shdict_t *d, const char *k, size_t kl, int left, int *type, double *num, char *buf,
+                            size_t *len)
+{
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
+    uint64_t h = hash_key(k, kl), now = now_ms();
+    int rc = MR_FFI_OK;
+    pthread_mutex_lock(&d->lock);
+    mr_shent_t *e = lookup(d, h, k, kl);
+    if (e && !live(d, e, now)) { free_entry(d, e); e = NULL; }
+    if (!e) { rc = MR_FFI_DECLINED; goto out; }
+    if (e->type != MR_SHD_TLIST) { rc = MR_FFI_BAD_TYPE; goto out; }
+    char *v = e->data + e->klen;
+    uint32_t plen;
+    char *it;
+    if (left) {
+        it = v;
+        memcpy(&plen, it + 1, 4);
+    } else {
+        memcpy(&plen, v + e->vlen - 4, 4);
+        it = v + e->vlen - plen - ITEM_OVH;
+    }
+    *type = (unsigned char)it[0];
+    if (*type == MR_SHD_TSTRING) {
+        if (plen > *len) { *len = plen; rc = MR_FFI_TOO_SMALL; goto out; }
+        if (plen) memcpy(buf, it + 5, plen);
+        *len = plen;
+        *num = 0;
+    } else {
+        memcpy(num, it + 5, sizeof *num);
+        *len = 0;
+    }
+    size_t isz = plen + ITEM_OVH;
+    if (left) memmove(v, v + isz, e->vlen - isz);
+    e->vlen -= isz;
+    e->num -= 1;
+    if (e->num <= 0) free_entry(d, e);
+    else lru_touch(d, e);
+out:
+    pthread_mutex_unlock(&d->lock);
+    return rc;
+}
+
+/* The number of items of a list (0 when there is none); BAD_TYPE when the key is not a list. */
+MR_EXPORT int mr_shdict_llen(mr_shdict_t *d, const char *k, size_t kl, int *n)
+{
+    if (bad_key(d, k, kl)) return MR_FFI_BAD_ARG;
+    uint64_t h = hash_key(k, kl), now = now_ms();
+    int rc = MR_FFI_OK;
+    *n = 0;
+    pthread_mutex_lock(&d->lock);
+    mr_shent_t *e = lookup(d, h, k, kl);
+    if (e && !live(d, e, now)) { free_entry(d, e); e = NULL; }
+    if (e && e->type != MR_SHD_TLIST) rc = MR_FFI_BAD_TYPE;
+    else if (e) *n = (int)e->num;
+    pthread_mutex_unlock(&d->lock);
+    return rc;
 }
 
 /* ---- registry ------------------------------------------------------------------------------ */

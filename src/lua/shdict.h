@@ -45,6 +45,7 @@ typedef struct mr_shdict mr_shdict_t;
 #define MR_SHD_TBOOLEAN 1
 #define MR_SHD_TNUMBER  3
 #define MR_SHD_TSTRING  4
+#define MR_SHD_TLIST    5   /* lpush/rpush made it; get() refuses it ("value is a list") */
 
 /* Store operations (mr_shdict_store's op). SAFE may be or-ed into any of them: never evict a live
  * entry; fail with MR_FFI_NOMEM instead. */
@@ -122,6 +123,13 @@ MR_EXPORT int mr_shdict_flush_all(mr_shdict_t *d);
 
 /* Frees up to max (0 = all) expired or flushed entries; returns how many. O(n) under the lock. */
 MR_EXPORT int mr_shdict_flush_expired(mr_shdict_t *d, int max);
+
+/* Lists (ngx.shared.DICT's lpush/rpush/lpop/rpop/llen): see shdict.c for the layout. */
+MR_EXPORT int mr_shdict_push(mr_shdict_t *d, const char *k, size_t kl, int left, int type, const char *str,
+                             size_t sl, double num, int *len_out, int *forcible);
+MR_EXPORT int mr_shdict_pop(mr_shdict_t *d, const char *k, size_t kl, int left, int *type, double *num, char *buf,
+                            size_t *len);
+MR_EXPORT int mr_shdict_llen(mr_shdict_t *d, const char *k, size_t kl, int *n);
 
 MR_EXPORT size_t mr_shdict_capacity(mr_shdict_t *d);
 MR_EXPORT size_t mr_shdict_free_space(mr_shdict_t *d);   /* budget minus the bytes charged */

@@ -13,6 +13,7 @@
 
 #include "core/gen.h"
 #include "http/path.h"
+#include "http/status.h"
 #include "http1/write.h"
 #include "log/log.h"
 #include "lua/lua.h"
@@ -200,12 +201,31 @@ static bool method_idempotent(uint8_t m)
            m == HTTP_TRACE;
 }
 
+static void local_finish(mr_req_t *r);
+
+/* An error the core answers for the upstream (502, 503, 504). On a route whose chain has Lua
+ * response phases they run on it as on a local response (custom error pages, headers such as
+ * CORS on errors too), unless a Lua response phase is what failed. */
+static void upstream_error(mr_req_t *r, int status, bool close)
+{
+    if (r->head_sent || r->local_pending || r->lua_phase || !(r->route_flags & (MR_RF_RESPONSE | MR_RF_BODY))) {
+        mr_req_error(r, status, close);
+        return;
+    }
+    char body[96];
+    int n = snprintf(body, sizeof body, "%d %s\n", status, mr_http_reason(status));
+    if (close) r->close = true;
+    if (mr_req_reply_later(r, status, body, (size_t)n, NULL, 0) < 0) { mr_req_error(r, 500, true); return; }
+    local_finish(r);
+}
+
 /* The upstream side of the request is gone for good (after a failure, or a Lua error on its
  * response): answer what can still be answered. */
 static void up_lost(mr_req_t *r, int status)
 {
     if (r->head_sent) { r->out->abort(r); return; }
-    mr_req_error(r, status, true);
+    if (status == 500) mr_req_error(r, status, true); /* a Lua phase failed: not again */
+    else upstream_error(r, status, true);
 }
 
 /* Connects (or takes a pooled connection) to the server picked for r. */
@@ -217,7 +237,7 @@ static void forward_connect(mr_req_t *r, mr_server_t *s)
     int rc = mr_upx_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[r->pick].sni, &u);
     if (rc < 0) {
         mr_warn("upstream %s: socket: %s", s->addr, strerror(-rc));
-        if (!retry(r)) mr_req_error(r, 502, true);
+        if (!retry(r)) upstream_error(r, 502, true);
         return;
     }
     mr_upx_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
@@ -235,7 +255,7 @@ static void server_ready(mr_server_wait_t *w, int rc)
     mr_warn("upstream %s: %s (%s %.*s)", s->addr, rc == -ENOENT ? "host not found" : strerror(-rc), r->method_name,
             (int)r->target_len, mr_req_target_raw(r));
     r->tries++;
-    if (!retry(r)) mr_req_error(r, 502, true);
+    if (!retry(r)) upstream_error(r, 502, true);
 }
 
 static void forward_start(mr_req_t *r)
@@ -243,7 +263,7 @@ static void forward_start(mr_req_t *r)
     mr_proxy_t *px = r->px;
     uint64_t now = mr_loop_now(px->loop);
     int pick = mr_upstream_pick(r->upstream, now);
-    if (pick < 0) { mr_req_error(r, 503, false); return; }
+    if (pick < 0) { upstream_error(r, 503, false); return; }
     mr_server_t *s = r->upstream->servers[pick];
     r->pick = pick;
     r->srv_wait.fn = server_ready;
@@ -252,7 +272,7 @@ static void forward_start(mr_req_t *r)
     if (rc < 0) {
         mr_warn("upstream %s: cannot resolve: %s", s->addr, strerror(-rc));
         r->tries++;
-        if (!retry(r)) mr_req_error(r, 502, true);
+        if (!retry(r)) upstream_error(r, 502, true);
         return;
     }
     forward_connect(r, s);

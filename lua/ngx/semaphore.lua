@@ -1,0 +1,2 @@
+-- ngx.semaphore for OpenResty code on moonring (lua = { ngx = true }): moonring.semaphore.
+return require "moonring.semaphore"

@@ -1,0 +1,3 @@
+-- resty.core.shdict for OpenResty code on moonring: the ngx layer (lua/moonring/ngx.lua) already
+-- provides what this module installs on OpenResty; it exists so that requiring it succeeds.
+return { version = require("resty.core.base").version }
