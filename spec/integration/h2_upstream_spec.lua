@@ -161,6 +161,16 @@ return {
     assert.truthy(mr.log():find("refused the stream (GET /goaway-once/g1)", 1, true), mr.log())
   end)
 
+  it("cancels the upstream streams of clients that leave with hundreds in flight, and serves on", function()
+    -- h2load's duration ends with streams open: their upstream streams are cancelled, some of
+    -- them before their HEADERS left (nghttp2 then reports them not sent, and closed)
+    helpers.run(("h2load -c 4 -m 100 -D 1 http://127.0.0.1:%d/slow/50 2>&1"):format(port))
+    helpers.run(("h2load -c 4 -m 100 -D 1 http://127.0.0.1:%d/limited/size/100 2>&1"):format(port))
+    assert.is_true(mr.alive())
+    assert.equal("slow", curl(("http://127.0.0.1:%d/slow/1"):format(port)))
+    assert.equal("0123456789", curl(("http://127.0.0.1:%d/limited/size/10"):format(port)))
+  end)
+
   it("PINGs idle connections and closes them after keepalive_timeout", function()
     curl(("http://127.0.0.1:%d/size/1"):format(port))
     local pings = stats(up.port).pings

@@ -859,11 +859,13 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *user
 /* A request HEADERS that never left (GOAWAY came first, or the stream was cancelled). */
 static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int err, void *user)
 {
-    (void)ng; (void)err;
+    (void)err;
     h2c_t *c = user;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     for (h2x_t *x = c->xs; x; x = x->next) {
         if (x->id != f->hd.stream_id) continue;
+        /* nghttp2 may still close the stream afterwards (a cancelled one): it must not find x. */
+        nghttp2_session_set_stream_user_data(ng, x->id, NULL);
         x->ng_open = false;
         if (x->owner) x_record(x, 502, MR_UP_RETRY_ANY, "%s", "the connection took no more streams");
         else x_reap(x, loop_of(c));
