@@ -632,6 +632,9 @@ local upstream = S.record({
   { "read_timeout", S.duration(1), default = "60s", out = "read_timeout_ms" },
   { "send_timeout", S.duration(1), default = "60s", out = "send_timeout_ms" },
   { "tries", S.int(1), default = 3 },
+  -- "http2": h2c with prior knowledge, or h2 by ALPN on TLS; "grpc": the same, and every request
+  -- is treated as gRPC (errors answered as gRPC statuses).
+  { "protocol", S.enum("http1", "http2", "grpc"), default = "http1" },
   { "tls", upstream_tls },
 }, function(out, raw, path, ctx)
   local https, plain
@@ -655,8 +658,10 @@ local upstream = S.record({
       sv.sni = sni or nil
       -- Pooled connections (and cached sessions) are shared only between upstreams that
       -- would have made the same connection: same address and same TLS settings.
+      -- The ALPN offered (h2 or none) is part of the context, so the protocol is part of the key.
       sv.tls_key = concat({ tostring(t.verify), t.ca or "", sv.sni or "", t.cert or "", t.key or "",
-                            t.min_protocol, t.max_protocol, t.ciphers or "", t.ciphersuites or "" }, "\0")
+                            t.min_protocol, t.max_protocol, t.ciphers or "", t.ciphersuites or "",
+                            out.protocol == "http1" and "h1" or "h2" }, "\0")
     end
   end
   return out

@@ -12,6 +12,7 @@
 local ffi = require "ffi"
 local config = require "moonring.config"
 local moonring = require "moonring"
+local grpc = require "moonring.grpc"
 
 ffi.cdef [[
 int mr_req_method(void *r, const char **p, size_t *n);
@@ -376,6 +377,17 @@ function req_methods.respond(self, status, body, headers)
   if rc ~= OK then error("req:respond failed (" .. rc .. ")", 2) end
   rawset(self, "_responded", true)
   return true
+end
+
+-- gRPC's Trailers-Only answer: HTTP 200, content-type application/grpc, grpc-status and a
+-- percent-encoded grpc-message; the core sends it as one HEADERS frame that ends an HTTP/2
+-- stream. code: 0-16 or a name ("UNAUTHENTICATED"), see moonring.grpc.
+function req_methods.grpc_error(self, code, message)
+  local c = grpc.code(code)
+  if not c then error("req:grpc_error(code, message): code must be 0-16 or a status name, got " .. tostring(code), 2) end
+  local h = { ["content-type"] = "application/grpc", ["grpc-status"] = tostring(c) }
+  if message ~= nil and message ~= "" then h["grpc-message"] = grpc.encode_message(message) end
+  return self:respond(200, "", h)
 end
 
 -- Response --------------------------------------------------------------------------------------

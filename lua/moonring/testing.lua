@@ -516,6 +516,16 @@ function Request:respond(status, body, headers)
   return true
 end
 
+-- As in the server: gRPC's Trailers-Only answer (moonring.grpc).
+function Request:grpc_error(code, message)
+  local grpc = require "moonring.grpc"
+  local c = grpc.code(code)
+  if not c then error("req:grpc_error(code, message): code must be 0-16 or a status name, got " .. tostring(code), 2) end
+  local h = { ["content-type"] = "application/grpc", ["grpc-status"] = tostring(c) }
+  if message ~= nil and message ~= "" then h["grpc-message"] = grpc.encode_message(message) end
+  return self:respond(200, "", h)
+end
+
 -- ------------------------------------------------------------------ response
 
 local Response = {}

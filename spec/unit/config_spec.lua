@@ -71,7 +71,7 @@ describe("moonring.config", function()
       local cfg = ok(with())
       assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
         keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
-        tries = 3 }, cfg.upstream_defaults)
+        tries = 3, protocol = "http1" }, cfg.upstream_defaults)
     end)
 
     it("fills limits and proxy defaults", function()
@@ -92,7 +92,7 @@ describe("moonring.config", function()
       assert.same({
         name = "origin", balance = "round_robin", keepalive = 32, keepalive_requests = 1000,
         keepalive_timeout_ms = 60000, connect_timeout_ms = 5000, read_timeout_ms = 60000,
-        send_timeout_ms = 60000, tries = 3,
+        send_timeout_ms = 60000, tries = 3, protocol = "http1",
         servers = { { addr = "127.0.0.1:9000", host = "127.0.0.1", port = 9000, weight = 1 } },
       }, u)
     end)
@@ -368,7 +368,8 @@ describe("moonring.config", function()
       -- a literal address gets an upstream's settings, defaults filled in here (C restates none)
       assert.same({ balance = "round_robin", keepalive = 32, keepalive_timeout_ms = 60000,
         keepalive_requests = 1000, connect_timeout_ms = 5000, read_timeout_ms = 60000, send_timeout_ms = 60000,
-        tries = 3, servers = { { addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000, weight = 1 } } }, r3.adhoc)
+        tries = 3, protocol = "http1", servers = { { addr = "10.1.1.1:8000", host = "10.1.1.1", port = 8000, weight = 1 } } },
+        r3.adhoc)
       assert.same({ ["x-debug"] = "1" }, r3.headers)
       assert.is_false(r3.simple)
       assert.is_false(r4.simple)
@@ -665,6 +666,25 @@ return t]]))
         upstreams = { api = { servers = { "a.internal:443" }, tls = { cert = %q } } },
         routes = { { upstream = "api" } },
       }]]):format(pem)))
+    end)
+
+    it("takes an upstream's protocol, and keeps HTTP/2 TLS connections apart from HTTP/1.1 ones", function()
+      local cfg = ok([[return {
+        listen = { "127.0.0.1:8080" },
+        upstreams = { a = { servers = { "https://api.internal:443" }, protocol = "http2" },
+                      b = { servers = { "https://api.internal:443" } },
+                      g = { servers = { "10.0.0.1:50051" }, protocol = "grpc" } },
+        routes = { { upstream = "a" } },
+      }]])
+      local a, b, g = cfg.upstreams[1], cfg.upstreams[2], cfg.upstreams[3]
+      assert.equal("http2", a.protocol)
+      assert.equal("http1", b.protocol)
+      assert.equal("grpc", g.protocol)
+      assert.are_not.equal(a.servers[1].tls_key, b.servers[1].tls_key)
+      assert.equal('CFG:2: upstreams.a.protocol: expected one of "http1", "http2", "grpc", got "h3"', bad([[return {
+        upstreams = { a = { servers = { "127.0.0.1:1" }, protocol = "h3" } },
+        listen = { "127.0.0.1:8080" }, routes = { { upstream = "a" } },
+      }]]))
     end)
 
     it("finds the line of a key path for errors found in C", function()

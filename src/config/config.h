@@ -40,13 +40,17 @@ typedef struct {
 } mr_server_conf_t;
 
 enum { MR_BALANCE_RR = 0, MR_BALANCE_LEAST_CONN = 1 };
+/* upstreams.NAME.protocol: what the upstream speaks (grpc is HTTP/2 with every request treated
+ * as gRPC). */
+enum { MR_UP_HTTP1 = 0, MR_UP_HTTP2 = 1, MR_UP_GRPC = 2 };
 
 typedef struct {
     char *name;
     mr_server_conf_t *servers;
     int nservers;
     int balance;
-    int keepalive;              /* max idle per server per worker */
+    int protocol;               /* MR_UP_HTTP1, _HTTP2, _GRPC */
+    int keepalive;              /* max idle per server per worker (HTTP/2: idle connections) */
     int keepalive_requests;
     int tries;
     uint32_t keepalive_timeout_ms, connect_timeout_ms, read_timeout_ms, send_timeout_ms;

@@ -19,6 +19,7 @@
 #include "proxy/access_log.h"
 #include "session/h1.h"
 #include "session/h2.h"
+#include "upstream/h2client.h"
 
 static void accept_done(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags);
 static void client_gone(void *arg);
@@ -415,6 +416,7 @@ static void *worker_main(void *arg)
     mr_cosock_thread_free();
     mr_h1_thread_free();
     mr_h2_thread_free();
+    mr_h2client_thread_free();
     mr_sock_thread_free();
     mr_resolver_free(w->resolver); /* a helper thread stuck in getaddrinfo is not waited for */
     while (w->listeners) listener_free(w, w->listeners);

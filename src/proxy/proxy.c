@@ -208,7 +208,9 @@ static void local_finish(mr_req_t *r);
  * CORS on errors too), unless a Lua response phase is what failed. */
 static void upstream_error(mr_req_t *r, int status, bool close)
 {
-    if (r->head_sent || r->local_pending || r->lua_phase || !(r->route_flags & (MR_RF_RESPONSE | MR_RF_BODY))) {
+    /* A gRPC call gets its status (mr_req_error's Trailers-Only answer), not an error page. */
+    if (r->head_sent || r->local_pending || r->lua_phase || !(r->route_flags & (MR_RF_RESPONSE | MR_RF_BODY)) ||
+        mr_req_is_grpc(r)) {
         mr_req_error(r, status, close);
         return;
     }
@@ -223,9 +225,42 @@ static void upstream_error(mr_req_t *r, int status, bool close)
  * response): answer what can still be answered. */
 static void up_lost(mr_req_t *r, int status)
 {
-    if (r->head_sent) { r->out->abort(r); return; }
+    if (r->head_sent) {
+        /* A gRPC call learns why from its status in the trailers, where HTTP/2 can still send
+         * them; anything else can only be broken off. */
+        if (!mr_req_is_grpc(r) || mr_req_grpc_status(r, mr_req_grpc_code(status), mr_http_reason(status)) < 0)
+            r->out->abort(r);
+        return;
+    }
     if (status == 500) mr_req_error(r, status, true); /* a Lua phase failed: not again */
     else upstream_error(r, status, true);
+}
+
+/* grpc-timeout (gRPC over HTTP/2: 1-8 digits and a unit, H M S m u n) as the loop time by which
+ * the call must be answered; 0 when absent or malformed. */
+static uint64_t grpc_deadline(const mr_req_t *r)
+{
+    int i = mr_hdrs_find(&r->hdrs, "grpc-timeout", 12, 0);
+    if (i < 0) return 0;
+    const char *v = mr_hdr_value(&r->hdrs, &r->hdrs.v[i]);
+    uint32_t n = r->hdrs.v[i].val_len;
+    if (n < 2 || n > 9) return 0;
+    uint64_t t = 0;
+    for (uint32_t k = 0; k + 1 < n; k++) {
+        if (v[k] < '0' || v[k] > '9') return 0;
+        t = t * 10 + (uint64_t)(v[k] - '0');
+    }
+    uint64_t ms;
+    switch (v[n - 1]) {
+    case 'H': ms = t * 3600000; break;
+    case 'M': ms = t * 60000; break;
+    case 'S': ms = t * 1000; break;
+    case 'm': ms = t; break;
+    case 'u': ms = (t + 999) / 1000; break;
+    case 'n': ms = (t + 999999) / 1000000; break;
+    default: return 0;
+    }
+    return r->started_ms + (ms ? ms : 1);
 }
 
 /* Connects (or takes a pooled connection) to the server picked for r. */
@@ -241,6 +276,7 @@ static void forward_connect(mr_req_t *r, mr_server_t *s)
         return;
     }
     mr_upx_bind(u, r, &up_ops, r->upstream->conf, bp_limit(r));
+    if (r->upstream->conf->protocol != MR_UP_HTTP1) u->deadline_ms = grpc_deadline(r);
     r->up = u;
     if (u->connected) up_ops.ready(r, u);
 }
@@ -333,6 +369,9 @@ static int resp_emit_head(mr_req_t *r, mr_upx_t *u)
         r->resp.length = u->content_length;
     else
         r->resp.length = -1;
+    /* A gRPC answer without a body (the upstream ended the stream with its head) stays
+     * Trailers-Only for an HTTP/2 client. */
+    if (r->resp.length == 0 && mr_hdrs_find(u->hdrs, "grpc-status", 11, 0) >= 0) r->resp.trailers_only = true;
     if (r->out->head(r) < 0) goto too_large;
     r->head_sent = true;
     return r->method == HTTP_HEAD ? MR_UP_NOBODY : MR_UP_GO;

@@ -10,6 +10,7 @@
 #include "core/gen.h"
 #include "http/status.h"
 #include "llhttp.h"
+#include "upstream/upstream.h"
 
 #define BODY_LIMIT ((size_t)1 << 30)
 
@@ -104,6 +105,10 @@ int mr_req_local_emit(mr_req_t *r)
     r->resp.hdrs = &r->local_hdrs;
     r->resp.reason = NULL;
     r->resp.length = status != 204 && status >= 200 ? (int64_t)r->local_body.len : -1;
+    /* An empty answer carrying grpc-status (req:grpc_error, or a gRPC error of ours) is gRPC's
+     * Trailers-Only response. */
+    if (status == 200 && !r->local_body.len && mr_hdrs_find(&r->local_hdrs, "grpc-status", 11, 0) >= 0)
+        r->resp.trailers_only = true;
     r->local_pending = false;
     int rc = r->out->head(r);
     if (rc < 0) return rc;
@@ -144,8 +149,81 @@ int mr_req_reply_later(mr_req_t *r, int status, const char *body, size_t blen, c
 
 void mr_req_error(mr_req_t *r, int status, bool close)
 {
+    if (close) r->close = true;
+    if (mr_req_is_grpc(r)) {
+        if (mr_req_grpc_status(r, mr_req_grpc_code(status), mr_http_reason(status)) < 0) r->out->abort(r);
+        return;
+    }
     char body[96];
     int n = snprintf(body, sizeof body, "%d %s\n", status, mr_http_reason(status));
-    if (close) r->close = true;
     if (mr_req_reply(r, status, body, (size_t)n, NULL, 0) == -E2BIG) r->out->abort(r);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gRPC                                                                                         */
+
+bool mr_req_is_grpc(const mr_req_t *r)
+{
+    if (r->upstream && r->upstream->conf->protocol == MR_UP_GRPC) return true;
+    int i = mr_hdrs_find(&r->hdrs, "content-type", 12, 0);
+    if (i < 0) return false;
+    const char *v = mr_hdr_value(&r->hdrs, &r->hdrs.v[i]);
+    uint32_t n = r->hdrs.v[i].val_len;
+    /* application/grpc, application/grpc+proto, ...; not grpc-web, which frames differently. */
+    return n >= 16 && strncasecmp(v, "application/grpc", 16) == 0 && (n == 16 || v[16] == '+' || v[16] == ';');
+}
+
+int mr_req_grpc_code(int st)
+{
+    switch (st) {
+    case 400: return 13;            /* INTERNAL (as gRPC maps HTTP statuses) */
+    case 401: return 16;            /* UNAUTHENTICATED */
+    case 403: return 7;             /* PERMISSION_DENIED */
+    case 404: case 405: case 501: return 12; /* UNIMPLEMENTED */
+    case 408: case 504: return 4;   /* DEADLINE_EXCEEDED */
+    case 413: case 431: return 8;   /* RESOURCE_EXHAUSTED */
+    case 429: case 502: case 503: return 14; /* UNAVAILABLE */
+    case 500: return 13;            /* INTERNAL */
+    default: return 2;              /* UNKNOWN */
+    }
+}
+
+/* grpc-message is percent-encoded: bytes outside printable ASCII, and '%' (gRPC's HTTP/2 spec). */
+static size_t grpc_encode(char *out, size_t cap, const char *msg)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)msg; *p && o + 3 < cap; p++) {
+        if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = 0;
+    return o;
+}
+
+int mr_req_grpc_status(mr_req_t *r, int code, const char *msg)
+{
+    char num[12], enc[256];
+    snprintf(num, sizeof num, "%d", code);
+    grpc_encode(enc, sizeof enc, msg ? msg : "");
+    if (r->head_sent) {
+        /* The head went out: only HTTP/2 can still carry a status, in the trailers. */
+        if (r->resp_done || r->version != 20) return -EALREADY;
+        mr_hdrs_t *t = &r->resp_trailers;
+        mr_hdrs_reset(t);
+        if (mr_hdrs_add(t, "grpc-status", 11, num, strlen(num)) < 0 ||
+            (*enc && mr_hdrs_add(t, "grpc-message", 12, enc, strlen(enc)) < 0))
+            return -EALREADY;
+        r->resp.trailers = t;
+        r->resp_done = true;
+        r->out->finish(r);
+        return 0;
+    }
+    const char *h[] = { "content-type", "application/grpc", "grpc-status", num, "grpc-message", enc };
+    return mr_req_reply(r, 200, NULL, 0, h, *enc ? 3 : 2) == -E2BIG ? -EALREADY : 0;
 }

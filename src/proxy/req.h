@@ -115,6 +115,8 @@ struct mr_req {
         uint32_t reason_len;
         int64_t length;         /* body length, -1 unknown */
         const mr_hdrs_t *trailers;  /* trailer fields to send after the body, or NULL */
+        bool trailers_only;     /* gRPC's Trailers-Only: HTTP/2 ends the stream with the head
+                                   (no content-length, no DATA) */
     } resp;
     bool head_sent;             /* the head went to the session */
     bool resp_done;             /* finish was called */
@@ -161,7 +163,21 @@ int mr_req_reply_later(mr_req_t *r, int status, const char *body, size_t blen, c
                          int nhdrs);
 /* Sends the recorded local response (head, body, finish). */
 int mr_req_local_emit(mr_req_t *r);
-/* Answers "<status> <reason>" as a local response; close: the connection ends after it. */
+/* Answers "<status> <reason>" as a local response; close: the connection ends after it. A gRPC
+ * request (mr_req_is_grpc) gets the gRPC status for it instead (mr_req_grpc_code). */
 void mr_req_error(mr_req_t *r, int status, bool close);
+
+/* gRPC. A request is gRPC when its upstream has protocol "grpc" or its content-type is
+ * application/grpc (or application/grpc+...). Its errors are answered as gRPC clients expect: a
+ * Trailers-Only response (HTTP 200, grpc-status, grpc-message) before the head went out, the
+ * status in the trailers after. */
+bool mr_req_is_grpc(const mr_req_t *r);
+/* The gRPC status for an HTTP error status (no server 502/503: UNAVAILABLE, timeout 504:
+ * DEADLINE_EXCEEDED, ...). */
+int mr_req_grpc_code(int http_status);
+/* Ends r with gRPC status code and message (percent-encoded here): a Trailers-Only response, or,
+ * once the head was sent to an HTTP/2 client, trailers after what was sent. Returns 0, or
+ * -EALREADY when the response can no longer carry a status (the caller aborts). */
+int mr_req_grpc_status(mr_req_t *r, int code, const char *msg);
 
 #endif

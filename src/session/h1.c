@@ -517,7 +517,7 @@ static int sniff(h1_t *h)
         const char *p = mr_loop_buf_ptr(s->loop, (uint16_t)s->in[i].bid) + s->in[i].off;
         size_t n = s->in[i].len;
         if (n > MR_H2_PREFACE_LEN - got) n = MR_H2_PREFACE_LEN - got;
-        if (memcmp(p, MR_H2_PREFACE + got, n) != 0) { h->sniffed = true; return 1; }
+        if (memcmp(p, &MR_H2_PREFACE[got], n) != 0) { h->sniffed = true; return 1; }
         got += n;
     }
     if (got < MR_H2_PREFACE_LEN) return 0;

@@ -465,9 +465,10 @@ static int out_head(mr_req_t *r)
     int k = 0;
     nv[k++] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)sb, 7, (size_t)sl, NGHTTP2_NV_FLAG_NONE };
     k += put_fields(h, hd, nv + k, &o);
-    bool nobody = r->method == HTTP_HEAD || st == 204 || st == 304 || st < 200;
+    /* gRPC's Trailers-Only response is one HEADERS frame ending the stream. */
+    bool nobody = r->method == HTTP_HEAD || st == 204 || st == 304 || st < 200 || r->resp.trailers_only;
     char *cl = sb + o;
-    if (r->resp.length >= 0 && st != 204 && st >= 200) {
+    if (r->resp.length >= 0 && st != 204 && st >= 200 && !r->resp.trailers_only) {
         int cn = snprintf(cl, 24, "%lld", (long long)r->resp.length);
         nv[k++] = (nghttp2_nv){ (uint8_t *)"content-length", (uint8_t *)cl, 14, (size_t)cn, NGHTTP2_NV_FLAG_NONE };
     }

@@ -195,6 +195,7 @@ static void x_bind(mr_upx_t *x, void *owner, const mr_upx_ops_t *ops, const mr_u
     x->trailers = NULL;
     x->error_status = 0;
     x->error_reason = NULL;
+    x->deadline_ms = 0;
     x->server->active++;
 }
 
@@ -208,7 +209,9 @@ static int x_send_head(mr_upx_t *x, const mr_http_req_head_t *h)
     u->chunked = h->body && h->content_length < 0;
     mr_sock_send(&u->s, u->head.p, u->head.len, MR_NO_BID);
     u->requests++;
-    mr_timer_set(u->ctx->loop, &u->timer, u->read_timeout_ms);
+    uint64_t wait = u->read_timeout_ms, now = mr_loop_now(u->ctx->loop);
+    if (x->deadline_ms) wait = x->deadline_ms > now ? (x->deadline_ms - now < wait ? x->deadline_ms - now : wait) : 0;
+    mr_timer_set(u->ctx->loop, &u->timer, wait);
     return 0;
 }
 

@@ -37,6 +37,7 @@ struct mr_server {
     mr_addr_t sa;
     struct mr_pool_link *idle;  /* pooled connections, most recent first (upstream/pool.h) */
     int nidle;
+    struct mr_h2conn *h2;       /* HTTP/2 connections, busy and idle, oldest first (upstream/h2client.c) */
     int active;                 /* connections bound to requests */
     uint64_t down_until;        /* ms; skipped by balancers until then after a connect failure */
     uint64_t tls_id;            /* part of the key, with sa (see mr_server_get) */

@@ -90,9 +90,13 @@ struct mr_upx {
     /* What went wrong, when an owner callback returns -1. */
     int error_status;
     const char *error_reason;
+    /* Set by the owner after bind, before send_head (0: none): the loop time (ms) by which the
+     * response must be complete, whatever the read timeout says (gRPC's grpc-timeout). Past it
+     * the exchange fails with 504. */
+    uint64_t deadline_ms;
 };
 
-/* Per-worker state of the upstream clients. */
+/* Per-worker state of the upstream clients (HTTP/1.1 and HTTP/2 alike). */
 typedef struct {
     mr_loop_t *loop;
     const void *limits;                /* HTTP/1.1 response head limits (mr_http1_limits_t) */
@@ -103,7 +107,9 @@ typedef struct {
 } mr_upx_ctx_t;
 
 /* An exchange with server s under upstream settings uc (protocol, TLS, timeouts): on a pooled
- * connection (x->connected) or a new one (`ready` fires once it is up). Returns 0 or -errno. */
+ * connection (x->connected) or a new one (`ready` fires once it is up). uc->protocol picks the
+ * client: HTTP/1.1 (upstream/upconn.h) or HTTP/2 (upstream/h2client.h, a stream of a multiplexed
+ * connection). Returns 0 or -errno. */
 int mr_upx_open(mr_upx_ctx_t *ctx, mr_server_t *s, const mr_upstream_conf_t *uc, const char *sni, mr_upx_t **out);
 /* Closes the idle connections of s, of every protocol (graceful stop). */
 void mr_upx_close_idle(mr_upx_ctx_t *ctx, mr_server_t *s);
