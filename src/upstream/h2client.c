@@ -460,7 +460,7 @@ static void on_closed(mr_sock_t *s)
     h2c_t *c = (h2c_t *)s;
     if (c->connect_op.active) return; /* its completion frees it */
     c->dead = true;
-    if (!c->work.queued) conn_free(c);
+    if (!mr_defer_queued(&c->work)) conn_free(c);
 }
 
 /* Why a socket failed: the TLS engine's reason when TLS failed, else the errno text. */
