@@ -29,12 +29,14 @@ end
 local function elapsed_since(t0) return socket.gettime() - t0 end
 
 describe("proxy", function()
-  local origin, mr, port, base, dead_port
+  local origin, mr, port, base, dead_port, blackhole
 
   setup(function()
     origin = helpers.start_origin()
     port = helpers.free_port()
     dead_port = helpers.free_port()    -- nothing listens here
+    -- listens, never accepts: connections complete in the backlog and nothing is ever read
+    blackhole = assert(socket.bind("127.0.0.1", 0, 8))
     base = "http://127.0.0.1:" .. port
     mr = helpers.start_moonring(([[
 return {
@@ -45,22 +47,27 @@ return {
     quick   = { servers = { "127.0.0.1:%d" }, keepalive = 16, read_timeout = "1s" },
     dead    = { servers = { "127.0.0.1:%d" }, connect_timeout = "1s", tries = 1 },
     retry   = { servers = { "127.0.0.1:%d", "127.0.0.1:%d" }, connect_timeout = "1s", tries = 2 },
+    stuck   = { servers = { "127.0.0.1:%d" }, send_timeout = "1s", read_timeout = "30s", tries = 1 },
   },
   routes = {
     { path = "/lua", handler = function(req, ctx)
         return req:respond(200, "hello from lua\n", { ["content-type"] = "text/plain" })
       end },
     { path = "/hang", upstream = "quick" },
+    { path = "/drip", upstream = "quick" },
+    { path = "/stuck", upstream = "stuck" },
     { path = "/refused", upstream = "dead" },
     { path = "/retry", upstream = "retry" },
     { path = "/", upstream = "origin" },
   },
   limits = { client_max_body_size = "2g", header_timeout = "5s" },
 }
-]]):format(port, origin.port, origin.port, dead_port, dead_port, origin.port))
+]]):format(port, origin.port, origin.port, dead_port, dead_port, origin.port,
+  select(2, blackhole:getsockname())))
   end)
 
   teardown(function()
+    blackhole:close()
     helpers.stop_all()
   end)
 
@@ -257,6 +264,43 @@ return {
     local took = elapsed_since(t0)
     assert.equal(504, res.status)
     assert.is_true(took >= 0.9 and took < 3, "took " .. took .. " s")
+  end)
+
+  it("lets a response that keeps moving run past read_timeout (the timeout is between reads)", function()
+    local t0 = socket.gettime()
+    local res = assert(helpers.http("GET", base .. "/drip/150", { timeout = 6 }))
+    local took = elapsed_since(t0)
+    assert.equal(200, res.status)
+    assert.equal("0123456789", res.body)
+    assert.is_true(took >= 1.4, "took " .. took .. " s")
+  end)
+
+  it("lets an upload that keeps moving run past read_timeout", function()
+    local c = assert(socket.tcp())
+    c:settimeout(6)
+    assert(c:connect("127.0.0.1", port))
+    assert(c:send("POST /drip/0 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"))
+    local t0 = socket.gettime()
+    for i = 0, 9 do
+      socket.sleep(0.15)
+      assert(c:send(tostring(i)))
+    end
+    local line = c:receive("*l")
+    c:close()
+    assert.is_true(elapsed_since(t0) >= 1.4)
+    assert.equal("HTTP/1.1 200 OK", line)
+  end)
+
+  it("answers 504 when the upstream stops taking the request body for send_timeout", function()
+    local body = helpers.tmpname("stuck", ".bin")
+    assert(os.execute("head -c 33554432 /dev/zero > " .. body))
+    local t0 = socket.gettime()
+    local out = helpers.curl("-o /dev/null -w '%{http_code}' --max-time 20 --data-binary @" .. body ..
+      " " .. base .. "/stuck")
+    local took = elapsed_since(t0)
+    os.remove(body)
+    assert.equal("504", out)
+    assert.is_true(took >= 0.9 and took < 10, "took " .. took .. " s")
   end)
 
   it("answers 502 when the upstream resets the connection", function()

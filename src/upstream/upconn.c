@@ -93,6 +93,9 @@ static int retry_kind(mr_upconn_t *u, int status)
     return u->requests > 1 ? MR_UP_RETRY_IDEMPOTENT : MR_UP_RETRY_NO;
 }
 
+/* The request is not all out yet (queued or not yet given). */
+static bool sending(const mr_upconn_t *u) { return !u->req_sent || mr_sock_sending(&u->s); }
+
 static void timed_out(mr_loop_t *loop, mr_timer_t *t)
 {
     mr_upconn_t *u = (mr_upconn_t *)((char *)t - offsetof(mr_upconn_t, timer));
@@ -102,7 +105,7 @@ static void timed_out(mr_loop_t *loop, mr_timer_t *t)
         fail(u, 504, "connect timed out", MR_UP_RETRY_ANY);
         return;
     }
-    fail(u, 504, "read timeout", MR_UP_RETRY_NO);
+    fail(u, 504, sending(u) && !u->head_seen ? "send timeout" : "read timeout", MR_UP_RETRY_NO);
 }
 
 static void connected(mr_loop_t *loop, mr_op_t *op, int res, uint32_t flags)
@@ -186,10 +189,11 @@ static void x_bind(mr_upx_t *x, void *owner, const mr_upx_ops_t *ops, const mr_u
     u->ops = ops;
     u->bp_limit = bp_limit;
     u->read_timeout_ms = uc->read_timeout_ms;
+    u->send_timeout_ms = uc->send_timeout_ms;
     u->keepalive_timeout_ms = uc->keepalive_timeout_ms;
     u->keepalive = uc->keepalive;
     u->keepalive_requests = uc->keepalive_requests;
-    u->hold = u->msg_done = u->tunnel = u->raw = u->want_upgrade = u->head_seen = u->chunked = false;
+    u->hold = u->msg_done = u->tunnel = u->raw = u->want_upgrade = u->head_seen = u->chunked = u->req_sent = false;
     x->tunnel = false;
     x->raw = NULL;
     x->trailers = NULL;
@@ -197,6 +201,20 @@ static void x_bind(mr_upx_t *x, void *owner, const mr_upx_ops_t *ops, const mr_u
     x->error_reason = NULL;
     x->deadline_ms = 0;
     x->server->active++;
+}
+
+/* The upstream's timeouts as nginx's proxy_send_timeout / proxy_read_timeout: the longest the
+ * upstream may go without taking a request byte (send_timeout, while the request is going out) or
+ * giving a response byte (read_timeout, after), re-armed on every bit of progress: not a deadline
+ * for the whole exchange, so a long upload or download that keeps moving is fine. Off while
+ * moonring itself does not read (the client is slow: not the upstream's fault). The exchange's
+ * deadline (grpc-timeout) still caps it. */
+static void arm_wait(mr_upconn_t *u)
+{
+    uint64_t wait = sending(u) ? u->send_timeout_ms : u->read_timeout_ms;
+    uint64_t now = mr_loop_now(u->ctx->loop), dl = u->x.deadline_ms;
+    if (dl) wait = dl > now ? (dl - now < wait ? dl - now : wait) : 0;
+    mr_timer_set(u->ctx->loop, &u->timer, wait);
 }
 
 static int x_send_head(mr_upx_t *x, const mr_http_req_head_t *h)
@@ -209,9 +227,8 @@ static int x_send_head(mr_upx_t *x, const mr_http_req_head_t *h)
     u->chunked = h->body && h->content_length < 0;
     mr_sock_send(&u->s, u->head.p, u->head.len, MR_NO_BID);
     u->requests++;
-    uint64_t wait = u->read_timeout_ms, now = mr_loop_now(u->ctx->loop);
-    if (x->deadline_ms) wait = x->deadline_ms > now ? (x->deadline_ms - now < wait ? x->deadline_ms - now : wait) : 0;
-    mr_timer_set(u->ctx->loop, &u->timer, wait);
+    u->req_sent = !h->body;
+    arm_wait(u);
     return 0;
 }
 
@@ -249,6 +266,8 @@ static void x_end_body(mr_upx_t *x, const mr_hdrs_t *trailers)
     (void)trailers;
     mr_upconn_t *u = of_x(x);
     if (u->chunked) mr_sock_send(&u->s, MR_H1_LAST_CHUNK, 5, MR_NO_BID);
+    u->req_sent = true;
+    if (!u->head_seen && !u->hold) arm_wait(u);
 }
 
 static bool x_full(const mr_upx_t *x)
@@ -341,8 +360,15 @@ static void feed(mr_upconn_t *u)
         if (!in && rc == MR_HTTP1_OK) break;
     }
     if (u->s.closing) return;
-    if (u->owner && u->s.nin >= MR_IN_MAX - 2) mr_sock_pause(&u->s);
-    else mr_sock_resume(&u->s);
+    if (u->owner && u->s.nin >= MR_IN_MAX - 2) {
+        mr_sock_pause(&u->s);
+        mr_timer_stop(u->ctx->loop, &u->timer);
+    } else {
+        mr_sock_resume(&u->s);
+        if (!u->owner || u->raw) return;
+        if (u->hold) mr_timer_stop(u->ctx->loop, &u->timer);
+        else arm_wait(u);
+    }
 }
 
 static void x_resume(mr_upx_t *x)
@@ -393,8 +419,9 @@ static void on_sent(mr_sock_t *s, int res)
         fail(u, 502, sock_why(s, res, why, sizeof why), retry_kind(u, 502));
         return;
     }
-    if (u->raw) u->ops->tunnel(u->owner, &u->x);
-    else u->ops->sent(u->owner, &u->x);
+    if (u->raw) { u->ops->tunnel(u->owner, &u->x); return; }
+    if (!u->head_seen && !u->hold) arm_wait(u); /* the request is still going out: progress */
+    u->ops->sent(u->owner, &u->x);
 }
 
 static const mr_sock_ops_t sock_ops = { on_recv, on_sent, on_closed };

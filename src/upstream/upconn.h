@@ -41,13 +41,14 @@ struct mr_upconn {
     mr_pool_link_t link;
     uint64_t bp_limit;           /* send-queue backpressure threshold of the bound request */
     bool chunked;                /* the request body goes out chunked (its length is unknown) */
-    uint32_t read_timeout_ms, keepalive_timeout_ms;
+    uint32_t read_timeout_ms, send_timeout_ms, keepalive_timeout_ms;
     int keepalive, keepalive_requests;
     uint32_t requests;
     bool connected, got_bytes;
     bool hold;                   /* the owner holds the response (MR_UP_HOLD) */
     bool msg_done;               /* the response is complete (reported by `done`) */
     bool want_upgrade, head_seen;
+    bool req_sent;               /* the whole request is queued (head, and body if any) */
     bool tunnel, raw;            /* a 101 answered the upgrade; its head is parsed: raw bytes now */
 };
 
