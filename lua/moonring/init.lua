@@ -48,9 +48,10 @@ function M._rewake(owner)
   if owner.socks then for s in pairs(owner.socks) do s:_rewake(owner.waker) end end
 end
 
--- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
+-- moonring.shared.<name>, .tcp, .http, .timer and .metrics are loaded on first use so that scripts
 -- without them pay nothing.
-local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer" }
+local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer",
+               metrics = "moonring.metrics" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if name then
