@@ -68,15 +68,25 @@ end
 
 local function cell_for(self, ...)
   local n = select("#", ...)
+  while n > 0 and select(n, ...) == nil do n = n - 1 end -- inc(1) reaches here as inc(1, nil, nil)
   local key = key_of(n, ...)
   return self.cells[key] or slots(self, key, n, ...)
 end
 
-function Metric:inc(v, ...)
+-- The common cases, no label or one string label, find their slot with one table lookup and no
+-- vararg handling; the rest goes through cell_for.
+local function fast(self, a, b)
+  local nl = self.nlabels
+  if nl == 0 then return a == nil and self.cells[""] or nil end
+  if nl == 1 and b == nil and type(a) == "string" then return self.cells[a] end
+  return nil
+end
+
+function Metric:inc(v, a, b, ...)
   v = v or 1
   if self.type == COUNTER and not (v >= 0) then error("counter " .. self.name .. ": inc takes a value >= 0", 2) end
   if self.type == HISTOGRAM then error("histogram " .. self.name .. ": use observe", 2) end
-  local c = cell_for(self, ...)
+  local c = fast(self, a, b) or cell_for(self, a, b, ...)
   c[0] = c[0] + v
 end
 
@@ -93,10 +103,10 @@ function Metric:set(v, ...)
   c[0] = v
 end
 
-function Metric:observe(v, ...)
+function Metric:observe(v, a, b, ...)
   if self.type ~= HISTOGRAM then error(self.name .. ": observe is for histograms", 2) end
   if type(v) ~= "number" then error("histogram " .. self.name .. ": observe takes a number", 2) end
-  local c = cell_for(self, ...)
+  local c = fast(self, a, b) or cell_for(self, a, b, ...)
   local b, bounds, nb = 0, self.bounds, self.nbounds
   while b < nb and v > bounds[b + 1] do b = b + 1 end
   c[b] = c[b] + 1

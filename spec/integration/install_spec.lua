@@ -71,6 +71,27 @@ return { workers = 1, listen = { "127.0.0.1:%d" }, routes = { { path = "/", hand
     assert.truthy(msg, py.log())
     assert.matches("^READY=1\nMAINPID=" .. mr.pid, msg)
     assert.equal(0, mr.stop())
+    -- As root with user/group: the listeners are bound, then every thread runs as that account.
+    if helpers.run("id -u"):match("^0") and helpers.run("getent passwd nobody") ~= "" then
+      local p2 = helpers.free_port()
+      local dir = helpers.tmpname("drop", "")
+      helpers.run("mkdir -p " .. dir .. " && chmod 755 " .. dir)
+      local grp = helpers.run("id -gn nobody"):gsub("%s+$", "")
+      local m2 = helpers.start_moonring(([[
+return { workers = 2, user = "nobody", group = %q, pid = %q, listen = { "127.0.0.1:%d" },
+  routes = { { path = "/", handler = function() return 200, "dropped" end } } }
+]]):format(grp, dir .. "/mr.pid", p2))
+      assert.equal("dropped", helpers.http("GET", ("http://127.0.0.1:%d/"):format(p2)).body)
+      local status = helpers.read_file(("/proc/%d/status"):format(m2.pid))
+      local uid = helpers.run("id -u nobody"):gsub("%s+$", "")
+      assert.matches("\nUid:%s+" .. uid .. "%s+" .. uid .. "%s+" .. uid, status)
+      for tid in helpers.run(("ls /proc/%d/task"):format(m2.pid)):gmatch("%d+") do
+        local st = helpers.read_file(("/proc/%d/task/%s/status"):format(m2.pid, tid)) or ""
+        assert.matches("\nUid:%s+" .. uid .. "%s", st)
+      end
+      assert.truthy(helpers.eventually(function() return helpers.read_file(dir .. "/mr.pid") end, 5))
+      assert.equal(0, m2.stop())
+    end
     local ok, out = helpers.moonring_check([[
 return { user = "no-such-user-here", listen = { "127.0.0.1:1" }, routes = { { path = "/", handler = function() end } } }]])
     assert.is_false(ok)

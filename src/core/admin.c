@@ -334,7 +334,7 @@ static void serve(int fd, const mr_admin_hooks_t *hooks)
         reply(fd, 401, "application/json", "WWW-Authenticate: Bearer realm=\"moonring\"\r\n", body, strlen(body));
         goto out;
     }
-    int m = strcmp(q.method, "GET") == 0 || strcmp(q.method, "HEAD") == 0 ? GET : strcmp(q.method, "POST") == 0 ? POST : 0;
+    int m = strcmp(q.method, "GET") == 0 ? GET : strcmp(q.method, "POST") == 0 ? POST : 0;
     int ep = -1;
     for (size_t i = 0; i < sizeof endpoints / sizeof endpoints[0] && ep < 0; i++)
         if (endpoints[i].prefix ? strncmp(q.path, endpoints[i].path, strlen(endpoints[i].path)) == 0
@@ -346,7 +346,7 @@ static void serve(int fd, const mr_admin_hooks_t *hooks)
     }
     if (!(endpoints[ep].methods & m)) {
         char allow[64];
-        snprintf(allow, sizeof allow, "Allow: %s\r\n", endpoints[ep].methods == GET ? "GET, HEAD" : "POST");
+        snprintf(allow, sizeof allow, "Allow: %s\r\n", endpoints[ep].methods == GET ? "GET" : "POST");
         const char *body = "{\"error\":\"method not allowed\"}\n";
         reply(fd, 405, "application/json", allow, body, strlen(body));
         goto out;

@@ -21,9 +21,12 @@
  * the process, so a reload that keeps a route's name keeps its series.
  *
  * Server states (up / down / draining, set through the admin API) are process-wide atomics per
- * upstream x server, read by the balancers with one relaxed load (upstream/upstream.c). A health
- * checker can set the same states and count ejections in the server cell (MR_MS_* below have
- * room for it).
+ * upstream x server, read by the balancers with one relaxed load (upstream/upstream.c). For
+ * health checks: keep the checker's verdict in a second atomic beside the operator's (so an
+ * operator's "up" does not undo an ejection, nor a recovery an operator's "down"), have the
+ * balancer skip a server when either says so, report it as "health" next to "state" in
+ * /-/upstreams and moonring_upstream_server_state, and count ejections in MR_MS_EJECTIONS of the
+ * server cell (already exposed as moonring_upstream_server_ejections_total).
  *
  * Thread affinity: mr_metrics_* calls that take an mr_metrics_t are the owning worker's; the
  * mr_metrics_expo_* functions (metrics/expo.h) are the admin thread's; naming and server states
