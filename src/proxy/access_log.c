@@ -103,6 +103,7 @@ static void json_str(char *out, size_t cap, const char *s, size_t n)
 void mr_access_log_configure(mr_access_log_t *al, bool on, bool json, const mr_logfmt_t *fmt)
 {
     al->off = !on;
+    if (al->fmt != fmt) al->last_sec = 0; /* the cached date's style depends on the format */
     al->fmt = fmt;
     if (al->json != json) {
         al->json = json;
