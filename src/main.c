@@ -4,17 +4,19 @@
 
 #include "core/server.h"
 
-static void usage(void)
+static void usage(FILE *out)
 {
-    fprintf(stderr,
-            "usage: moonring [-c FILE] [-t] [-s stop|quit|reload|upgrade] [--watch] [-v]\n"
+    fprintf(out,
+            "usage: moonring [-c FILE] [-t] [-s stop|quit|reload|reopen|upgrade] [--watch] [-v]\n"
             "  -c FILE   configuration file (default conf/moonring.lua)\n"
             "  -t        check the configuration and exit\n"
-            "  -s SIG    send stop, quit, reload or upgrade to the running instance (via its\n"
-            "            admin endpoint for reload/upgrade if it has one, else its pid file)\n"
+            "  -s SIG    send stop, quit, reload, reopen (the log files) or upgrade to the running\n"
+            "            instance (via its admin endpoint for reload/upgrade if it has one, else\n"
+            "            its pid file)\n"
             "  --watch   development mode: reload when the config or a Lua file it loaded changes\n"
-            "  -v        print the version, the io_uring features found, and the loop backend\n"
-            "            the config (with -c) would get\n");
+            "  -v        print the version, the io_uring features found, the Lua library used,\n"
+            "            and the loop backend the config (with -c) would get\n"
+            "  -h, --help  this text\n");
 }
 
 int main(int argc, char **argv)
@@ -27,7 +29,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--watch") == 0) watch = 1;
         else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) sig = argv[++i];
         else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) version = 1;
-        else { usage(); return 2; }
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) { usage(stdout); return 0; }
+        else { usage(stderr); return 2; }
     }
     if (version) return mr_server_version(conf_given ? conf : NULL);
     if (check) return mr_server_check(conf);

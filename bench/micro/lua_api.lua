@@ -26,6 +26,16 @@ local HEAD = "GET /api/v1/users/12345/orders?limit=20&offset=40 HTTP/1.1\r\n" ..
 local c = C.mr_lua_test_client_new(HEAD, #HEAD)
 assert(c ~= nil, "the test request does not parse")
 local st = rt._state(c)
+ffi.cdef [[ int mr_metrics_test_worker(int id); ]]
+assert(C.mr_metrics_test_worker(0) == 0)
+local metrics = require "moonring.metrics"
+local hits = metrics.counter("bench_hits_total", "Hits.", { "route" })
+local lat = metrics.histogram("bench_seconds", "Latency.")
+local queue = metrics.gauge("bench_queue", "Queue.")
+local plain = { n = 0 }
+assert(type(hits.cells) == "table")
+hits:inc(1, "api")
+assert(type(hits.cells.api) == "cdata", "metrics slots are not C memory")
 local req, res = st.req, st.res
 
 -- Runs body(i) in batches of `batch` calls, `after()` between batches, for ~seconds of CPU; ns per call.
@@ -57,6 +67,11 @@ local cases = {
       sink = req:respond(200, "hello", { ["content-type"] = "text/plain" }); C.mr_lua_test_client_unrespond(c) end },
   { "res:set_header", function() sink = res:set_header("x-bench", "1") end, 10,
       function() C.mr_lua_test_client_reset(c); req:respond(200, "x") end },
+  -- moonring.metrics on this thread's C slots (the thread registered as a worker above)
+  { "metrics counter:inc(1, label)", function() hits:inc(1, "api") end },
+  { "metrics histogram:observe(v)", function(i) lat:observe(i * 1e-4) end },
+  { "metrics gauge:set(v)", function(i) queue:set(i) end },
+  { "plain Lua table increment (reference)", function() plain.n = plain.n + 1 end },
 }
 
 req:respond(200, "x") -- res:* needs a response to act on

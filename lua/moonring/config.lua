@@ -426,6 +426,78 @@ local function access_log_target(v, path, ctx)
   return in_dir(v, ctx)
 end
 
+-- Access-log formats (log_formats) in nginx's style: text with $variables. The names match
+-- src/log/logfmt.c, which compiles the chosen one; $http_NAME is any request header.
+local LOG_VARS = {}
+for v in ([[remote_addr remote_user time_local time_iso8601 msec request request_method request_uri uri
+  args query_string server_protocol status body_bytes_sent bytes_sent request_length request_time
+  upstream_addr upstream_status upstream_connect_time upstream_header_time upstream_response_time upstream
+  route request_id host scheme ssl_protocol ssl_cipher ssl_session_reused ssl_server_name ssl_client_s_dn
+  pid connection_addr]]):gmatch("%S+") do LOG_VARS[v] = true end
+
+local function log_template(v, path)
+  if type(v) ~= "string" or v == "" then expected(path, "format string", v) end
+  if v:find("[\r\n]") then fail(path, "a format must be one line (the newline is added)") end
+  for braced, name in v:gmatch("%$({?)([%w_]+)") do
+    if not (LOG_VARS[name] or (name:match("^http_[%w_]+$"))) then
+      fail(path, "unknown variable $" .. name .. " (see docs/config.md#log_formats)")
+    end
+  end
+  for rest in v:gmatch("%${([^}]*)$") do fail(path, "unclosed ${" .. rest) end
+  return v
+end
+
+local log_format = S.either(
+  function(v, path) return { format = log_template(v, path), escape = "default" } end,
+  S.record({
+    { "format", log_template, required = true },
+    { "escape", S.enum("default", "json", "none"), default = "default" },
+  }))
+
+local log_formats = S.map("^[%w_.-]+$", "letters, digits, '_', '.', '-'", log_format)
+
+-- access_log = false | "stdout" | "stderr" | path | { path = ..., format = "name" }
+local access_log_spec = S.either(access_log_target, S.record({
+  { "path", access_log_target, required = true },
+  { "format", S.string },
+}, function(out) return { path = out.path, format = out.format } end))
+
+-- real_ip = { from = { "10.0.0.0/8", "::1" }, header = "X-Forwarded-For", recursive = true }:
+-- the client address behind trusted proxies (src/proxy/real_ip.c).
+local function cidr(v, path)
+  if type(v) ~= "string" then expected(path, '"address" or "address/bits"', v) end
+  local addr, bits = v:match("^([^/]+)/(%d+)$")
+  addr = addr or v
+  local v4 = addr:match("^%d+%.%d+%.%d+%.%d+$")
+  local v6 = not v4 and addr:match("^[%x:.]+$") and addr:find(":", 1, true)
+  if not (v4 or v6) then expected(path, '"address" or "address/bits" (an IPv4 or IPv6 network)', v) end
+  if v4 then
+    for o in addr:gmatch("%d+") do
+      if tonumber(o) > 255 then expected(path, "an IPv4 address", v) end
+    end
+  end
+  bits = tonumber(bits) or (v4 and 32 or 128)
+  if bits > (v4 and 32 or 128) then fail(path, "prefix length " .. bits .. " is too long for " .. addr) end
+  return addr .. "/" .. bits
+end
+
+local real_ip = S.record({
+  { "from", S.list(cidr, { one = true, min = 1, what = "list of trusted addresses or networks" }), required = true },
+  { "header", S.string, default = "X-Forwarded-For" },
+  { "recursive", S.bool, default = true },
+}, function(out, raw, path)
+  if not out.header:match("^[%w!#$%%&'*+.^_`|~-]+$") then fail(join(path, "header"), "invalid header name " .. quote(out.header)) end
+  out.header = out.header:lower()
+  return out
+end)
+
+-- user / group: the account to run as after binding (names or numeric ids).
+local function account(v, path)
+  if type(v) == "number" and v >= 0 and v % 1 == 0 then return tostring(v) end
+  if type(v) ~= "string" or not v:match("^[%w_.-]+$") then expected(path, "user or group name, or a numeric id", v) end
+  return v
+end
+
 -- lua_path: package.path templates; relative ones are made absolute like every other path.
 -- The config's directory comes first. ctx.lua_path is what filter modules are loaded through.
 local function search_path(v, path, ctx)
@@ -1097,15 +1169,25 @@ local lua_opts = S.record({
   { "ngx", S.bool, default = false },
 })
 
+-- admin.token: every admin request must carry it ("Authorization: Bearer <token>"); it is also
+-- what allows a listen address other than loopback (checked after resolution, in C).
+local function admin_token(v, path)
+  if type(v) ~= "string" or #v < 16 or v:find("[%s%c]") then
+    expected(path, "a string of at least 16 characters without spaces", v)
+  end
+  return v
+end
+
 local admin = S.record({
   { "listen", S.addr(true), required = true },
+  { "token", admin_token },
 }, function(out, raw, path, ctx)
   local a = out.listen
   local other = ctx.listen_addrs and ctx.listen_addrs[a.addr]
   if other then
     fail(join(path, "listen"), fmt("address %s already used by listen[%d]", quote(a.addr), other))
   end
-  return { addr = a.addr, host = a.host, port = a.port }
+  return { addr = a.addr, host = a.host, port = a.port, token = out.token }
 end)
 
 local reload = S.record({
@@ -1131,8 +1213,12 @@ local top = S.record({
   { "pid", pid_path, default = false },
   { "error_log", error_log_target, default = "stderr" },
   { "log_level", S.enum("debug", "info", "notice", "warn", "error"), default = "info" },
-  { "access_log", access_log_target, default = false },
-  { "access_log_format", S.enum("combined", "json"), default = "combined" },
+  { "access_log", access_log_spec, default = false },
+  { "access_log_format", S.string, default = "combined" },
+  { "log_formats", log_formats, default = {} },
+  { "real_ip", real_ip },
+  { "user", account },
+  { "group", account },
   { "loop", S.enum("auto", "io_uring", "epoll"), default = "auto" },
   { "lua_path", search_path, default = "" },
   { "shutdown_timeout", S.duration(), default = "10s", out = "shutdown_timeout_ms" },
@@ -1156,6 +1242,25 @@ local top = S.record({
   end
   out.routes = out.routes or {}
   out.upstream_index = ctx.upstream_index
+  -- access_log = { path, format }: the format named there wins over access_log_format.
+  local fmt_path = { "access_log_format" }
+  if type(out.access_log) == "table" then
+    if out.access_log.format then
+      out.access_log_format = out.access_log.format
+      fmt_path = { "access_log", "format" }
+    end
+    out.access_log = out.access_log.path
+  end
+  local name = out.access_log_format
+  local named = out.log_formats[name]
+  if named then
+    out.access_log_template, out.access_log_escape = named.format, named.escape
+  elseif name ~= "combined" and name ~= "json" then
+    local known = { '"combined"', '"json"' }
+    for k in pairs(out.log_formats) do known[#known + 1] = quote(k) end
+    sort(known)
+    fail(fmt_path, "unknown format " .. quote(name) .. " (known: " .. table.concat(known, ", ") .. ")")
+  end
   -- The settings of an upstream that sets nothing, for upstreams made at run time
   -- (req:set_upstream("host:port")): from the same record, so C restates no default.
   local d = upstream({ servers = { "127.0.0.1:1" } }, { "upstreams" }, ctx)

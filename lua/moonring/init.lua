@@ -60,10 +60,11 @@ function M._rewake(owner)
   if owner.socks then for s in pairs(owner.socks) do s:_rewake(owner.waker) end end
 end
 
--- moonring.shared.<name>, .tcp, .http and .timer are loaded on first use so that scripts
+-- moonring.shared.<name>, .tcp, .http, .timer and .metrics are loaded on first use so that scripts
 -- without them pay nothing.
 local lazy = { shared = "moonring.shared", tcp = "moonring.tcp", http = "moonring.http", timer = "moonring.timer",
-               thread = "moonring.thread", json = "moonring.json", udp = "moonring.udp", re = "moonring.re" }
+               thread = "moonring.thread", json = "moonring.json", udp = "moonring.udp", re = "moonring.re",
+               metrics = "moonring.metrics" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if name then

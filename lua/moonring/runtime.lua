@@ -20,6 +20,8 @@ int mr_req_target(void *r, const char **p, size_t *n, const char **q, size_t *qn
 int mr_req_host(void *r, const char **p, size_t *n);
 int mr_req_version(void *r);
 int mr_req_remote_addr(void *r, const char **p, size_t *n);
+int mr_req_log_line(void *r, const char *line, size_t n);
+int mr_req_upstream_info(void *r, const char **addr, size_t *alen, int *status, double *times);
 int mr_req_header(void *r, const char *name, size_t nlen, const char **p, size_t *n);
 int mr_req_header_count(void *r);
 int mr_req_header_at(void *r, int i, const char **name, size_t *nlen, const char **val, size_t *vlen);
@@ -182,6 +184,24 @@ local function collect(count_fn, at_fn, r)
     end
   end
   return t
+end
+
+-- What the upstream did for this request (for log filters: on_log): the last try's server
+-- address and status, and its connect, header and response times in seconds (nil when unknown).
+local up_times = ffi.new("double[3]")
+local up_status = ffi.new("int[1]")
+function req_methods.upstream_info(self)
+  if C.mr_req_upstream_info(live(self), pp, pn, up_status, up_times) ~= 0 then return nil end
+  local function t(i) return up_times[i] >= 0 and up_times[i] or nil end
+  return { addr = pn[0] > 0 and ffi_string(pp[0], pn[0]) or nil, status = up_status[0] > 0 and up_status[0] or nil,
+           connect_time = t(0), header_time = t(1), response_time = t(2) }
+end
+
+-- Writes this request's access-log line (instead of the configured format's). false when no
+-- access log is open.
+function req_methods.log_line(self, line)
+  if type(line) ~= "string" then error("req:log_line(line): line must be a string", 2) end
+  return C.mr_req_log_line(live(self), line, #line) == 0
 end
 
 function req_methods.headers(self) return collect(C.mr_req_header_count, C.mr_req_header_at, live(self)) end

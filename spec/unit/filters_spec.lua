@@ -857,6 +857,7 @@ describe("stock filters", function()
       }, t)
       assert.matches('^{"time":".-","remote_addr":"10.1.1.1","method":"POST","host":"localhost","path":"/a/x",'
         .. '"query":"q=1","status":201,"bytes":5,"duration":0.25,"request_id":"%x+","upstream":"api","user":null,'
+        .. '"upstream_addr":null,"upstream_status":null,"upstream_connect_time":null,"upstream_response_time":null,'
         .. '"env":"test","ua":"cu\\"rl"}$', lines[1])
     end)
 

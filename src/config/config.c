@@ -17,11 +17,56 @@
 #include "log/log.h"
 #include "util/path.h"
 #include "lua/shdict.h"
+#include "metrics/metrics.h"
+#include "log/logfmt.h"
+#include "net/cidr.h"
+
+/* Where the Lua library is, found once: MOONRING_LUA_DIR; else beside the binary, as installed
+ * (<prefix>/bin/moonring and <prefix>/share/moonring/lua, whatever the prefix, so an installed
+ * tree can be moved) or as built (build/moonring and lua/ in the source tree); else the install
+ * path compiled in; else the source tree compiled in (a library loaded by another program). */
+static pthread_once_t lua_dir_once = PTHREAD_ONCE_INIT;
+static char lua_dir[4200];
+
+static bool is_lua_dir(const char *d)
+{
+    char probe[4300];
+    snprintf(probe, sizeof probe, "%s/moonring/runtime.lua", d);
+    return access(probe, R_OK) == 0;
+}
+
+static void find_lua_dir(void)
+{
+    const char *env = getenv("MOONRING_LUA_DIR");
+    if (env && *env) { snprintf(lua_dir, sizeof lua_dir, "%s", env); return; }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash && strncmp(slash + 1, "moonring", 8) == 0) {
+            *slash = 0;
+            static const char *const rel[] = { "/../share/moonring/lua", "/../lua" };
+            for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+                char cand[4200];
+                snprintf(cand, sizeof cand, "%s%s", exe, rel[i]);
+                char *real = realpath(cand, NULL);
+                if (real && is_lua_dir(real)) {
+                    snprintf(lua_dir, sizeof lua_dir, "%s", real);
+                    free(real);
+                    return;
+                }
+                free(real);
+            }
+        }
+    }
+    snprintf(lua_dir, sizeof lua_dir, "%s", is_lua_dir(MR_LUA_INSTALL_DIR) ? MR_LUA_INSTALL_DIR : MR_LUA_DIR);
+}
 
 const char *mr_config_lua_dir(void)
 {
-    const char *d = getenv("MOONRING_LUA_DIR");
-    return d && *d ? d : MR_LUA_DIR;
+    pthread_once(&lua_dir_once, find_lua_dir);
+    return lua_dir;
 }
 
 static char *dupstr(lua_State *L, int idx, const char *key)
@@ -390,6 +435,7 @@ static int read_route(lua_State *L, int t, mr_config_t *cfg, mr_route_conf_t *r,
 {
     r->index = (int)need_int(L, t, "index");
     r->name = need_str(L, t, "name");
+    r->mid = mr_metrics_cname(r->name);
     char *kind = need_str(L, t, "kind");
     r->kind = kind && strcmp(kind, "handler") == 0 ? MR_ROUTE_HANDLER : MR_ROUTE_UPSTREAM;
     free(kind);
@@ -479,6 +525,21 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
     s = need_str(L, top, "access_log_format");
     cfg->access_log_json = s && strcmp(s, "json") == 0;
     free(s);
+    /* A named format: the schema resolved it to its template (and checked its variables). */
+    s = dupstr(L, top, "access_log_template");
+    if (s) {
+        char *esc = dupstr(L, top, "access_log_escape");
+        char ferr[256];
+        int mode = esc && strcmp(esc, "json") == 0 ? MR_LOGFMT_JSON : esc && strcmp(esc, "none") == 0 ? MR_LOGFMT_NONE
+                                                                                                      : MR_LOGFMT_DEFAULT;
+        free(esc);
+        cfg->access_format = mr_logfmt_compile(s, mode, ferr, sizeof ferr);
+        free(s);
+        if (!cfg->access_format) {
+            snprintf(err, errlen, "%s: access_log.format: %s", cfg->file, ferr);
+            return -1;
+        }
+    }
     cfg->loop = need_str(L, top, "loop");
     s = need_str(L, top, "lua_path");
     const char *lua_dir = mr_config_lua_dir();
@@ -617,20 +678,48 @@ static int read_config_fields(lua_State *L, mr_config_t *cfg, char *err, size_t 
     }
     lua_pop(L, 1);
 
+    cfg->user = dupstr(L, top, "user");
+    cfg->group = dupstr(L, top, "group");
+    lua_getfield(L, top, "real_ip");
+    if (lua_istable(L, -1)) {
+        t = lua_gettop(L);
+        cfg->real_ip_header = dupstr(L, t, "header");
+        lua_getfield(L, t, "recursive");
+        cfg->real_ip_recursive = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, t, "from");
+        int n = (int)lua_objlen(L, -1);
+        cfg->real_ip_from = calloc((size_t)n + 1, sizeof *cfg->real_ip_from);
+        for (int i = 0; cfg->real_ip_from && i < n; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            const char *c = lua_tostring(L, -1);
+            if (c && mr_cidr_parse(c, &cfg->real_ip_from[cfg->real_ip_n]) == 0) cfg->real_ip_n++;
+            else {
+                snprintf(err, errlen, "%s: real_ip.from[%d]: cannot parse %s", cfg->file, i + 1, c ? c : "?");
+                lua_pop(L, 3);
+                return -1;
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, top, "admin");
     if (lua_istable(L, -1)) {
         t = lua_gettop(L);
         cfg->admin_addr = dupstr(L, t, "addr");
+        cfg->admin_token = dupstr(L, t, "token");
         char *host = dupstr(L, t, "host");
         char what[256];
         snprintf(what, sizeof what, "%s: admin.listen", cfg->file);
         int rc = resolve(what, host, (int)need_int(L, t, "port"), &cfg->admin_sa, err, errlen);
         free(host);
-        if (rc == 0 && !is_loopback(&cfg->admin_sa)) {
+        if (rc == 0 && !is_loopback(&cfg->admin_sa) && !cfg->admin_token) {
             /* After resolution, so that a host name counts by what it resolves to. */
             char msg[512];
             snprintf(msg, sizeof msg, "admin.listen: %s is not a loopback address (the admin endpoint listens on "
-                     "127.0.0.0/8 or [::1] only: it reloads and upgrades without authentication)", cfg->admin_addr);
+                     "127.0.0.0/8 or [::1] only unless admin.token is set: it reloads and upgrades)", cfg->admin_addr);
             keyed_error(L, cfg->file, msg, err, errlen);
             rc = -1;
         }
@@ -839,6 +928,16 @@ int mr_config_load_traced(const char *file, mr_config_t **out, char *err, size_t
     }
     lua_pop(L, 1);
     if (read_config(L, cfg, err, errlen) < 0) goto done;
+    /* What GET /-/config shows: the normalised table with secrets masked (moonring.admin). */
+    int dump_top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moonring.admin");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "config_json");
+        lua_pushvalue(L, -3);
+        if (lua_pcall(L, 1, 1, 0) == 0 && lua_isstring(L, -1)) cfg->config_json = strdup(lua_tostring(L, -1));
+    }
+    lua_settop(L, dump_top);
     if (collect_snapshot(L, trace_ref, cfg) < 0) { snprintf(err, errlen, "out of memory"); goto done; }
     *out = cfg;
     cfg = NULL;
@@ -883,6 +982,9 @@ void mr_config_free(mr_config_t *cfg)
     free(cfg->listen); free(cfg->upstreams); free(cfg->routes);
     free(cfg->file); free(cfg->lua_path); free(cfg->pid); free(cfg->error_log);
     free(cfg->access_log); free(cfg->server_header); free(cfg->loop); free(cfg->admin_addr);
+    free(cfg->admin_token); free(cfg->config_json);
+    mr_logfmt_free(cfg->access_format);
+    free(cfg->real_ip_from); free(cfg->real_ip_header); free(cfg->user); free(cfg->group);
     for (int i = 0; i < cfg->nsrcs; i++) { free(cfg->srcs[i].key); free(cfg->srcs[i].file); free(cfg->srcs[i].text); }
     free(cfg->srcs);
     for (int i = 0; i < cfg->nshared; i++) free(cfg->shared_names[i]);

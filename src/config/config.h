@@ -68,6 +68,7 @@ enum { MR_ROUTE_UPSTREAM = 0, MR_ROUTE_HANDLER = 1 };
 
 typedef struct {
     char *name;
+    uint32_t mid;               /* name's metrics id (metrics/metrics.h) */
     int index;                  /* 1-based, as in the config (and the worker VM's route table) */
     int kind;
     char *path;                 /* prefix, or NULL */
@@ -107,6 +108,7 @@ typedef struct {
     int log_level;
     char *access_log;           /* or NULL */
     bool access_log_json;
+    struct mr_logfmt *access_format;  /* a named format (log_formats), or NULL: combined / json */
     char *loop;
     mr_listen_conf_t *listen;
     int nlisten;
@@ -140,7 +142,14 @@ typedef struct {
      * verifies against lua.ssl_trusted_certificate (or the system store), [0] does not. One
      * reference each, dropped with the config; a TLS cosocket holds its own. */
     mr_tls_ctx_t *lua_tls[2];
+    struct mr_cidr *real_ip_from;   /* real_ip: trusted networks (proxy/real_ip.h), or NULL */
+    int real_ip_n;
+    char *real_ip_header;       /* lowercased */
+    bool real_ip_recursive;
+    char *user, *group;         /* the account to run as after binding, or NULL */
     char *admin_addr;           /* admin listener "host:port", or NULL */
+    char *admin_token;          /* admin.token: required as "Authorization: Bearer ..." (NULL: none) */
+    char *config_json;          /* the normalised config as JSON, secrets masked (GET /-/config) */
     mr_addr_t admin_sa;
 } mr_config_t;
 
@@ -168,7 +177,8 @@ void mr_config_unref(mr_config_t *cfg);
  * found in the source (left out when it cannot be). Any thread; reads the file. */
 void mr_config_error(const char *file, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* The project's Lua library directory (MOONRING_LUA_DIR env, else the build-time path). */
+/* The project's Lua library directory: MOONRING_LUA_DIR, else found relative to the binary
+ * (installed or built), else the compiled-in install path (see config.c). Any thread. */
 const char *mr_config_lua_dir(void);
 
 #endif

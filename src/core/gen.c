@@ -4,6 +4,7 @@
 
 #include "log/log.h"
 #include "lua/lua.h"
+#include "metrics/metrics.h"
 
 int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_t **out, char *err, size_t errlen)
 {
@@ -22,6 +23,8 @@ int mr_gen_new(mr_config_t *cfg, uint64_t id, mr_server_registry_t *reg, mr_gen_
         if (cfg->routes[i].adhoc && mr_upstream_init(&g->adhoc[i], cfg->routes[i].adhoc, reg) < 0) goto fail;
     if (mr_lua_vm_new(&g->lua, cfg, err, errlen) < 0) goto fail;
     mr_lua_vm_start(g->lua);
+    g->listed = true;
+    mr_metrics_gen_live(id, 1); /* the admin API lists current and draining generations */
     *out = g;
     return 0;
 fail:
@@ -33,6 +36,7 @@ fail:
 void mr_gen_unref(mr_gen_t *g)
 {
     if (--g->refs) return;
+    if (g->listed) mr_metrics_gen_live(g->id, -1);
     if (g->drain_loop) mr_timer_stop(g->drain_loop, &g->drain_timer);
     if (g->lua) {
         /* Its timers (after their premature run) and detached on_log tasks still run in the VM:

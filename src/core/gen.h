@@ -6,6 +6,7 @@
 #ifndef MR_GEN_H
 #define MR_GEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,7 @@ typedef struct mr_gen {
     mr_upstream_t *ups;         /* one per cfg->upstreams */
     mr_upstream_t *adhoc;       /* one per route (routes with upstream = "host:port") */
     uint32_t refs;
+    bool listed;                /* reported to mr_metrics_gen_live */
     /* Set once a reload retires this generation while requests still hold it (core/worker.c):
      * the drain deadline timer, armed on the owning worker's loop. */
     mr_loop_t *drain_loop;

@@ -8,7 +8,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stddef.h>
 #include <sys/signalfd.h>
+#include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,13 +25,15 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/admin.h"
 #include "core/watch.h"
 #include "core/worker.h"
 #include "log/log.h"
 #include "net/net.h"
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 
-#define MOONRING_VERSION "0.1.0"
+#define MOONRING_VERSION MR_VERSION
 
 /* Writes this process's pid to path. Through a temporary file renamed over it, so a reader
  * (moonring -s, a test, an init system) never sees it empty or half written; where the directory
@@ -49,6 +55,84 @@ static int write_pid(const char *path)
     int rc = write(fd, buf, (size_t)n) == n ? 0 : -EIO;
     close(fd);
     return rc;
+}
+
+/* systemd's readiness protocol (Type=notify): one datagram to $NOTIFY_SOCKET. Without the
+ * variable (not under systemd) nothing happens. */
+static void sd_notify(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof ((struct sockaddr_un *)0)->sun_path)
+        return;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    memcpy(sa.sun_path, path, strlen(path));
+    if (sa.sun_path[0] == '@') sa.sun_path[0] = 0; /* abstract namespace */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    ssize_t n = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path)));
+    (void)n;
+    close(fd);
+}
+
+/* The uid and gid of the config's user / group (names or numbers). Returns 0 or -1 with err. A
+ * user without a group runs with the user's primary group. */
+static int lookup_account(const mr_config_t *cfg, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+{
+    *uid = getuid();
+    *gid = getgid();
+    if (cfg->user) {
+        struct passwd *pw = getpwnam(cfg->user);
+        char *end;
+        unsigned long n = strtoul(cfg->user, &end, 10);
+        if (!pw && *end == 0) pw = getpwuid((uid_t)n);
+        if (!pw) { mr_config_error(cfg->file, err, errlen, "user: no such user \"%s\"", cfg->user); return -1; }
+        *uid = pw->pw_uid;
+        *gid = pw->pw_gid;
+    }
+    if (cfg->group) {
+        struct group *gr = getgrnam(cfg->group);
+        char *end;
+        unsigned long n = strtoul(cfg->group, &end, 10);
+        if (!gr && *end == 0) gr = getgrgid((gid_t)n);
+        if (!gr) { mr_config_error(cfg->file, err, errlen, "group: no such group \"%s\"", cfg->group); return -1; }
+        *gid = gr->gr_gid;
+    }
+    return 0;
+}
+
+/* Drops root for the config's user/group once the listeners are bound and the logs open (as
+ * nginx's workers do). The pid file is created first and given to the user, so it can still be
+ * written (and removed at exit where the directory allows). Running as that user already (an
+ * upgrade, or systemd's User=) is fine; another non-root user cannot switch. Returns 0 or -1. */
+static int drop_privileges(const mr_config_t *cfg)
+{
+    if (!cfg->user && !cfg->group) return 0;
+    char err[1024];
+    uid_t uid;
+    gid_t gid;
+    if (lookup_account(cfg, &uid, &gid, err, sizeof err) < 0) { mr_error("%s", err); return -1; }
+    if (getuid() == uid && geteuid() == uid && getgid() == gid) return 0;
+    if (geteuid() != 0) {
+        mr_error("user/group: running as uid %d, which cannot switch to uid %d gid %d (start as root, or as that "
+                 "user)", (int)geteuid(), (int)uid, (int)gid);
+        return -1;
+    }
+    if (cfg->pid) {
+        int fd = open(cfg->pid, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            if (fchown(fd, uid, gid) < 0) mr_warn("pid: %s: chown: %s", cfg->pid, strerror(errno));
+            close(fd);
+        }
+    }
+    const char *name = cfg->user ? cfg->user : NULL;
+    struct passwd *pw = name ? getpwnam(name) : NULL;
+    if ((pw ? initgroups(pw->pw_name, gid) : setgroups(1, &gid)) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+        mr_error("user/group: cannot switch to uid %d gid %d: %s", (int)uid, (int)gid, strerror(errno));
+        return -1;
+    }
+    mr_notice("running as uid %d gid %d", (int)uid, (int)gid);
+    return 0;
 }
 
 /* 0 when path can be opened for writing as a start would open it, else -errno. A file that does
@@ -111,6 +195,9 @@ static int check_startable(const mr_config_t *cfg, char *err, size_t errlen)
             return -1;
         }
     }
+    uid_t uid;
+    gid_t gid;
+    if (lookup_account(cfg, &uid, &gid, err, errlen) < 0) return -1;
     if (cfg->admin_addr && (rc = check_bindable(&cfg->admin_sa)) < 0) {
         mr_config_error(cfg->file, err, errlen, "admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-rc));
         return -1;
@@ -167,8 +254,12 @@ static int admin_request(const mr_config_t *cfg, const char *what)
 int mr_server_signal(const char *path, const char *what)
 {
     int sig = strcmp(what, "stop") == 0 ? SIGTERM : strcmp(what, "quit") == 0 ? SIGQUIT
-            : strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "upgrade") == 0 ? SIGUSR2 : 0;
-    if (!sig) { fprintf(stderr, "moonring: -s takes stop, quit, reload or upgrade, not '%s'\n", what); return 2; }
+            : strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "upgrade") == 0 ? SIGUSR2
+            : strcmp(what, "reopen") == 0 ? SIGUSR1 : 0;
+    if (!sig) {
+        fprintf(stderr, "moonring: -s takes stop, quit, reload, reopen or upgrade, not '%s'\n", what);
+        return 2;
+    }
     char err[2048];
     mr_config_t *cfg = NULL;
     if (mr_config_load(path, &cfg, err, sizeof err) < 0) {
@@ -232,6 +323,7 @@ int mr_server_version(const char *config_path)
         return 1;
     }
     printf("moonring %s\n", MOONRING_VERSION);
+    printf("lua: %s\n", mr_config_lua_dir());
     int rc = mr_loop_probe(&f);
     if (rc < 0) {
         printf("io_uring: unavailable (%s)\n", f.kernel_note ? f.kernel_note : strerror(-rc));
@@ -287,7 +379,7 @@ static struct {
     char **argv;
     atomic_bool upgraded;         /* a new process took over: leave the pid file alone */
     char loop_conf[16];           /* `loop` as the config at start set it (cfg->loop is resolved) */
-    struct admin *admin;          /* the admin endpoint's accept thread, or NULL */
+    mr_admin_t *admin;            /* the admin endpoint's accept thread, or NULL */
     atomic_uint_fast64_t reloads_started; /* see server_reload */
     uint64_t last_reload_gen;     /* outcome of the last reload (under lock) */
     char last_reload_err[2048];
@@ -347,9 +439,7 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-typedef struct admin admin_t;
-static admin_t *admin_start(int fd);
-static void admin_stop(admin_t *a);
+static const mr_admin_hooks_t admin_hooks;
 
 /* What a reload changes outside the generations, at the process level. Every key of the config
  * is either applied by a reload or refused naming the key; none is ignored:
@@ -359,7 +449,8 @@ static void admin_stop(admin_t *a);
  *   - log_level, error_log, access_log, access_log_format, pid and admin are applied here:
  *     files and the admin listener are opened before any worker switches, so a failure refuses
  *     the reload, and switched (proc_commit) once every worker has built its generation;
- *   - workers and loop take a restart or a binary upgrade: the reload is refused.
+ *   - workers and loop take a restart or a binary upgrade, user and group a restart: the
+ *     reload is refused.
  * Called with srv.lock held. */
 typedef struct {
     int error_fd, access_fd;   /* (re)opened logs, or -1: switched to by dup2 (log/log.h) */
@@ -399,6 +490,11 @@ static int proc_prepare(const mr_config_t *old, const mr_config_t *cfg, proc_cha
     if (cfg->workers != old->workers) {
         mr_config_error(cfg->file, msg, msglen, "workers: changing it (%d to %d) takes a restart or a binary upgrade "
                         "(moonring -s upgrade): a reload keeps the worker threads", old->workers, cfg->workers);
+        return -1;
+    }
+    if (!same_str(cfg->user, old->user) || !same_str(cfg->group, old->group)) {
+        mr_config_error(cfg->file, msg, msglen, "%s: changing it takes a restart: the process switched accounts at "
+                        "start", !same_str(cfg->user, old->user) ? "user" : "group");
         return -1;
     }
     const char *env = getenv("MOONRING_LOOP"); /* when set, `loop` decides nothing */
@@ -467,8 +563,8 @@ static void proc_commit(proc_change_t *pc, const mr_config_t *old, const mr_conf
         if (cfg->pid) mr_notice("pid file is now %s", cfg->pid);
     }
     if (pc->admin_change) {
-        admin_stop(srv.admin);
-        srv.admin = pc->admin_fd >= 0 ? admin_start(pc->admin_fd) : NULL;
+        mr_admin_stop(srv.admin);
+        srv.admin = pc->admin_fd >= 0 ? mr_admin_start(pc->admin_fd, &admin_hooks) : NULL;
         if (pc->admin_fd >= 0 && !srv.admin) mr_error("admin.listen %s: cannot start its thread", cfg->admin_addr);
         else if (srv.admin) mr_notice("admin endpoint on %s", cfg->admin_addr);
         else mr_notice("admin endpoint closed");
@@ -575,6 +671,7 @@ out:
     mr_config_sources_free(&src);
     if (!gen && msg[0]) mr_error("reload refused, the current generation keeps serving: %s", msg);
     srv.last_reload_gen = gen;
+    mr_metrics_reload(gen != 0, gen);
     snprintf(srv.last_reload_err, sizeof srv.last_reload_err, "%s", gen ? "" : msg);
     if (fds)
         for (int w = 0; w < srv.nworkers; w++) free(fds[w]);
@@ -669,169 +766,50 @@ out:
     return pid;
 }
 
-static void json_escape(char *out, size_t cap, const char *in)
+/* Reopens the log files where they are named now (logrotate moved them away): each is opened
+ * again and switched by dup2 (log/log.h), so no line is lost or written to a closed descriptor.
+ * Returns 0, or -1 with msg (the old files stay in use). */
+static int server_reopen(char *msg, size_t msglen)
 {
-    size_t o = 0;
-    for (; *in && o + 7 < cap; in++) {
-        unsigned char ch = (unsigned char)*in;
-        if (ch == '"' || ch == '\\') { out[o++] = '\\'; out[o++] = (char)ch; }
-        else if (ch < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
-        else out[o++] = (char)ch;
-    }
-    out[o] = 0;
-}
-
-static void admin_reply(int fd, int status, const char *body)
-{
-    char head[256];
-    int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n", status,
-                     status == 200 ? "OK" : status == 404 ? "Not Found" : status == 400 ? "Bad Request"
-                     : "Internal Server Error", strlen(body));
-    if (write(fd, head, (size_t)n) == n) {
-        ssize_t w = write(fd, body, strlen(body));
-        (void)w;
-    }
-}
-
-/* One admin connection, on its own thread: a reload request waits in server_reload while
- * others arrive, which is what lets a storm of them share reloads (see server_reload). */
-static atomic_int admin_inflight;
-#define ADMIN_MAX_THREADS 32
-
-static void admin_serve(int fd)
-{
-    struct timeval tv = { .tv_sec = 2 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    char req[8192];
-    size_t len = 0;
-    while (len < sizeof req - 1) {
-        ssize_t r = read(fd, req + len, sizeof req - 1 - len);
-        if (r <= 0) break;
-        len += (size_t)r;
-        req[len] = 0;
-        if (strstr(req, "\r\n\r\n")) break;
-    }
-    req[len] = 0;
-    char method[16] = "", target[256] = "";
-    if (sscanf(req, "%15s %255s", method, target) != 2) {
-        admin_reply(fd, 400, "{\"error\":\"bad request\"}\n");
-    } else if (strcmp(target, "/-/reload") == 0 && strcmp(method, "POST") == 0) {
-        char msg[2048] = "", esc[4200], body[4400];
-        uint64_t gen = server_reload(msg, sizeof msg);
-        if (gen) {
-            snprintf(body, sizeof body, "{\"generation\":%llu}\n", (unsigned long long)gen);
-            admin_reply(fd, 200, body);
+    int rc = 0;
+    pthread_mutex_lock(&srv.lock);
+    const mr_config_t *cfg = srv.cfg;
+    if (cfg && file_target(cfg->error_log)) {
+        int fd = mr_log_target_open(cfg->error_log);
+        if (fd < 0) {
+            snprintf(msg, msglen, "error_log: %s: %s", cfg->error_log, strerror(-fd));
+            rc = -1;
         } else {
-            json_escape(esc, sizeof esc, msg);
-            snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
-            admin_reply(fd, 500, body);
-        }
-    } else if (strcmp(target, "/-/upgrade") == 0 && strcmp(method, "POST") == 0) {
-        char msg[2048] = "", esc[4200], body[4400];
-        pid_t pid = server_upgrade(msg, sizeof msg);
-        if (pid) {
-            snprintf(body, sizeof body, "{\"pid\":%d}\n", (int)pid);
-            admin_reply(fd, 200, body);
-            close(fd);
-            kill(getpid(), SIGTERM); /* the main thread drains and exits */
-            return;
-        }
-        json_escape(esc, sizeof esc, msg);
-        snprintf(body, sizeof body, "{\"error\":\"%s\"}\n", esc);
-        admin_reply(fd, 500, body);
-    } else if (strcmp(target, "/-/status") == 0 && strcmp(method, "GET") == 0) {
-        char body[256];
-        pthread_mutex_lock(&srv.lock);
-        snprintf(body, sizeof body, "{\"generation\":%llu,\"workers\":%d,\"pid\":%d}\n",
-                 (unsigned long long)srv.generation, srv.nworkers, (int)getpid());
-        pthread_mutex_unlock(&srv.lock);
-        admin_reply(fd, 200, body);
-    } else {
-        admin_reply(fd, 404, "{\"error\":\"not found; try POST /-/reload, POST /-/upgrade or GET /-/status\"}\n");
-    }
-    close(fd);
-}
-
-static void *admin_conn_main(void *arg)
-{
-    mr_log_set_thread_tag("admin");
-    admin_serve((int)(intptr_t)arg);
-    atomic_fetch_sub(&admin_inflight, 1);
-    return NULL;
-}
-
-/* The admin endpoint uses plain blocking sockets and threads: it serves operators, not
- * traffic, and must be able to wait for a reload to finish. One detached accept thread per
- * listener, which frees its admin_t when it ends. A reload that moves the endpoint asks the old
- * one to stop without waiting for it (admin_stop): it may be serving a connection inline (over
- * the thread cap) that waits for the very reload lock the caller holds. */
-typedef struct admin {
-    int fd;
-    atomic_bool stop;
-} admin_t;
-
-static atomic_int admin_threads; /* accept threads still running */
-
-static void *admin_main(void *arg)
-{
-    admin_t *a = arg;
-    mr_log_set_thread_tag("admin");
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    while (!atomic_load(&srv.stopping) && !atomic_load(&a->stop)) {
-        struct pollfd p = { .fd = a->fd, .events = POLLIN };
-        if (poll(&p, 1, 200) <= 0) continue;
-        int fd = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) continue;
-        pthread_t t;
-        if (atomic_fetch_add(&admin_inflight, 1) >= ADMIN_MAX_THREADS ||
-            pthread_create(&t, &attr, admin_conn_main, (void *)(intptr_t)fd) != 0) {
-            atomic_fetch_sub(&admin_inflight, 1);
-            admin_serve(fd); /* over the cap: inline, as before */
+            mr_log_use_error(fd);
         }
     }
-    pthread_attr_destroy(&attr);
-    close(a->fd);
-    free(a);
-    /* Connection threads see srv.stopping at their next reload and end within their 2 s read
-     * timeout otherwise; wait for them so none outlives the workers. (Not when a reload moved
-     * the endpoint: the reload itself may be running in one of them.) */
-    for (int i = 0; atomic_load(&srv.stopping) && i < 300 && atomic_load(&admin_inflight) > 0; i++) usleep(10000);
-    atomic_fetch_sub(&admin_threads, 1);
-    return NULL;
-}
-
-/* Serves the admin endpoint on listening socket fd (taken over, closed on failure too). */
-static admin_t *admin_start(int fd)
-{
-    admin_t *a = calloc(1, sizeof *a);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (a) {
-        a->fd = fd;
-        atomic_init(&a->stop, false);
-        atomic_fetch_add(&admin_threads, 1);
-        pthread_t t;
-        if (pthread_create(&t, &attr, admin_main, a) == 0) {
-            pthread_attr_destroy(&attr);
-            return a;
+    if (cfg && file_target(cfg->access_log) && mr_log_access_fd() >= 0) {
+        int fd = mr_log_target_open(cfg->access_log);
+        if (fd < 0) {
+            snprintf(msg, msglen, "access_log: %s: %s", cfg->access_log, strerror(-fd));
+            rc = -1;
+        } else {
+            mr_log_use_access(fd);
         }
-        atomic_fetch_sub(&admin_threads, 1);
-        free(a);
     }
-    pthread_attr_destroy(&attr);
-    close(fd);
-    return NULL;
+    pthread_mutex_unlock(&srv.lock);
+    if (rc == 0) mr_notice("log files reopened");
+    else mr_error("reopening the logs failed: %s", msg);
+    return rc;
 }
 
-/* The accept thread closes its socket and ends within its 200 ms poll; a is gone then. */
-static void admin_stop(admin_t *a)
+static mr_config_t *server_snapshot(uint64_t *generation, int *nworkers)
 {
-    if (a) atomic_store(&a->stop, true);
+    pthread_mutex_lock(&srv.lock);
+    mr_config_t *cfg = atomic_load(&srv.stopping) ? NULL : srv.cfg;
+    if (cfg) mr_config_ref(cfg);
+    *generation = srv.generation;
+    *nworkers = srv.nworkers;
+    pthread_mutex_unlock(&srv.lock);
+    return cfg;
 }
+
+static const mr_admin_hooks_t admin_hooks = { server_reload, server_upgrade, server_reopen, server_snapshot };
 
 /* A proxy holds two descriptors per proxied request (client and upstream); the usual soft
  * limit of 1024 would cap it far below max_connections. Raise the soft limit to the hard one,
@@ -1032,6 +1010,7 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     }
     free(adopt);
     if (record_listeners(workers, cfg->workers, cfg) < 0) goto stop;
+    if (drop_privileges(cfg) < 0) goto stop;
     for (int i = 0; i < cfg->workers; i++) {
         rc = mr_worker_start(&workers[i]);
         if (rc < 0) { mr_error("cannot start worker %d: %s", i, strerror(-rc)); goto stop; }
@@ -1057,8 +1036,9 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
             mr_error("admin.listen: cannot bind %s (%s)", cfg->admin_addr, strerror(-afd));
             goto stop;
         }
-        if (!(srv.admin = admin_start(afd))) goto stop;
-        mr_notice("admin endpoint on %s (POST /-/reload, POST /-/upgrade, GET /-/status)", cfg->admin_addr);
+        if (!(srv.admin = mr_admin_start(afd, &admin_hooks))) goto stop;
+        mr_notice("admin endpoint on %s (GET /-/ status page, GET /metrics, GET /-/upstreams, POST /-/reload)",
+                  cfg->admin_addr);
     }
     /* Inherited sockets no worker adopted (fewer workers or listeners now) close only once
      * this process serves: until then the old process may still need them. */
@@ -1067,6 +1047,11 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
     if (ninh) mr_notice("upgrade: adopted %d inherited listening sockets", ninh);
     for (int i = 0; i < cfg->nlisten; i++) mr_notice("listening on %s", cfg->listen[i].addr);
     mr_notice("moonring %s started with %d workers, %s backend", MOONRING_VERSION, cfg->workers, cfg->loop);
+    {
+        char ready[64];
+        snprintf(ready, sizeof ready, "READY=1\nMAINPID=%d", (int)getpid());
+        sd_notify(ready);
+    }
     if (ready_fd >= 0) {
         ssize_t wr = write(ready_fd, "R", 1);
         (void)wr;
@@ -1137,7 +1122,13 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         if (sig == SIGHUP) {
             char msg[2048] = "";
             mr_notice("SIGHUP: reloading %s", path);
+            sd_notify("RELOADING=1");
             server_reload(msg, sizeof msg);
+            sd_notify("READY=1");
+        }
+        if (sig == SIGUSR1) {
+            char msg[2048] = "";
+            server_reopen(msg, sizeof msg);
         }
         if (sig == SIGUSR2) {
             char msg[2048] = "";
@@ -1146,8 +1137,10 @@ int mr_server_run(const char *path, const mr_server_opts_t *opts)
         }
     }
     atomic_store(&srv.stopping, true);
-    /* Every accept thread sees srv.stopping, waits for its connections and ends. */
-    for (int i = 0; i < 600 && atomic_load(&admin_threads) > 0; i++) usleep(10000);
+    sd_notify("STOPPING=1");
+    /* Every accept thread sees the stop, waits for its connections and ends. */
+    mr_admin_set_stopping();
+    mr_admin_wait();
     pthread_mutex_lock(&srv.lock); /* no reload may be half-way through while workers stop */
     srv.admin = NULL;
     pthread_mutex_unlock(&srv.lock);

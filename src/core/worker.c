@@ -14,6 +14,7 @@
 #include "log/log.h"
 #include "lua/cosock.h"
 #include "lua/lua.h"
+#include "metrics/metrics.h"
 #include "net/net.h"
 #include "net/sock.h"
 #include "proxy/access_log.h"
@@ -152,6 +153,29 @@ static void client_gone(void *arg)
         mr_loop_stop(w->loop);
 }
 
+/* Gauges the admin thread cannot read from the worker's own structures (they change on this
+ * thread without atomics) are copied into the worker's metrics once a second: client
+ * connections, and upstream connections per server address and in total. */
+static void metrics_tick(mr_loop_t *loop, mr_timer_t *t)
+{
+    mr_worker_t *w = (mr_worker_t *)((char *)t - offsetof(mr_worker_t, metrics_timer));
+    mr_metrics_t *m = w->px.metrics;
+    if (!m) return;
+    mr_m_set(&m->w[MR_MW_CONNS_OPEN], w->conns.count);
+    uint64_t active = 0, idle = 0;
+    for (mr_server_t *s = w->px.servers.head; s; s = s->next) {
+        active += (uint64_t)s->active;
+        idle += (uint64_t)s->nidle;
+        mr_mcell_t *c = mr_metrics_cell(m, MR_MK_ADDR, s->mid, 0, MR_MA_NVALUES);
+        if (!c) continue;
+        mr_m_set(&c->v[MR_MA_ACTIVE], (uint64_t)s->active);
+        mr_m_set(&c->v[MR_MA_IDLE], (uint64_t)s->nidle);
+    }
+    mr_m_set(&m->w[MR_MW_UP_ACTIVE], active);
+    mr_m_set(&m->w[MR_MW_UP_IDLE], idle);
+    if (!w->draining) mr_timer_set(loop, t, 1000);
+}
+
 static void drain_expired(mr_loop_t *loop, mr_timer_t *t)
 {
     (void)loop;
@@ -175,6 +199,7 @@ static void begin_drain(mr_worker_t *w, bool now)
             listener_free(w, l);
         }
         mr_proxy_drain(&w->px);
+        mr_timer_stop(w->loop, &w->metrics_timer);
         mr_conns_shutdown(&w->conns);
         mr_lua_vm_retire(w->px.gen->lua);
         mr_cosock_thread_drain();
@@ -247,10 +272,12 @@ static void access_log_follow(mr_worker_t *w, const mr_config_t *cfg)
 {
     mr_access_log_t *al = w->px.alog;
     if (!al && cfg->access_log && mr_log_access_fd() >= 0) {
-        if ((w->px.alog = mr_access_log_new(w->loop, mr_log_access_fd(), cfg->access_log_json)))
+        if ((w->px.alog = mr_access_log_new(w->loop, mr_log_access_fd(), cfg->access_log_json))) {
             mr_access_log_on_idle(w->px.alog, client_gone, w); /* a draining worker waits for its log */
+            mr_access_log_configure(w->px.alog, true, cfg->access_log_json, cfg->access_format);
+        }
     } else if (al) {
-        mr_access_log_configure(al, cfg->access_log != NULL, cfg->access_log_json);
+        mr_access_log_configure(al, cfg->access_log != NULL, cfg->access_log_json, cfg->access_format);
     }
 }
 
@@ -381,6 +408,7 @@ static void *worker_main(void *arg)
         return NULL;
     }
     mr_proxy_init(&w->px, w->loop, client_gone, w);
+    w->px.metrics = mr_metrics_worker(w->id);
     /* Upstream servers named by host follow DNS through the same resolver as cosockets. */
     w->px.servers.res = w->resolver;
     w->px.servers.ttl_ms = ro.ttl_ms;
@@ -405,6 +433,8 @@ static void *worker_main(void *arg)
     arm_accepts(w);
     w->ev_op.fn = event_done;
     mr_loop_read(w->loop, &w->ev_op, w->evfd, &w->ev_val, sizeof w->ev_val);
+    w->metrics_timer.fn = metrics_tick;
+    mr_timer_set(w->loop, &w->metrics_timer, 1000);
     atomic_store(&w->ready, 1);
     mr_loop_run(w->loop);
     mr_access_log_free(w->px.alog);

@@ -52,6 +52,7 @@ struct mr_worker {
     bool draining;
     mr_timer_t drain_timer;
     mr_timer_t accept_timer;      /* retries accepting after EMFILE and the like */
+    mr_timer_t metrics_timer;     /* publishes connection gauges every second */
     int startup_rc;               /* 0 once serving, -errno on failure */
     atomic_int ready;             /* 1 serving, -1 failed */
 

@@ -9,10 +9,12 @@
 
 #include "log/log.h"
 
-static uint64_t clock_ms(void)
+/* Reads the clock once per loop turn: now (ms) for timers, now_us for request timings. */
+static uint64_t clock_ms_us(uint64_t *us)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    *us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
@@ -62,7 +64,7 @@ int mr_loop_base_init(mr_loop_t *loop, const mr_loop_opts_t *opts)
         mr_loop_base_free(loop);
         return -ENOMEM;
     }
-    loop->now = clock_ms();
+    loop->now = clock_ms_us(&loop->now_us);
     return 0;
 }
 
@@ -112,6 +114,7 @@ void mr_loop_free(mr_loop_t *loop)
 
 void mr_loop_stop(mr_loop_t *loop) { loop->stop = true; }
 uint64_t mr_loop_now(mr_loop_t *loop) { return loop->now; }
+uint64_t mr_loop_now_us(mr_loop_t *loop) { return loop->now_us; }
 
 /* ---- ops: thin dispatch ---- */
 
@@ -336,7 +339,7 @@ int mr_loop_run(mr_loop_t *loop)
         }
         int rc = ops->wait(loop, timeout);
         if (rc < 0) return rc;
-        loop->now = clock_ms();
+        loop->now = clock_ms_us(&loop->now_us);
         ops->reap(loop);
         run_timers(loop);
     }

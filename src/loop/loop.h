@@ -104,6 +104,8 @@ int mr_loop_run(mr_loop_t *loop);
 void mr_loop_stop(mr_loop_t *loop);
 /* Cached monotonic clock in ms, refreshed once per loop turn. */
 uint64_t mr_loop_now(mr_loop_t *loop);
+/* The same instant as mr_loop_now, in microseconds (read once per turn, like it). */
+uint64_t mr_loop_now_us(mr_loop_t *loop);
 
 /* Submitting calls return 0 or -errno (nothing was submitted, no callback will fire). Results,
  * including errors of the operation itself, arrive only through op->fn. */

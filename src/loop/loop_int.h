@@ -51,6 +51,7 @@ struct mr_loop {
     uint32_t heap_len, heap_cap;
     mr_defer_t *defer_head, *defer_tail;
     uint64_t now;
+    uint64_t now_us;            /* the same instant in microseconds */
     bool stop;
 };
 

@@ -60,8 +60,8 @@ MR_EXPORT int mr_req_host(void *p, const char **s, size_t *n)
 MR_EXPORT int mr_req_remote_addr(void *p, const char **s, size_t *n)
 {
     mr_req_t *r = p;
-    *s = r->peer->ip;
-    *n = strlen(r->peer->ip);
+    *s = mr_req_client_ip(r);
+    *n = strlen(*s);
     return MR_FFI_OK;
 }
 

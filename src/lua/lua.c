@@ -15,6 +15,7 @@
 #include "core/watch.h"
 #include "loop/loop.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "util/export.h"
 
 struct mr_lua_vm {
@@ -436,6 +437,7 @@ static int collect(mr_lua_vm_t *vm, int base, int rc, const mr_route_conf_t *r, 
     lua_State *L = vm->L;
     if (rc != 0) {
         mr_error("lua: route %s, %s: %s", r ? r->name : "?", phase_name(phase), lua_tostring(L, -1));
+        mr_metrics_lua_error(r ? r->mid : 0, lua_tostring(L, -1));
         lua_settop(L, base);
         return MR_LUA_ERROR;
     }

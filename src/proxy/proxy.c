@@ -20,6 +20,8 @@
 #include "proxy/access_log.h"
 #include "proxy/phases.h"
 #include "proxy/route.h"
+#include "proxy/real_ip.h"
+#include "proxy/stats.h"
 
 #define HEAD_LIMIT (256u * 1024u)
 #define BODY_LIMIT ((size_t)1 << 30)
@@ -268,6 +270,7 @@ static void forward_connect(mr_req_t *r, mr_server_t *s)
 {
     mr_proxy_t *px = r->px;
     r->tries++;
+    mr_stats_try(r, s);
     mr_upx_t *u;
     int rc = mr_upx_open(&px->up, s, r->upstream->conf, r->upstream->conf->servers[r->pick].sni, &u);
     if (rc < 0) {
@@ -325,6 +328,7 @@ static void forward(mr_req_t *r)
 static void up_ready(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
+    r->t_up_conn_us = mr_loop_now_us(r->px->loop);
     int rc = send_up_head(r, u);
     if (rc < 0) {
         mr_upx_close(u);
@@ -348,6 +352,7 @@ static void up_failed(void *owner, mr_server_t *s, int status, const char *why, 
 {
     mr_req_t *r = owner;
     r->up = NULL;
+    mr_stats_try_failed(r);
     if (r->lua_phase == MR_PH_RESPONSE || r->lua_phase == MR_PH_BODY) mr_phase_abandon(r);
     mr_warn("upstream %s: %s (%s %.*s)", s->addr, why, r->method_name, (int)r->target_len, mr_req_target_raw(r));
     bool again = !r->head_sent && (kind == MR_UP_RETRY_ANY || (kind == MR_UP_RETRY_IDEMPOTENT && method_idempotent(r->method)));
@@ -385,6 +390,8 @@ static int up_head(void *owner, mr_upx_t *u)
 {
     mr_req_t *r = owner;
     r->resp.status = u->status;
+    r->up_status = u->status;
+    r->t_up_head_us = mr_loop_now_us(r->px->loop);
     r->tunnel = u->tunnel;
     if (!r->tunnel && (r->route_flags & MR_RF_RESPONSE)) {
         mr_lua_out_t out = { 0 };
@@ -430,6 +437,7 @@ static void resp_complete(mr_req_t *r)
 {
     mr_upx_t *u = r->up;
     r->up = NULL;
+    r->t_up_end_us = mr_loop_now_us(r->px->loop);
     if (u) mr_upx_release(u, r->req_done);
     if (r->resp_trailers.n) r->resp.trailers = &r->resp_trailers;
     r->resp_done = true;
@@ -605,6 +613,7 @@ void mr_proxy_start(mr_req_t *r)
 {
     mr_proxy_t *px = r->px;
     r->started_ms = mr_loop_now(px->loop);
+    mr_stats_begin(r);
     r->lua_timer.fn = lua_timer_fired;
     /* The request runs to its end on the generation current now, whatever reloads happen. */
     if (!r->gen) {
@@ -613,6 +622,7 @@ void mr_proxy_start(mr_req_t *r)
     }
     const mr_config_t *cfg = cfg_of(r);
     if (px->draining) r->close = true;
+    if (cfg->real_ip_n) mr_real_ip_apply(r);
     const char *why = NULL;
     int st = mr_route_view(r, &why);
     if (st) {
@@ -720,12 +730,14 @@ void mr_proxy_end(mr_req_t *r)
     if (r->gen && (r->route_flags & MR_RF_LOG)) mr_phase_log(r);
     if (r->gen) mr_phase_release(r);
     if (px->alog) mr_access_log_request(px->alog, r);
+    mr_stats_end(r, false);
     release(r);
     px->nrequests++;
 }
 
 void mr_proxy_drop(mr_req_t *r)
 {
+    mr_stats_end(r, true);
     release(r);
 }
 
@@ -740,6 +752,7 @@ void mr_proxy_fail(mr_req_t *r, int status)
     unbind_upstream(r);
     r->req_done = true; /* nothing more will be read as a request */
     if (!r->started_ms) r->started_ms = mr_loop_now(r->px->loop);
+    mr_stats_begin(r);
     if (r->head_sent) { r->out->abort(r); return; }
     mr_req_error(r, status, true);
 }

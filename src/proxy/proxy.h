@@ -34,6 +34,7 @@ struct mr_proxy {
     mr_server_registry_t servers;   /* upstream servers and their pools, across generations */
     mr_dyn_upstreams_t dyn;         /* run-time upstreams (req:set_upstream("ip:port")) */
     mr_access_log_t *alog;
+    struct mr_metrics *metrics;     /* the worker's (metrics/metrics.h), or NULL */
     uint64_t nrequests;
 };
 

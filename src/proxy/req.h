@@ -93,6 +93,19 @@ struct mr_req {
     int tries, pick;
     uint64_t started_ms;
 
+    /* What the metrics and the access log report (proxy/stats.h), loop times in us. */
+    bool stats_begun;           /* counted in flight */
+    uint64_t t_start_us;        /* the head was complete */
+    uint64_t t_up_start_us;     /* the first upstream try began */
+    uint64_t t_try_us;          /* the last try began */
+    uint64_t t_up_conn_us;      /* the last try's connection was ready */
+    uint64_t t_up_head_us;      /* the last try's response head arrived */
+    uint64_t t_up_end_us;       /* the upstream's response was complete */
+    const char *up_addr;        /* the last try's server (registry storage: lives with the worker) */
+    int up_status;              /* its response status, 0 if none */
+    bool log_written;           /* a Lua filter wrote this request's access-log line */
+    char real_ip[46];           /* the client's address from real_ip (proxy/real_ip.h), or "" */
+
     /* Request body. */
     uint8_t body_mode;
     bool req_done;              /* the whole request was received */
@@ -148,6 +161,12 @@ void mr_req_init(mr_req_t *r, mr_proxy_t *px, const mr_resp_ops_t *out, const mr
 /* Forgets the previous request (the one reset boundary). Timers must not be armed. */
 void mr_req_reset(mr_req_t *r);
 void mr_req_free(mr_req_t *r);
+
+/* The client's address: the one real_ip found behind trusted proxies, else the peer's. */
+static inline const char *mr_req_client_ip(const mr_req_t *r)
+{
+    return r->real_ip[0] ? r->real_ip : r->peer ? r->peer->ip : "-";
+}
 
 /* The request target as received, and the path/query/host views. */
 static inline const char *mr_req_target_raw(const mr_req_t *r) { return mr_hdrs_str(&r->hdrs, r->target_off); }

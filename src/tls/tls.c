@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include <openssl/err.h>
@@ -30,6 +31,7 @@ struct mr_tls_conn {
     SSL *ssl;
     mr_tls_ctx_t *ctx;
     bool server, failed, closed;
+    bool counted;               /* its handshake is in mr_tls_stats */
     unsigned char *in;
     size_t in_r, in_w, in_cap;
     chunk_t *head, *tail;
@@ -215,6 +217,23 @@ int mr_tls_feed(mr_tls_conn_t *t, const void *cipher, size_t n)
     return MR_TLS_OK;
 }
 
+/* Handshakes, process-wide: [server, client] x [full, resumed, failed]. One relaxed atomic add
+ * per handshake, which costs nothing beside the handshake itself. */
+static _Atomic uint64_t hs_stats[6];
+
+void mr_tls_stats(uint64_t out[6])
+{
+    for (int i = 0; i < 6; i++) out[i] = atomic_load_explicit(&hs_stats[i], memory_order_relaxed);
+}
+
+static void count_done(mr_tls_conn_t *t)
+{
+    if (t->counted || !SSL_is_init_finished(t->ssl)) return;
+    t->counted = true;
+    atomic_fetch_add_explicit(&hs_stats[(t->server ? 0 : 3) + (SSL_session_reused(t->ssl) ? 1 : 0)], 1,
+                              memory_order_relaxed);
+}
+
 /* Maps an SSL_* failure; fatal ones record why and make the connection dead. */
 static int fail_from(mr_tls_conn_t *t, int rc)
 {
@@ -235,6 +254,10 @@ static int fail_from(mr_tls_conn_t *t, int rc)
     else snprintf(t->err, sizeof t->err, "TLS failure (SSL_get_error %d)", e);
     ERR_clear_error();
     t->failed = true;
+    if (!t->counted) {
+        t->counted = true;
+        atomic_fetch_add_explicit(&hs_stats[t->server ? 2 : 5], 1, memory_order_relaxed);
+    }
     return MR_TLS_ERR;
 }
 
@@ -244,7 +267,8 @@ int mr_tls_handshake(mr_tls_conn_t *t)
     if (SSL_is_init_finished(t->ssl)) return MR_TLS_OK;
     ERR_clear_error();
     int rc = SSL_do_handshake(t->ssl);
-    return rc == 1 ? MR_TLS_OK : fail_from(t, rc);
+    if (rc == 1) { count_done(t); return MR_TLS_OK; }
+    return fail_from(t, rc);
 }
 
 int mr_tls_read(mr_tls_conn_t *t, void *plain, size_t cap, size_t *got)
@@ -259,6 +283,7 @@ int mr_tls_read(mr_tls_conn_t *t, void *plain, size_t cap, size_t *got)
     ERR_clear_error();
     size_t n = 0;
     int rc = SSL_read_ex(t->ssl, plain, cap, &n);
+    if (!t->counted) count_done(t);
     if (rc == 1) {
         *got = n;
         return MR_TLS_OK;

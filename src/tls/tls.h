@@ -46,6 +46,7 @@
 #define MR_TLS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
@@ -188,6 +189,10 @@ const char *mr_tls_sni(const mr_tls_conn_t *t);      /* server: name the client 
 MR_EXPORT const char *mr_tls_protocol(const mr_tls_conn_t *t); /* "TLSv1.3", ... */
 const char *mr_tls_cipher(const mr_tls_conn_t *t);
 bool mr_tls_session_reused(const mr_tls_conn_t *t);
+/* Handshakes since start, process-wide (any thread): [0..2] as a server (listeners): full,
+ * resumed, failed; [3..5] the same as a client (upstreams, cosockets). A connection that closes
+ * before its handshake ends without an error counts in neither. */
+void mr_tls_stats(uint64_t out[6]);
 /* The peer certificate, only when it was presented AND verified (server: mTLS; client: verify
  * on). Subject in RFC 2253 form ("CN=client,O=Example"); SHA-256 of the DER, lowercase hex. */
 const char *mr_tls_peer_subject(mr_tls_conn_t *t);

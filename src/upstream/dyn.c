@@ -4,12 +4,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics/metrics.h"
+
 struct mr_dyn_upstream {
     mr_upstream_t u;
     mr_upstream_conf_t conf;
     mr_server_conf_t sconf;
     mr_server_t *srv[1];
     int cw[1];
+    _Atomic int *st[1];
     char key[MR_HOST_MAX + 8];  /* "host:port" as given */
     mr_dyn_upstream_t *next;
 };
@@ -39,6 +42,9 @@ mr_upstream_t *mr_dyn_upstream_get(mr_dyn_upstreams_t *d, mr_server_registry_t *
     e->u.servers = e->srv;
     e->u.current_weight = e->cw;
     e->u.nservers = 1;
+    e->u.mid = mr_metrics_name(e->key, n);
+    e->st[0] = mr_metrics_srv_state(e->u.mid, e->u.mid);
+    e->u.state = e->st;
     e->next = d->head;
     d->head = e;
     d->count++;

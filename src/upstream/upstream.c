@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "loop/loop.h"
+#include "metrics/metrics.h"
 
 /* The host and port of a configured address ("host:port" or "https://host:port"), when the host
  * is a name; 0 when numeric, -EINVAL when it is not an address at all. */
@@ -24,6 +25,7 @@ static mr_server_t *server_new(mr_server_registry_t *reg, const char *addr, size
     mr_server_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->addr = strndup(addr, alen);
+    s->mid = mr_metrics_name(addr, alen);
     if (!s->addr || (hp && !(s->host = strdup(hp->host)))) {
         free(s->addr);
         free(s);
@@ -150,10 +152,13 @@ int mr_upstream_init(mr_upstream_t *u, const mr_upstream_conf_t *conf, mr_server
     u->nservers = conf->nservers;
     u->servers = calloc((size_t)u->nservers, sizeof *u->servers);
     u->current_weight = calloc((size_t)u->nservers, sizeof *u->current_weight);
-    if (!u->servers || !u->current_weight) goto fail;
+    u->state = calloc((size_t)u->nservers, sizeof *u->state);
+    if (!u->servers || !u->current_weight || !u->state) goto fail;
+    u->mid = mr_metrics_cname(conf->name);
     for (int i = 0; i < u->nservers; i++) {
         u->servers[i] = mr_server_get(reg, conf->servers[i].addr, &conf->servers[i].sa, conf->servers[i].tls_id);
         if (!u->servers[i]) goto fail;
+        u->state[i] = mr_metrics_srv_state(u->mid, mr_metrics_cname(conf->servers[i].addr));
     }
     return 0;
 fail:
@@ -165,8 +170,16 @@ void mr_upstream_free(mr_upstream_t *u)
 {
     free(u->servers);
     free(u->current_weight);
+    free(u->state);
     u->servers = NULL;
     u->current_weight = NULL;
+    u->state = NULL;
+}
+
+/* The operator took server i out (admin API: down or draining). */
+static inline bool out(const mr_upstream_t *u, int i)
+{
+    return u->state && u->state[i] && atomic_load_explicit(u->state[i], memory_order_relaxed) != MR_SRV_UP;
 }
 
 int mr_upstream_pick(mr_upstream_t *u, uint64_t now)
@@ -176,7 +189,7 @@ int mr_upstream_pick(mr_upstream_t *u, uint64_t now)
         if (u->conf->balance == MR_BALANCE_LEAST_CONN) {
             for (int i = 0; i < u->nservers; i++) {
                 mr_server_t *s = u->servers[i];
-                if (pass == 0 && s->down_until > now) continue;
+                if ((pass == 0 && s->down_until > now) || out(u, i)) continue;
                 if (best < 0 || (int64_t)s->active * u->conf->servers[best].weight <
                                     (int64_t)u->servers[best]->active * u->conf->servers[i].weight)
                     best = i;
@@ -185,7 +198,7 @@ int mr_upstream_pick(mr_upstream_t *u, uint64_t now)
             /* nginx's smooth weighted round-robin: even spread, weights honoured. */
             int total = 0;
             for (int i = 0; i < u->nservers; i++) {
-                if (pass == 0 && u->servers[i]->down_until > now) continue;
+                if ((pass == 0 && u->servers[i]->down_until > now) || out(u, i)) continue;
                 u->current_weight[i] += u->conf->servers[i].weight;
                 total += u->conf->servers[i].weight;
                 if (best < 0 || u->current_weight[i] > u->current_weight[best]) best = i;

@@ -14,6 +14,7 @@
 #ifndef MR_UPSTREAM_H
 #define MR_UPSTREAM_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "config/config.h"
@@ -34,6 +35,7 @@ typedef struct mr_server_registry mr_server_registry_t;
 
 struct mr_server {
     char *addr;                 /* as configured, for logs (and the key of a named server) */
+    uint32_t mid;               /* addr's metrics name id (metrics/metrics.h) */
     mr_addr_t sa;
     struct mr_pool_link *idle;  /* pooled connections, most recent first (upstream/pool.h) */
     int nidle;
@@ -58,6 +60,10 @@ struct mr_upstream {
     mr_server_t **servers;      /* registry entries, one per conf->servers[i] */
     int *current_weight;        /* smooth weighted round-robin state */
     int nservers;
+    uint32_t mid;               /* the group's metrics name id */
+    /* Per server: the process-wide state the admin API sets (MR_SRV_UP, _DOWN, _DRAINING of
+     * metrics/metrics.h), or NULL entries (always up). Read with one relaxed load per pick. */
+    _Atomic int **state;
 };
 
 struct mr_server_registry {
@@ -84,8 +90,10 @@ void mr_server_unwait(mr_server_t *s, mr_server_wait_t *w);
 /* Binds a group to registry servers. Returns 0 or -ENOMEM. */
 int mr_upstream_init(mr_upstream_t *u, const mr_upstream_conf_t *conf, mr_server_registry_t *reg);
 void mr_upstream_free(mr_upstream_t *u);
-/* Picks a server: smooth weighted round-robin or least connections; servers marked down are
- * skipped unless all are (trying a maybe-dead server beats a certain 503). */
+/* Picks a server: smooth weighted round-robin or least connections. A server an operator set
+ * down or draining (u->state) is never picked; one that failed to connect lately (down_until) is
+ * skipped unless all the others are too (trying a maybe-dead server beats a certain 503).
+ * Returns -1 when no server may be picked. */
 int mr_upstream_pick(mr_upstream_t *u, uint64_t now_ms);
 
 #endif

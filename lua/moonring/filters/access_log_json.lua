@@ -4,15 +4,18 @@
 --
 -- Line (keys in this order, null when unknown):
 --   {"time":"2024-01-02T03:04:05.678Z","remote_addr":…,"method":…,"host":…,"path":…,
---    "query":…,"status":…,"bytes":…,"duration":…,"request_id":…,"upstream":…,"user":…, <fields>}
+--    "query":…,"status":…,"bytes":…,"duration":…,"request_id":…,"upstream":…,"user":…,
+--    "upstream_addr":…,"upstream_status":…,"upstream_connect_time":…,"upstream_response_time":…, <fields>}
 -- time is when the request reached this filter, duration is in seconds, path and query are
 -- as received (before any rewrite by later filters). Put this filter FIRST in the chain so
 -- that its on_request sees every request. bytes counts the response body through on_body;
 -- `count_body = false` skips body filtering and uses Content-Length instead. request_id
 -- comes from ctx.request_id (see request_id), user from ctx.user (see basic_auth), upstream
 -- from ctx.upstream or what req:set_upstream() recorded. `fields` adds keys (sorted), each a
--- value or a function(req, res, ctx). Lines go to `writer(line)` if given, else to
--- moonring.log("info", line).
+-- value or a function(req, res, ctx). The upstream_* fields are the last try's (null when the
+-- request never reached an upstream), times in seconds. Lines go to `writer(line)` if given, else
+-- to the access log (access_log must be set: the line takes the place of the configured
+-- format's), else, with no access log open, to the error log at info level.
 local util = require "moonring.filters._util"
 
 local NAME = "moonring.filters.access_log_json"
@@ -102,7 +105,12 @@ return function(opts)
     buf[19] = ',"request_id":'; buf[20] = str(ctx.request_id)
     buf[21] = ',"upstream":'; buf[22] = str(ctx.upstream or req.upstream)
     buf[23] = ',"user":'; buf[24] = str(ctx.user)
-    local n = 24
+    local up = req.upstream_info and req:upstream_info()
+    buf[25] = ',"upstream_addr":'; buf[26] = str(up and up.addr)
+    buf[27] = ',"upstream_status":'; buf[28] = num(up and up.status)
+    buf[29] = ',"upstream_connect_time":'; buf[30] = num(up and up.connect_time)
+    buf[31] = ',"upstream_response_time":'; buf[32] = num(up and up.response_time)
+    local n = 32
     for i = 1, nextra do
       local v = extra[i]
       if type(v) == "function" then
@@ -115,7 +123,8 @@ return function(opts)
     end
     buf[n + 1] = "}"
     local line = concat(buf, "", 1, n + 1)
-    if writer then writer(line) else util.log("info", line) end
+    if writer then writer(line)
+    elseif not (req.log_line and req:log_line(line)) then util.log("info", line) end
   end
 
   return filter
