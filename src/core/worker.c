@@ -13,6 +13,7 @@
 
 #include "log/log.h"
 #include "lua/cosock.h"
+#include "lua/udp.h"
 #include "lua/lua.h"
 #include "metrics/metrics.h"
 #include "net/net.h"
@@ -400,6 +401,7 @@ static void *worker_main(void *arg)
     ro.ttl_ms = w->cfg->resolver_ttl_ms;
     ro.negative_ttl_ms = w->cfg->resolver_negative_ttl_ms;
     w->resolver = mr_resolver_new(w->loop, &ro);
+    if (w->resolver) mr_udp_thread_init(w->loop, w->resolver);
     if (!w->resolver || mr_cosock_thread_init(w->loop, w->resolver) < 0) {
         w->startup_rc = -ENOMEM;
         atomic_store(&w->ready, -1);
@@ -424,6 +426,7 @@ static void *worker_main(void *arg)
         mr_proxy_free(&w->px);
         mr_loop_free(w->loop);
         mr_cosock_thread_free();
+        mr_udp_thread_free();
         mr_resolver_free(w->resolver);
         return NULL;
     }
@@ -444,6 +447,7 @@ static void *worker_main(void *arg)
     mr_conns_free(&w->conns);
     mr_loop_free(w->loop);
     mr_cosock_thread_free();
+    mr_udp_thread_free();
     mr_h1_thread_free();
     mr_h2_thread_free();
     mr_h2client_thread_free();

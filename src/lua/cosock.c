@@ -81,8 +81,6 @@ int mr_cosock_thread_init(mr_loop_t *loop, mr_resolver_t *res)
 
 mr_loop_t *mr_cosock_loop(void) { return T ? T->loop : NULL; }
 
-mr_resolver_t *mr_cosock_resolver(void) { return T ? T->res : NULL; }
-
 static void sess_unref(mr_cosock_sess_t *b)
 {
     if (!b || --b->refs > 0) return;
@@ -201,7 +199,6 @@ void mr_cosock_thread_drain(void)
 void mr_cosock_thread_free(void)
 {
     if (!T) return;
-    mr_udp_thread_free();
     while (T->all) cs_free(T->all);
     free(T);
     T = NULL;

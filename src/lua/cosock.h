@@ -29,10 +29,6 @@ typedef struct mr_cosock mr_cosock_t;
 int mr_cosock_thread_init(mr_loop_t *loop, mr_resolver_t *res);
 /* The calling thread's loop, or NULL when it is not a worker (config check, unit tests). */
 mr_loop_t *mr_cosock_loop(void);
-/* The calling worker's resolver (UDP cosockets use it too), or NULL. */
-mr_resolver_t *mr_cosock_resolver(void);
-/* Frees every UDP cosocket of the thread (src/lua/udp.c); mr_cosock_thread_free calls it. */
-void mr_udp_thread_free(void);
 /* Closes the idle pool (graceful shutdown). */
 void mr_cosock_thread_drain(void);
 /* After the loop was freed, before the resolver is: closes every remaining fd and frees every

@@ -10,7 +10,7 @@
  * Waking and ownership follow cosock.h exactly: one operation at a time, the result kept in the
  * socket, the waiting coroutine woken by arming its waker at 0 ms; mr_udp_close detaches the
  * waker, cancels what is in flight and frees after the last completion. Every socket of the
- * thread is in a list that mr_udp_thread_free (from mr_cosock_thread_free) empties.
+ * thread is in a list that mr_udp_thread_free empties.
  * Functions exported to Lua return the FFI code set (util/export.h); mr_udp_error describes a
  * failure in words. Thread affinity: the worker thread. */
 #include <errno.h>
@@ -22,7 +22,8 @@
 #include <unistd.h>
 #include <ctype.h>
 
-#include "lua/cosock.h"
+#include "lua/udp.h"
+
 #include "net/net.h"
 #include "net/resolver.h"
 #include "util/export.h"
@@ -46,6 +47,14 @@ typedef struct mr_udp {
 } mr_udp_t;
 
 static __thread mr_udp_t *all;
+static __thread mr_loop_t *t_loop;
+static __thread mr_resolver_t *t_res;
+
+void mr_udp_thread_init(mr_loop_t *loop, mr_resolver_t *res)
+{
+    t_loop = loop;
+    t_res = res;
+}
 
 static void udp_free(mr_udp_t *u)
 {
@@ -61,6 +70,8 @@ static void udp_free(mr_udp_t *u)
 void mr_udp_thread_free(void)
 {
     while (all) udp_free(all);
+    t_loop = NULL;
+    t_res = NULL;
 }
 
 static int ffi_ret(mr_udp_t *u, int rc)
@@ -106,13 +117,13 @@ MR_EXPORT const char *mr_udp_error(mr_udp_t *u)
 
 static void wake(mr_udp_t *u)
 {
-    mr_loop_t *loop = mr_cosock_loop();
+    mr_loop_t *loop = t_loop;
     if (u->waker && loop) mr_timer_set(loop, u->waker, 0);
 }
 
 static void done(mr_udp_t *u, int res)
 {
-    mr_timer_stop(mr_cosock_loop(), &u->timer);
+    mr_timer_stop(t_loop, &u->timer);
     u->busy = false;
     u->res = res;
     wake(u);
@@ -141,7 +152,7 @@ static void on_timer(mr_loop_t *loop, mr_timer_t *t)
 
 MR_EXPORT mr_udp_t *mr_udp_new(void)
 {
-    if (!mr_cosock_loop()) return NULL;
+    if (!t_loop) return NULL;
     mr_udp_t *u = calloc(1, sizeof *u);
     if (!u) return NULL;
     u->fd = -1;
@@ -159,9 +170,9 @@ MR_EXPORT void mr_udp_close(mr_udp_t *u)
     mr_resolver_cancel(&u->rq);
     u->closing = true;
     u->waker = NULL;
-    mr_timer_stop(mr_cosock_loop(), &u->timer);
+    mr_timer_stop(t_loop, &u->timer);
     /* The kernel may still write into buf: free only after the final completion. */
-    if (u->op.active) mr_loop_cancel(mr_cosock_loop(), &u->op);
+    if (u->op.active) mr_loop_cancel(t_loop, &u->op);
     else udp_free(u);
 }
 
@@ -198,7 +209,7 @@ static int udp_peer(mr_udp_t *u, const char *host, size_t hlen, int port, int ti
     int rc = mr_addr_parse_host(host, hlen, port, &hp, NULL);
     if (rc < 0) return rc;
     if (rc == MR_ADDR_NAME) {
-        mr_resolver_t *res = mr_cosock_resolver();
+        mr_resolver_t *res = t_res;
         if (!res) return -ENOTSUP;
         rc = mr_resolver_cached(res, hp.host, hp.hlen, hp.port, &u->addr, 1);
         if (rc < 0) return rc;
@@ -208,7 +219,7 @@ static int udp_peer(mr_udp_t *u, const char *host, size_t hlen, int port, int ti
             u->busy = true;
             u->timed_out = false;
             u->waker = waker;
-            mr_timer_set(mr_cosock_loop(), &u->timer, timeout_ms > 0 ? (uint64_t)timeout_ms : 1);
+            mr_timer_set(t_loop, &u->timer, timeout_ms > 0 ? (uint64_t)timeout_ms : 1);
             return 1;
         }
     } else {
@@ -242,12 +253,12 @@ MR_EXPORT int mr_udp_recv(mr_udp_t *u, int timeout_ms, void *waker)
     if (u->closing || u->fd < 0) return ffi_ret(u, -ENOTCONN);
     if (u->busy) return ffi_ret(u, -EBUSY);
     if (!u->buf && !(u->buf = malloc(UDP_BUF))) return ffi_ret(u, -ENOMEM);
-    int rc = mr_loop_read(mr_cosock_loop(), &u->op, u->fd, u->buf, UDP_BUF);
+    int rc = mr_loop_read(t_loop, &u->op, u->fd, u->buf, UDP_BUF);
     if (rc < 0) return ffi_ret(u, rc);
     u->busy = true;
     u->timed_out = false;
     u->waker = waker;
-    mr_timer_set(mr_cosock_loop(), &u->timer, timeout_ms > 0 ? (uint64_t)timeout_ms : 1);
+    mr_timer_set(t_loop, &u->timer, timeout_ms > 0 ? (uint64_t)timeout_ms : 1);
     return MR_FFI_AGAIN;
 }
 

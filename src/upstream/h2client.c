@@ -95,6 +95,7 @@ struct mr_h2conn {
     bool closing, dead, in_recv, ping_out, proven, sess_saved, alpn_checked;
 };
 
+static bool x_full(const mr_upx_t *ux);
 static const mr_sock_ops_t sock_ops;
 static const mr_upx_vt_t vt;
 
@@ -635,7 +636,7 @@ static void flush(h2c_t *c)
     /* Request bodies that were over their limit (or had no window) and drained may go on. */
     for (h2x_t *x = c->xs, *next; x && !c->closing; x = next) {
         next = x->next;
-        if (!x->owner || !x->want_sent || mr_upx_full(&x->x)) continue;
+        if (!x->owner || !x->want_sent || x_full(&x->x)) continue;
         x->want_sent = false;
         x->in_cb = true;
         x->ops->sent(x->owner, &x->x);
@@ -1197,7 +1198,7 @@ static void x_send_body(mr_upx_t *ux, const char *p, size_t n, int32_t bid)
         kick(c);
         return;
     }
-    if (mr_upx_full(ux)) x->want_sent = true;
+    if (x_full(ux)) x->want_sent = true;
     x_resume_out(x);
 }
 
